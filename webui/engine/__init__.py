@@ -1,0 +1,1 @@
+"""The generation engine: torch and diffusers only, no web framework."""

@@ -1,0 +1,118 @@
+"""The one request model shared by the UI, the API, the CLI and the infotext parser."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from PIL import Image
+
+MIN_SIDE = 64
+MAX_SIDE = 4096
+MAX_STEPS = 500
+MAX_BATCH = 64
+
+
+class GenerationError(ValueError):
+    """A request the engine cannot run; the message names the problem for the user."""
+
+
+class InterruptedError_(Exception):
+    """Raised inside the loop when the caller asks to stop the whole job."""
+
+
+class ResizeMode(IntEnum):
+    JUST_RESIZE = 0
+    CROP_AND_RESIZE = 1
+    RESIZE_AND_FILL = 2
+
+
+class MaskedContent(IntEnum):
+    """A1111's `inpainting_fill`: what the masked area starts from."""
+
+    FILL = 0
+    ORIGINAL = 1
+    LATENT_NOISE = 2
+    LATENT_NOTHING = 3
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str = ""
+    negative_prompt: str = ""
+    sampler_name: str = "Euler a"
+    scheduler: str = "Automatic"
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    seed: int = -1
+    batch_size: int = 1
+    n_iter: int = 1
+    clip_skip: int = 1
+    eta: float | None = None
+    # img2img and inpainting
+    init_image: Image.Image | None = None
+    denoising_strength: float = 0.75
+    resize_mode: ResizeMode = ResizeMode.JUST_RESIZE
+    mask: Image.Image | None = None
+    mask_blur: int = 4
+    inpainting_mask_invert: bool = False
+    inpainting_fill: MaskedContent = MaskedContent.ORIGINAL
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = 32
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def mode(self) -> str:
+        """`txt2img` or `img2img` (inpainting is img2img with a mask, as in A1111's folders)."""
+        return "txt2img" if self.init_image is None else "img2img"
+
+    @property
+    def is_inpaint(self) -> bool:
+        return self.init_image is not None and (self.mask is not None or _has_alpha_mask(self.init_image))
+
+    def validate(self) -> None:
+        """Raise GenerationError naming the first field that cannot work."""
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise GenerationError(f"{name} must be a whole number, got {value!r}")
+            if value % 8:
+                raise GenerationError(f"{name} must be a multiple of 8, got {value}")
+            if not MIN_SIDE <= value <= MAX_SIDE:
+                raise GenerationError(f"{name} must be between {MIN_SIDE} and {MAX_SIDE}, got {value}")
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+            raise GenerationError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps!r}")
+        for name in ("batch_size", "n_iter"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= MAX_BATCH:
+                raise GenerationError(f"{name} must be between 1 and {MAX_BATCH}, got {value!r}")
+        if not 0 <= self.cfg_scale <= 100:
+            raise GenerationError(f"cfg_scale must be between 0 and 100, got {self.cfg_scale}")
+        if not isinstance(self.clip_skip, int) or not 1 <= self.clip_skip <= 12:
+            raise GenerationError(f"clip_skip must be between 1 and 12, got {self.clip_skip!r}")
+        if not isinstance(self.seed, int) or self.seed < -1 or self.seed >= 2**32:
+            raise GenerationError(f"seed must be -1 or between 0 and {2**32 - 1}, got {self.seed!r}")
+        if self.init_image is not None and not 0.0 <= self.denoising_strength <= 1.0:
+            raise GenerationError(
+                f"denoising_strength must be between 0 and 1, got {self.denoising_strength}"
+            )
+        if self.mask_blur < 0 or self.inpaint_full_res_padding < 0:
+            raise GenerationError("mask_blur and inpaint_full_res_padding must not be negative")
+        if self.mask is not None:
+            if self.init_image is None:
+                raise GenerationError("a mask needs an init image")
+            if self.mask.size != self.init_image.size:
+                raise GenerationError(
+                    f"mask size {self.mask.size[0]}x{self.mask.size[1]} differs from init image size "
+                    f"{self.init_image.size[0]}x{self.init_image.size[1]}"
+                )
+
+
+def _has_alpha_mask(image: Image.Image) -> bool:
+    """An init image whose alpha channel has transparent pixels carries its own mask."""
+    if image.mode not in ("RGBA", "LA"):
+        return False
+    low, _high = image.getchannel("A").getextrema()
+    return low < 255

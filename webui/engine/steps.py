@@ -1,0 +1,50 @@
+"""What the denoising loop reports each step, and how a caller stops it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+class Interrupted(Exception):
+    """The caller asked to stop the whole job; images finished so far are kept."""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    step: int  # 1-based: `step` of `total` steps are done
+    total: int
+    latents: torch.Tensor
+    denoised: torch.Tensor | None  # the scheduler's estimate of the clean latent, when it gives one
+    batch_index: int  # which batch of the job (0-based, of `n_iter`)
+
+
+StepHook = Callable[[StepInfo], None]
+
+
+class JobControl:
+    """Flags a UI or API thread sets while the loop runs; checked once per step."""
+
+    def __init__(self) -> None:
+        self._interrupt = threading.Event()
+        self._skip = threading.Event()
+
+    def interrupt(self) -> None:
+        self._interrupt.set()
+
+    def skip(self) -> None:
+        self._skip.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupt.is_set()
+
+    def take_skip(self) -> bool:
+        """True once per skip request: skipping ends the current batch only."""
+        if self._skip.is_set():
+            self._skip.clear()
+            return True
+        return False

@@ -1,0 +1,1 @@
+"""Find, identify and load checkpoints offline; imports no web framework."""

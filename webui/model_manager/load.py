@@ -1,0 +1,262 @@
+"""Build diffusers components from a single-file checkpoint or a diffusers folder, offline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_clip_checkpoint,
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+    convert_open_clip_checkpoint,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from webui.model_manager.detect import Arch, ModelSpec, TextEncoderSpec, detect_model
+from webui.model_manager.state_dict import CheckpointError, read_state_dict
+from webui.model_manager.tokenizer import build_clip_tokenizer
+
+log = logging.getLogger(__name__)
+
+TextEncoder = CLIPTextModel | CLIPTextModelWithProjection
+# Buffers some exporters save that today's modules rebuild themselves.
+_IGNORED_TEXT_KEYS = ("text_model.embeddings.position_ids", "logit_scale")
+
+
+@dataclass
+class LoadedModel:
+    """Everything the engine needs from one checkpoint, already on its device."""
+
+    name: str
+    path: Path
+    spec: ModelSpec
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoders: list[TextEncoder]
+    tokenizers: list[CLIPTokenizer]
+    device: torch.device
+    dtype: torch.dtype
+    load_seconds: float = 0.0
+
+    @property
+    def arch(self) -> Arch:
+        return self.spec.arch
+
+    @property
+    def size_bytes(self) -> int:
+        modules = [self.unet, self.vae, *self.text_encoders]
+        return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+
+
+def load_model(path: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """Load a `.safetensors`/`.ckpt` file or a diffusers folder; CheckpointError says what is wrong."""
+    path = Path(path)
+    started = time.perf_counter()
+    if path.is_dir():
+        model = _load_diffusers_folder(path, device, dtype)
+    else:
+        model = _load_single_file(path, device, dtype)
+    model.load_seconds = time.perf_counter() - started
+    log.info(
+        "loaded %s (%s) to %s as %s: %.2f GB in %.2f s",
+        model.name,
+        model.spec.kind,
+        device,
+        str(dtype).removeprefix("torch."),
+        model.size_bytes / 1e9,
+        model.load_seconds,
+    )
+    return model
+
+
+def _load_single_file(path: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    state = read_state_dict(path)
+    spec = detect_model(state.tensors, state.metadata, path.name)
+    override = _yaml_prediction_type(path)
+    if override and override != spec.prediction_type:
+        spec = _with_prediction_type(spec, override)
+    tensors = state.tensors
+    unet = _build(
+        lambda: UNet2DConditionModel.from_config(spec.unet_config),
+        convert_ldm_unet_checkpoint(tensors, spec.unet_config),
+        "UNet",
+        path.name,
+    )
+    vae = _build(
+        lambda: AutoencoderKL.from_config(spec.vae_config),
+        convert_ldm_vae_checkpoint(tensors, spec.vae_config),
+        "VAE",
+        path.name,
+    )
+    encoders = [_build_text_encoder(tensors, encoder, path.name) for encoder in spec.text_encoders]
+    tokenizers = [
+        build_clip_tokenizer(pad_with_exclamation=e.pad_with_exclamation) for e in spec.text_encoders
+    ]
+    del tensors, state
+    return _place(path.stem, path, spec, unet, vae, encoders, tokenizers, device, dtype)
+
+
+def _build(factory: Callable[[], torch.nn.Module], weights: dict[str, torch.Tensor], part: str, name: str):
+    # Modules are created without allocating weights, then take the file's tensors as they are.
+    with init_empty_weights(include_buffers=False):
+        module = factory()
+    try:
+        module.load_state_dict(weights, strict=True, assign=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1:3]
+        raise CheckpointError(
+            f"{name}: the {part} tensors do not fit the architecture read from the file: {' '.join(first)}"
+        ) from error
+    return module.eval().requires_grad_(False)
+
+
+def _build_text_encoder(tensors: dict[str, torch.Tensor], encoder: TextEncoderSpec, name: str) -> TextEncoder:
+    config = CLIPTextConfig(**encoder.config)
+    model_class = CLIPTextModelWithProjection if encoder.with_projection else CLIPTextModel
+    inner = {key: value for key, value in tensors.items() if key.startswith(encoder.prefix)}
+    if encoder.layout == "hf":
+        weights = convert_ldm_clip_checkpoint(inner, remove_prefix=encoder.prefix)
+        weights = {
+            key if key.startswith("text_model.") else f"text_model.{key}": v for key, v in weights.items()
+        }
+    else:
+        if encoder.drop_last_layer:
+            last = f"{encoder.prefix}transformer.resblocks.{config.num_hidden_layers}."
+            inner = {key: value for key, value in inner.items() if not key.startswith(last)}
+        if not encoder.with_projection:
+            inner.pop(f"{encoder.prefix}text_projection", None)
+        weights = convert_open_clip_checkpoint(_Shell(config), inner, prefix=encoder.prefix)
+    weights = {key: value for key, value in weights.items() if key not in _IGNORED_TEXT_KEYS}
+    with init_empty_weights(include_buffers=False):
+        expected = model_class(config).state_dict().keys()
+    if "text_model.embeddings.token_embedding.weight" not in expected:
+        # transformers 5's CLIPTextModel names its weights without the `text_model.` level.
+        weights = {key.removeprefix("text_model."): value for key, value in weights.items()}
+    return _build(lambda: model_class(config), weights, "text encoder", name)
+
+
+@dataclass
+class _Shell:
+    """What diffusers' OpenCLIP converter reads from the model it converts for: its config."""
+
+    config: CLIPTextConfig
+
+
+def _place(
+    name: str,
+    path: Path,
+    spec: ModelSpec,
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    encoders: list[TextEncoder],
+    tokenizers: list[CLIPTokenizer],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> LoadedModel:
+    for module in (unet, vae, *encoders):
+        # nn.Module.to: diffusers' override warns about fp32-only modules these models do not have.
+        torch.nn.Module.to(module, device=device, dtype=dtype)
+    return LoadedModel(name, path, spec, unet, vae, encoders, tokenizers, device, dtype)
+
+
+def _yaml_prediction_type(path: Path) -> str | None:
+    """A1111's convention: `parameterization: "v"` in a same-named .yaml beside the checkpoint."""
+    config_path = path.with_suffix(".yaml")
+    if not config_path.is_file():
+        return None
+    try:
+        found = _find_key(yaml.safe_load(config_path.read_text(encoding="utf-8")), "parameterization")
+    except (yaml.YAMLError, OSError) as error:
+        log.warning("ignoring %s: %s", config_path.name, error)
+        return None
+    if found is None:
+        return None
+    return "v_prediction" if str(found).lower() in ("v", "v_prediction") else "epsilon"
+
+
+def _find_key(node: Any, key: str) -> Any:
+    if isinstance(node, dict):
+        if key in node:
+            return node[key]
+        for value in node.values():
+            if (found := _find_key(value, key)) is not None:
+                return found
+    return None
+
+
+def _with_prediction_type(spec: ModelSpec, prediction_type: str) -> ModelSpec:
+    from dataclasses import replace
+
+    unet_config = dict(spec.unet_config)
+    if spec.arch is Arch.SD2:
+        unet_config["upcast_attention"] = prediction_type == "v_prediction"
+    return replace(spec, prediction_type=prediction_type, unet_config=unet_config)
+
+
+def _load_diffusers_folder(path: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    index_path = path / "model_index.json"
+    if not index_path.is_file():
+        raise CheckpointError(f"{path.name}: a folder without model_index.json is not a diffusers model")
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    options = {"local_files_only": True}
+    try:
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **options)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **options)
+        encoders: list[TextEncoder] = [
+            CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **options)
+        ]
+        if "text_encoder_2" in index:
+            encoders.append(
+                CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **options)
+            )
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path.name}: cannot read the diffusers folder: {error}") from error
+    arch = (
+        Arch.SDXL if len(encoders) == 2 else Arch.SD1 if unet.config.cross_attention_dim == 768 else Arch.SD2
+    )
+    scheduler = _read_json(path / "scheduler" / "scheduler_config.json")
+    prediction_type = scheduler.get("prediction_type", "epsilon")
+    pad_flags = [False, True] if arch is Arch.SDXL else [arch is Arch.SD2]
+    tokenizers = [
+        _folder_tokenizer(path, sub, pad) for sub, pad in zip(("tokenizer", "tokenizer_2"), pad_flags)
+    ]
+    spec = ModelSpec(
+        arch=arch,
+        unet_config=dict(unet.config),
+        vae_config=dict(vae.config),
+        text_encoders=tuple(
+            TextEncoderSpec(
+                "", "diffusers", e.config.to_dict(), isinstance(e, CLIPTextModelWithProjection), False, p
+            )
+            for e, p in zip(encoders, pad_flags)
+        ),
+        prediction_type=prediction_type,
+        is_inpainting=unet.config.in_channels == 9,
+    )
+    for module in (unet, vae, *encoders):
+        module.eval().requires_grad_(False)
+    return _place(path.name, path, spec, unet, vae, encoders, tokenizers, device, dtype)
+
+
+def _folder_tokenizer(path: Path, subfolder: str, pad_with_exclamation: bool) -> CLIPTokenizer:
+    # A folder's own tokenizer files win; without them, the built-in CLIP vocabulary is the same one.
+    folder = path / subfolder
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+    return build_clip_tokenizer(pad_with_exclamation=pad_with_exclamation)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))

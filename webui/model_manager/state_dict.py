@@ -1,0 +1,75 @@
+"""Read a checkpoint file into tensors without ever executing code from it."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+CHECKPOINT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint; the message says why and names the file."""
+
+
+@dataclass
+class StateDict:
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def read_state_dict(path: Path) -> StateDict:
+    """Tensors and header metadata of a `.safetensors` or weights-only pickle file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path.name}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        return _read_safetensors(path)
+    if suffix in PICKLE_SUFFIXES:
+        return StateDict(_read_pickle(path))
+    raise CheckpointError(f"{path.name}: not a checkpoint (expected one of {', '.join(CHECKPOINT_SUFFIXES)})")
+
+
+def _read_safetensors(path: Path) -> StateDict:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{path.name}: not a readable .safetensors file (truncated or corrupt?): {error}"
+        ) from error
+    if not tensors:
+        raise CheckpointError(f"{path.name}: the file holds no tensors")
+    return StateDict(tensors, metadata)
+
+
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    # weights_only refuses any pickle opcode that would import or call code.
+    try:
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path.name}: refused to load: this pickle tries to run code or holds objects other than "
+            "tensors. Convert it to .safetensors with a tool you trust, or get a .safetensors copy."
+        ) from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{path.name}: not a readable checkpoint (truncated or corrupt?): {error}"
+        ) from error
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict):
+        raise CheckpointError(f"{path.name}: holds a {type(loaded).__name__}, not a dict of tensors")
+    tensors = {key: value for key, value in loaded.items() if isinstance(value, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{path.name}: the file holds no tensors")
+    return tensors

@@ -1,0 +1,144 @@
+"""Saving generated images in A1111's folder layout, with the infotext inside each file."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from webui.outputs.watermark import embed_watermark
+
+PARAMETERS_KEY = "parameters"
+_LEADING_NUMBER = re.compile(r"^(\d+)")
+_MODE_NAME = re.compile(r"^[\w-]+$")
+_PNG_MODES = ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA")
+_EXIF_IFD = 0x8769
+_USER_COMMENT = 0x9286
+
+
+class ImageSaver:
+    """Writes `root/<mode>-images/<YYYY-MM-DD>/<NNNNN>-<seed>.png`, numbered per day folder."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        watermark: bool = True,
+        clock: Callable[[], datetime] = datetime.now,
+    ) -> None:
+        self.root = Path(root)
+        self.watermark = watermark
+        self._clock = clock
+        # Held from picking the number until the file is in place, so two saves cannot pick
+        # the same number (the folder listing is the only record of numbers in use).
+        self._lock = threading.Lock()
+
+    def save(self, image: Image.Image, *, mode: str, seed: int, infotext: str) -> Path:
+        if not _MODE_NAME.match(mode):
+            raise ValueError(f"mode must be a plain folder name, got {mode!r}")
+        if self.watermark:
+            image = embed_watermark(image)  # outside the lock: it is the slow part
+        if image.mode not in _PNG_MODES:
+            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        pnginfo = PngImagePlugin.PngInfo()
+        pnginfo.add_text(PARAMETERS_KEY, infotext)
+
+        folder = self.root / f"{mode}-images" / self._clock().strftime("%Y-%m-%d")
+        with self._lock:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{_next_number(folder):05d}-{seed}.png"
+            _write_atomically(path, lambda stream: image.save(stream, format="PNG", pnginfo=pnginfo))
+        return path
+
+
+def _next_number(folder: Path) -> int:
+    """One more than the highest leading number in the folder; temp files start with '.'."""
+    highest = -1
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            match = _LEADING_NUMBER.match(entry.name)
+            if match:
+                highest = max(highest, int(match.group(1)))
+    return highest + 1
+
+
+def _write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write via a hidden temp file in the same folder, so readers never see a partial image."""
+    temp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp")
+    # os.open with 0o666 lets the umask decide permissions (mkstemp would force 0600).
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable; folders cannot be opened this way on Windows."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_infotext(source: str | os.PathLike[str] | Image.Image) -> str | None:
+    """The `parameters` text of a PNG, or the EXIF UserComment of a JPEG/WebP; None if absent.
+
+    Files that are not images give None; a missing file raises FileNotFoundError.
+    """
+    if isinstance(source, Image.Image):
+        return _infotext_of(source)
+    try:
+        with Image.open(source) as image:
+            return _infotext_of(image)
+    except UnidentifiedImageError:
+        return None
+
+
+def _infotext_of(image: Image.Image) -> str | None:
+    text = image.info.get(PARAMETERS_KEY)
+    if isinstance(text, str):
+        return text
+    try:
+        comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    except Exception:  # broken EXIF must not stop a "read info" action
+        return None
+    return _decode_user_comment(comment)
+
+
+def _decode_user_comment(comment: object) -> str | None:
+    """EXIF UserComment: an 8-byte charset prefix, then the text (A1111 writes UNICODE)."""
+    if isinstance(comment, str):
+        return comment or None
+    if not isinstance(comment, bytes) or not comment:
+        return None
+    prefix, body = comment[:8], comment[8:]
+    if prefix == b"UNICODE\x00":
+        # Big-endian per piexif (A1111's writer); ASCII-range text starts with a zero byte then.
+        encoding = "utf-16-be" if body[:1] == b"\x00" else "utf-16-le"
+        text = body.decode(encoding, errors="ignore")
+    elif prefix.startswith(b"ASCII"):
+        text = body.decode("ascii", errors="ignore")
+    else:  # an undefined (all-zero) prefix, or a writer that skipped it
+        text = (body if prefix == b"\x00" * 8 else comment).decode("utf-8", errors="ignore")
+    text = text.strip("\x00")
+    return text or None
