@@ -110,12 +110,14 @@ def detect_model(tensors: dict[str, torch.Tensor], metadata: dict[str, str], nam
     text_width = sum(spec.config["hidden_size"] for spec in encoders)
     if context_dim != text_width:
         raise CheckpointError(
-            f"{name}: UNet cross-attention width {context_dim} does not match the text encoder width {text_width}"
+            f"{name}: UNet cross-attention width {context_dim} "
+            f"does not match the text encoder width {text_width}"
         )
     in_channels = unet["input_blocks.0.0.weight"].shape[1]
     if in_channels not in (4, 9):
         raise CheckpointError(
-            f"{name}: UNet takes {in_channels} input channels; only 4 (normal) and 9 (inpainting) are supported"
+            f"{name}: UNet takes {in_channels} input channels; "
+            "only 4 (normal) and 9 (inpainting) are supported"
         )
     prediction_type = _prediction_type(tensors, metadata)
     pooled_dim = encoders[-1].config.get("projection_dim") if arch is Arch.SDXL else None

@@ -221,9 +221,11 @@ def _load_diffusers_folder(path: Path, device: torch.device, dtype: torch.dtype)
             )
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{path.name}: cannot read the diffusers folder: {error}") from error
-    arch = (
-        Arch.SDXL if len(encoders) == 2 else Arch.SD1 if unet.config.cross_attention_dim == 768 else Arch.SD2
-    )
+    # SD1 uses OpenAI's CLIP (quick_gelu), SD2 OpenCLIP (gelu): widths differ in tiny models.
+    if len(encoders) == 2:
+        arch = Arch.SDXL
+    else:
+        arch = Arch.SD1 if encoders[0].config.hidden_act == "quick_gelu" else Arch.SD2
     scheduler = _read_json(path / "scheduler" / "scheduler_config.json")
     prediction_type = scheduler.get("prediction_type", "epsilon")
     pad_flags = [False, True] if arch is Arch.SDXL else [arch is Arch.SD2]

@@ -1,0 +1,73 @@
+"""One typed settings object, built from command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from webui.engine.devices import DEVICES, PRECISIONS
+
+DEFAULT_PORT = 7860
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    ckpt_dir: Path
+    outputs_dir: Path
+    ckpt: str | None = None  # a checkpoint title, file name or path to start with
+    device: str = "auto"
+    precision: str = "auto"
+    watermark: bool = True
+    port: int = DEFAULT_PORT
+    listen: bool = False
+
+    @classmethod
+    def for_data_dir(cls, data_dir: Path, **overrides: object) -> Settings:
+        """The layout people know: models/Stable-diffusion and outputs/ under one folder."""
+        data_dir = Path(data_dir)
+        values: dict[str, object] = {
+            "data_dir": data_dir,
+            "ckpt_dir": data_dir / "models" / "Stable-diffusion",
+            "outputs_dir": data_dir / "outputs",
+        }
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        return cls.for_data_dir(
+            Path(args.data_dir),
+            ckpt_dir=Path(args.ckpt_dir) if args.ckpt_dir else None,
+            outputs_dir=Path(args.outputs_dir) if args.outputs_dir else None,
+            ckpt=args.ckpt,
+            device=args.device,
+            precision=args.precision,
+            watermark=not args.no_watermark,
+            port=args.port,
+            listen=args.listen,
+        )
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by the app and the command-line generator."""
+    parser.add_argument("--data-dir", default=".", help="folder holding models/ and outputs/ (default: .)")
+    parser.add_argument("--ckpt-dir", help="checkpoint folder (default: DATA_DIR/models/Stable-diffusion)")
+    parser.add_argument("--outputs-dir", help="where images are saved (default: DATA_DIR/outputs)")
+    parser.add_argument(
+        "--ckpt", help="checkpoint to load first: a file name in the checkpoint folder, or a path"
+    )
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
+    parser.add_argument("--no-watermark", action="store_true", help="do not embed the invisible watermark")
+
+
+def app_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch.py", description="Stable Diffusion studio web UI")
+    add_model_flags(parser)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument(
+        "--listen", action="store_true", help="serve on all interfaces (the LAN), not just 127.0.0.1"
+    )
+    return parser
