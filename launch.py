@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from webui.model_manager.state_dict import CheckpointError
     from webui.studio import Studio
-    from webui.ui.app import build_ui
+    from webui.ui.app import build_ui, launch_options
 
     settings = Settings.from_args(args)
     try:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     if studio.demo_mode:
         print(f"\n*** {studio.demo_message}\n", file=sys.stderr)
     host = "0.0.0.0" if settings.listen else "127.0.0.1"
-    build_ui(studio).queue().launch(server_name=host, server_port=settings.port, show_api=False)
+    build_ui(studio).queue().launch(server_name=host, server_port=settings.port, **launch_options(studio))
     return 0
 
 

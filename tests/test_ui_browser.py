@@ -1,0 +1,186 @@
+"""Drive the real page in headless Chromium: generate, show an error, switch checkpoints, recover."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+    from webui.settings import Settings
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+TIMEOUT_MS = 30_000
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def _serve(settings: Settings) -> Iterator[str]:
+    """Build the Studio and the page, serve them on localhost, and yield the page's URL."""
+    from webui.studio import Studio
+    from webui.ui.app import build_ui, launch_options
+
+    studio = Studio(settings)
+    demo = build_ui(studio)
+    port = _free_port()
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        **launch_options(studio),
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def outside_requests() -> list[str]:
+    """URLs the page asked for beyond this machine: the app must work offline."""
+    return []
+
+
+def _note_outside(url: str, found: list[str]) -> None:
+    if not url.startswith(("http://127.0.0.1", "data:", "blob:")):
+        found.append(url)
+
+
+@pytest.fixture
+def page(browser: Browser, outside_requests: list[str]) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.on("request", lambda request: _note_outside(request.url, outside_requests))
+    yield page
+    context.close()
+
+
+def _screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _set_number(page: Page, elem_id: str, value: str) -> None:
+    """Type into a slider's or number's box; Enter commits it as a user would."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(value)
+    box.press("Enter")
+
+
+def _generate_and_wait(page: Page) -> str:
+    """Click Generate and return the new infotext once the result image has changed."""
+    result = page.locator("#result img")
+    before = result.get_attribute("src") if result.count() else None
+    page.locator("#generate").click()
+    page.wait_for_function(
+        "before => { const img = document.querySelector('#result img');"
+        " return img && img.complete && img.naturalWidth > 0 && img.getAttribute('src') !== before; }",
+        arg=before,
+    )
+    return page.locator("#infotext textarea").input_value()
+
+
+def test_generate_error_and_recover(tmp_path: Path, page: Page, outside_requests: list[str]) -> None:
+    from webui.settings import Settings
+    from webui.tools.tiny_checkpoint import write_tiny_checkpoint
+
+    settings = Settings.for_data_dir(tmp_path, device="cpu", ckpt="tiny")
+    write_tiny_checkpoint("sd15", settings.ckpt_dir / "tiny.safetensors")
+    # Listed by the scan but not loadable: choosing it must show a CheckpointError, not break the page.
+    (settings.ckpt_dir / "broken.safetensors").write_bytes(b"not a checkpoint")
+
+    with _serve(settings) as url:
+        page.goto(url)
+        page.locator("#prompt textarea").wait_for()
+        page.wait_for_function("() => document.title === 'Stable Diffusion studio'")
+        assert not page.locator("#demo-banner").is_visible()
+
+        page.locator("#prompt textarea").fill("a lighthouse at dusk")
+        page.locator("#negative-prompt textarea").fill("blurry")
+        _set_number(page, "steps", "2")
+        _set_number(page, "width", "64")
+        _set_number(page, "height", "64")
+        _set_number(page, "seed", "1234")
+
+        infotext = _generate_and_wait(page)
+        _screenshot(page, "ui-generated")
+        assert "Steps: 2" in infotext and "Seed: 1234" in infotext and "Size: 64x64" in infotext
+        assert "Negative prompt: blurry" in infotext
+        assert len(list(settings.outputs_dir.rglob("*.png"))) == 1
+
+        # Width 100 is inside the slider's range but not a multiple of 8: the engine refuses it.
+        _set_number(page, "width", "100")
+        page.locator("#generate").click()
+        error = page.locator("#error")
+        error.wait_for(state="visible")
+        assert "multiple of 8" in error.inner_text()
+        _screenshot(page, "ui-error")
+
+        # A checkpoint that fails to load: message shown, dropdown back on the loaded model.
+        page.locator("#checkpoint input").click()
+        page.get_by_role("option", name="broken").click()
+        page.wait_for_function("() => (document.querySelector('#error')?.innerText || '').includes('broken')")
+        page.wait_for_function("() => document.querySelector('#checkpoint input').value === 'tiny'")
+        _screenshot(page, "ui-checkpoint-error")
+
+        # The page keeps working: fix the width, reuse a random seed, generate again.
+        _set_number(page, "width", "64")
+        page.locator("#seed").get_by_role("button", name="Random").click()
+        page.wait_for_function("() => document.querySelector('#seed input').value === '-1'")
+        infotext = _generate_and_wait(page)
+        assert "Steps: 2" in infotext and "Size: 64x64" in infotext
+        assert not error.is_visible()
+        seed = infotext.split("Seed: ")[1].split(",")[0]
+        page.locator("#seed").get_by_role("button", name="Reuse last").click()
+        page.wait_for_function("seed => document.querySelector('#seed input').value === seed", arg=seed)
+        _screenshot(page, "ui-recovered")
+        assert len(list(settings.outputs_dir.rglob("*.png"))) == 2
+        assert outside_requests == []
+
+
+def test_demo_banner(tmp_path: Path, page: Page) -> None:
+    from webui.settings import Settings
+
+    # No checkpoint at all: the Studio writes its tiny demo model and the page says so.
+    with _serve(Settings.for_data_dir(tmp_path, device="cpu")) as url:
+        page.goto(url)
+        banner = page.locator("#demo-banner")
+        banner.wait_for(state="visible")
+        assert "noise" in banner.inner_text()
+        _screenshot(page, "ui-demo-banner")
