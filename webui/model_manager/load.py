@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from diffusers.loaders.single_file_utils import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from webui.model_manager.detect import Arch, ModelSpec, TextEncoderSpec, detect_model
+from webui.model_manager.ldm_export import canonical_text_keys
 from webui.model_manager.state_dict import CheckpointError, read_state_dict
 from webui.model_manager.tokenizer import build_clip_tokenizer
 
@@ -86,14 +87,14 @@ def _load_single_file(path: Path, device: torch.device, dtype: torch.dtype) -> L
     if override and override != spec.prediction_type:
         spec = _with_prediction_type(spec, override)
     tensors = state.tensors
-    unet = _build(
-        lambda: UNet2DConditionModel.from_config(spec.unet_config),
+    unet = _load_weights(
+        _empty(lambda: UNet2DConditionModel.from_config(spec.unet_config)),
         convert_ldm_unet_checkpoint(tensors, spec.unet_config),
         "UNet",
         path.name,
     )
-    vae = _build(
-        lambda: AutoencoderKL.from_config(spec.vae_config),
+    vae = _load_weights(
+        _empty(lambda: AutoencoderKL.from_config(spec.vae_config)),
         convert_ldm_vae_checkpoint(tensors, spec.vae_config),
         "VAE",
         path.name,
@@ -106,10 +107,13 @@ def _load_single_file(path: Path, device: torch.device, dtype: torch.dtype) -> L
     return _place(path.stem, path, spec, unet, vae, encoders, tokenizers, device, dtype)
 
 
-def _build(factory: Callable[[], torch.nn.Module], weights: dict[str, torch.Tensor], part: str, name: str):
-    # Modules are created without allocating weights, then take the file's tensors as they are.
+def _empty(factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """A module whose weights are not allocated: it takes the file's tensors as they are."""
     with init_empty_weights(include_buffers=False):
-        module = factory()
+        return factory()
+
+
+def _load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], part: str, name: str):
     try:
         module.load_state_dict(weights, strict=True, assign=True)
     except RuntimeError as error:
@@ -125,10 +129,7 @@ def _build_text_encoder(tensors: dict[str, torch.Tensor], encoder: TextEncoderSp
     model_class = CLIPTextModelWithProjection if encoder.with_projection else CLIPTextModel
     inner = {key: value for key, value in tensors.items() if key.startswith(encoder.prefix)}
     if encoder.layout == "hf":
-        weights = convert_ldm_clip_checkpoint(inner, remove_prefix=encoder.prefix)
-        weights = {
-            key if key.startswith("text_model.") else f"text_model.{key}": v for key, v in weights.items()
-        }
+        weights = canonical_text_keys(convert_ldm_clip_checkpoint(inner, remove_prefix=encoder.prefix))
     else:
         if encoder.drop_last_layer:
             last = f"{encoder.prefix}transformer.resblocks.{config.num_hidden_layers}."
@@ -137,12 +138,11 @@ def _build_text_encoder(tensors: dict[str, torch.Tensor], encoder: TextEncoderSp
             inner.pop(f"{encoder.prefix}text_projection", None)
         weights = convert_open_clip_checkpoint(_Shell(config), inner, prefix=encoder.prefix)
     weights = {key: value for key, value in weights.items() if key not in _IGNORED_TEXT_KEYS}
-    with init_empty_weights(include_buffers=False):
-        expected = model_class(config).state_dict().keys()
-    if "text_model.embeddings.token_embedding.weight" not in expected:
+    module = _empty(lambda: model_class(config))
+    if "text_model.embeddings.token_embedding.weight" not in module.state_dict():
         # transformers 5's CLIPTextModel names its weights without the `text_model.` level.
         weights = {key.removeprefix("text_model."): value for key, value in weights.items()}
-    return _build(lambda: model_class(config), weights, "text encoder", name)
+    return _load_weights(module, weights, "text encoder", name)
 
 
 @dataclass
@@ -195,8 +195,6 @@ def _find_key(node: Any, key: str) -> Any:
 
 
 def _with_prediction_type(spec: ModelSpec, prediction_type: str) -> ModelSpec:
-    from dataclasses import replace
-
     unet_config = dict(spec.unet_config)
     if spec.arch is Arch.SD2:
         unet_config["upcast_attention"] = prediction_type == "v_prediction"
