@@ -14,9 +14,10 @@ from safetensors.torch import save_file
 from webui.engine.generate import Engine
 from webui.engine.request import GenerationRequest
 from webui.model_manager.detect import Arch
+from webui.model_manager.facts import FileFactsCache
 from webui.model_manager.ldm_export import hf_clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
 from webui.model_manager.load import load_model
-from webui.model_manager.registry import HashCache, scan_checkpoints
+from webui.model_manager.registry import ModelFolders, ModelKind, ModelRegistry
 from webui.model_manager.state_dict import CheckpointError, read_state_dict
 from webui.model_manager.tokenizer import build_clip_tokenizer
 from webui.tools.tiny_checkpoint import build_tiny_state_dict
@@ -110,12 +111,14 @@ def test_diffusers_folder_gives_the_same_images_as_the_single_file(tiny_model, t
     (folder / "scheduler").mkdir()
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({"prediction_type": "epsilon"}))
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    assert [c.name for c in scan_checkpoints(tmp_path)] == ["tiny-diffusers"]
+    folders = ModelFolders.under(tmp_path, [tmp_path])
+    registry = ModelRegistry(folders, FileFactsCache(tmp_path / "cache.json"))
+    assert [c.name for c in registry.files(ModelKind.CHECKPOINT)] == ["tiny-diffusers"]
     from_folder = load_model(folder, CPU, torch.float32)
     request = GenerationRequest(prompt="a boat", steps=3, width=64, height=64, seed=5)
     expected = Engine(model).generate(request).images[0]
     assert from_folder.arch is Arch.SD1
-    assert list(Engine(from_folder).generate(request).images[0].getdata()) == list(expected.getdata())
+    assert Engine(from_folder).generate(request).images[0].tobytes() == expected.tobytes()
 
 
 def test_yaml_beside_the_checkpoint_overrides_prediction_type(tiny_dir: Path, tmp_path: Path) -> None:
@@ -187,7 +190,7 @@ def test_hash_is_sha256_prefix_and_cached(tiny_dir: Path, tmp_path: Path) -> Non
     import hashlib
 
     path = tiny_dir / "tiny-sd15.safetensors"
-    cache = HashCache(tmp_path / "cache.json")
+    cache = FileFactsCache(tmp_path / "cache.json")
     assert cache.short_hash(path) == hashlib.sha256(path.read_bytes()).hexdigest()[:10]
     assert str(path.resolve()) in (tmp_path / "cache.json").read_text()
 

@@ -8,15 +8,23 @@ from pathlib import Path
 
 from webui.engine.devices import DEVICES, PRECISIONS
 
+MEMORY_MODES = ("auto", "normal", "medvram", "lowvram")
+VAE_TILING = ("auto", "on", "off")
+
 DEFAULT_PORT = 7860
 
 
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
-    ckpt_dir: Path
+    ckpt_dir: Path  # scanned besides DATA_DIR/models/Stable-diffusion; new files go here
     outputs_dir: Path
     ckpt: str | None = None  # a checkpoint title, file name or path to start with
+    vae: str = "Automatic"  # "Automatic", "None" (the checkpoint's own) or a file in models/VAE
+    vram_budget_gb: float | None = None  # models kept on the GPU; None: 60% of its memory
+    ram_budget_gb: float | None = None  # models kept warm in RAM; None: half the machine's RAM
+    memory_mode: str = "auto"  # auto, normal, medvram or lowvram
+    vae_tiling: str = "auto"  # tiled VAE decode/encode: auto (large images, low-memory modes), on, off
     device: str = "auto"
     precision: str = "auto"
     watermark: bool = True
@@ -42,6 +50,11 @@ class Settings:
             ckpt_dir=Path(args.ckpt_dir) if args.ckpt_dir else None,
             outputs_dir=Path(args.outputs_dir) if args.outputs_dir else None,
             ckpt=args.ckpt,
+            vae=args.vae,
+            vram_budget_gb=args.vram_budget,
+            ram_budget_gb=args.ram_budget,
+            memory_mode=_memory_mode(args),
+            vae_tiling=args.vae_tiling,
             device=args.device,
             precision=args.precision,
             watermark=not args.no_watermark,
@@ -58,9 +71,29 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ckpt", help="checkpoint to load first: a file name in the checkpoint folder, or a path"
     )
+    parser.add_argument("--vae", help='VAE to use: "Automatic" (default), "None" or a file in models/VAE')
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument("--no-watermark", action="store_true", help="do not embed the invisible watermark")
+    memory = parser.add_argument_group("memory")
+    memory.add_argument("--vram-budget", type=float, metavar="GB", help="GPU memory for cached models")
+    memory.add_argument("--ram-budget", type=float, metavar="GB", help="RAM for models kept warm")
+    memory.add_argument("--memory-mode", choices=MEMORY_MODES, default="auto")
+    memory.add_argument(
+        "--medvram", action="store_true", help="keep only the working component on the GPU (small GPUs)"
+    )
+    memory.add_argument(
+        "--lowvram", action="store_true", help="keep only the working layer on the GPU (very small GPUs)"
+    )
+    memory.add_argument("--vae-tiling", choices=VAE_TILING, default="auto")
+
+
+def _memory_mode(args: argparse.Namespace) -> str:
+    if args.lowvram:
+        return "lowvram"
+    if args.medvram:
+        return "medvram"
+    return args.memory_mode
 
 
 def app_parser() -> argparse.ArgumentParser:

@@ -48,6 +48,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     load_seconds: float = 0.0
+    vae_path: Path | None = None  # a VAE file used instead of the checkpoint's own; None: built-in
 
     @property
     def arch(self) -> Arch:
@@ -83,9 +84,7 @@ def load_model(path: Path, device: torch.device, dtype: torch.dtype) -> LoadedMo
 def _load_single_file(path: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     state = read_state_dict(path)
     spec = detect_model(state.tensors, state.metadata, path.name)
-    override = _yaml_prediction_type(path)
-    if override and override != spec.prediction_type:
-        spec = _with_prediction_type(spec, override)
+    spec = spec_with_yaml_override(spec, path)
     tensors = state.tensors
     unet = _load_weights(
         _empty(lambda: UNet2DConditionModel.from_config(spec.unet_config)),
@@ -93,18 +92,20 @@ def _load_single_file(path: Path, device: torch.device, dtype: torch.dtype) -> L
         "UNet",
         path.name,
     )
-    vae = _load_weights(
-        _empty(lambda: AutoencoderKL.from_config(spec.vae_config)),
-        convert_ldm_vae_checkpoint(tensors, spec.vae_config),
-        "VAE",
-        path.name,
-    )
+    vae = build_vae(tensors, spec.vae_config, path.name)
     encoders = [_build_text_encoder(tensors, encoder, path.name) for encoder in spec.text_encoders]
     tokenizers = [
         build_clip_tokenizer(pad_with_exclamation=e.pad_with_exclamation) for e in spec.text_encoders
     ]
     del tensors, state
     return _place(path.stem, path, spec, unet, vae, encoders, tokenizers, device, dtype)
+
+
+def build_vae(tensors: dict[str, torch.Tensor], config: dict[str, Any], name: str) -> AutoencoderKL:
+    """A VAE from LDM-layout tensors (with or without the checkpoint prefix) or diffusers-layout ones."""
+    if not any(key.startswith("encoder.down_blocks.") for key in tensors):
+        tensors = convert_ldm_vae_checkpoint(tensors, config)
+    return _load_weights(_empty(lambda: AutoencoderKL.from_config(config)), tensors, "VAE", name)
 
 
 def _empty(factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
@@ -167,6 +168,13 @@ def _place(
         # nn.Module.to: diffusers' override warns about fp32-only modules these models do not have.
         torch.nn.Module.to(module, device=device, dtype=dtype)
     return LoadedModel(name, path, spec, unet, vae, encoders, tokenizers, device, dtype)
+
+
+def spec_with_yaml_override(spec: ModelSpec, path: Path) -> ModelSpec:
+    override = _yaml_prediction_type(path)
+    if override and override != spec.prediction_type:
+        return _with_prediction_type(spec, override)
+    return spec
 
 
 def _yaml_prediction_type(path: Path) -> str | None:

@@ -1,33 +1,191 @@
-"""The checkpoints on disk: scanning, titles and A1111-compatible short hashes."""
+"""The model files on disk: checkpoints, VAEs, LoRAs and embeddings, with hashes and architectures.
+
+A scan reads only file headers (keys and shapes), so it is fast even for a library of
+multi-GB checkpoints; what it learns about a file, and its sha256, are remembered in the
+facts cache by path, size and mtime, so each file version is read and hashed once, ever.
+Files that cannot be used are listed too, with the reason, and never stop the scan.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
-from webui.model_manager.state_dict import CHECKPOINT_SUFFIXES
+from webui.model_manager.detect import VAE_PREFIX, Arch, detect_model
+from webui.model_manager.facts import FileFactsCache
+from webui.model_manager.state_dict import CHECKPOINT_SUFFIXES, CheckpointError, read_tensor_shapes
 
 log = logging.getLogger(__name__)
-_HASH_CHUNK = 1 << 20
+
+# Bumped when what `_inspect_*` derives changes, so cached facts from older versions are redone.
+_FACTS_VERSION = 1
+# A1111 keeps a checkpoint's own VAE beside it as `<name>.vae.safetensors`; that is not a checkpoint.
+VAE_SIDECAR_SUFFIX = ".vae"
+
+
+class ModelKind(str, Enum):
+    CHECKPOINT = "checkpoint"
+    VAE = "vae"
+    LORA = "lora"
+    EMBEDDING = "embedding"
 
 
 @dataclass(frozen=True)
-class CheckpointInfo:
-    name: str  # the file name without extension, relative to the folder
+class ModelFolders:
+    """Where each kind lives; the A1111 layout under one data folder by default."""
+
+    checkpoints: tuple[Path, ...]
+    vae: Path
+    lora: Path
+    embeddings: Path
+
+    @classmethod
+    def under(cls, data_dir: Path, extra_checkpoint_dirs: Iterable[Path] = ()) -> ModelFolders:
+        models = Path(data_dir) / "models"
+        checkpoint_dirs = [models / "Stable-diffusion"]
+        for folder in extra_checkpoint_dirs:
+            if Path(folder).resolve() not in {d.resolve() for d in checkpoint_dirs}:
+                checkpoint_dirs.append(Path(folder))
+        return cls(tuple(checkpoint_dirs), models / "VAE", models / "Lora", Path(data_dir) / "embeddings")
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    kind: ModelKind
+    name: str  # path relative to its folder, without the extension: what prompts and lists use
     path: Path
+    size_bytes: int
+    arch: Arch | None  # None when the file does not say (VAEs, tiny test files)
+    label: str  # "SD 1.x inpainting", "VAE", "LoRA (SDXL)"
+    error: str | None = None  # why the file cannot be used; None when it can
 
     @property
-    def is_diffusers_folder(self) -> bool:
-        return self.path.is_dir()
+    def usable(self) -> bool:
+        return self.error is None
+
+    @property
+    def filename(self) -> str:
+        return self.path.name
 
 
-def scan_checkpoints(folder: Path) -> list[CheckpointInfo]:
-    """Single files anywhere under `folder`, and diffusers folders (those with model_index.json)."""
-    folder = Path(folder)
+class ModelRegistry:
+    """Scans the model folders on demand; `refresh()` picks up added and removed files."""
+
+    def __init__(self, folders: ModelFolders, facts: FileFactsCache) -> None:
+        self.folders = folders
+        self.facts = facts
+        self._files: dict[ModelKind, list[ModelFile]] = {kind: [] for kind in ModelKind}
+        self._added: dict[ModelKind, list[Path]] = {kind: [] for kind in ModelKind}
+        self.refresh()
+
+    def refresh(self, kinds: Iterable[ModelKind] = tuple(ModelKind)) -> None:
+        for kind in kinds:
+            self._files[kind] = self._scan(kind)
+            scanned = {file.path for file in self._files[kind]}
+            for path in self._added[kind]:
+                if path not in scanned and path.exists():
+                    self._files[kind].append(self._describe(kind, path.parent, path))
+
+    def files(self, kind: ModelKind, usable_only: bool = True) -> list[ModelFile]:
+        return [f for f in self._files[kind] if f.usable or not usable_only]
+
+    def unusable(self) -> list[ModelFile]:
+        return [f for kind in ModelKind for f in self._files[kind] if not f.usable]
+
+    def add(self, path: Path, kind: ModelKind = ModelKind.CHECKPOINT) -> ModelFile:
+        """Describe a file outside the folders (`--ckpt /some/file`) or just written (a merge)."""
+        path = Path(path)
+        known = next((f for f in self._files[kind] if f.path == path), None)
+        if known is not None:
+            return known
+        folder = next((d for d in self._folders(kind) if d in path.parents), path.parent)
+        described = self._describe(kind, folder, path)
+        self._files[kind].append(described)
+        if folder == path.parent and not any(d in path.parents for d in self._folders(kind)):
+            self._added[kind].append(path)
+        return described
+
+    def find(self, kind: ModelKind, title: str) -> ModelFile:
+        """By name, A1111 title ("name [hash]"), file name, or short/full hash of a known file."""
+        wanted = title.strip()
+        name = wanted.split(" [")[0].strip()
+        candidates = self.files(kind, usable_only=False)
+        for file in candidates:
+            if name in (file.name, file.path.name, file.path.stem) or wanted == str(file.path):
+                return self._usable(file)
+        lowered = wanted.lower().strip("[]")
+        if len(lowered) >= 8:
+            for file in candidates:
+                digest = self.facts.cached_sha256(file.path)
+                if digest and digest.startswith(lowered):
+                    return self._usable(file)
+        known = ", ".join(f.name for f in self.files(kind)) or "none"
+        raise CheckpointError(f"unknown {kind.value} {title!r}; known: {known}")
+
+    def sha256(self, file: ModelFile) -> str | None:
+        if file.path.is_dir():
+            return None
+        return self.facts.sha256(file.path)
+
+    def short_hash(self, file: ModelFile) -> str | None:
+        digest = self.sha256(file)
+        return digest[:10] if digest else None
+
+    def title(self, file: ModelFile) -> str:
+        """A1111's "name [shorthash]"; just the name while the file is not hashed yet."""
+        digest = self.facts.cached_sha256(file.path) if file.path.is_file() else None
+        return f"{file.name} [{digest[:10]}]" if digest else file.name
+
+    def hash_all(self, should_stop: Callable[[], bool] = lambda: False) -> int:
+        """Hash every usable file not hashed yet (a background thread runs this); returns the count."""
+        hashed = 0
+        for kind in ModelKind:
+            for file in self.files(kind):
+                if should_stop():
+                    return hashed
+                if file.path.is_file() and self.facts.cached_sha256(file.path) is None:
+                    self.facts.sha256(file.path)
+                    hashed += 1
+        return hashed
+
+    def _usable(self, file: ModelFile) -> ModelFile:
+        if not file.usable:
+            raise CheckpointError(f"{file.filename} cannot be used: {file.error}")
+        return file
+
+    # -- scanning ---------------------------------------------------------------------------
+    def _folders(self, kind: ModelKind) -> tuple[Path, ...]:
+        return {
+            ModelKind.CHECKPOINT: self.folders.checkpoints,
+            ModelKind.VAE: (self.folders.vae,),
+            ModelKind.LORA: (self.folders.lora,),
+            ModelKind.EMBEDDING: (self.folders.embeddings,),
+        }[kind]
+
+    def _scan(self, kind: ModelKind) -> list[ModelFile]:
+        found: list[ModelFile] = []
+        for folder in self._folders(kind):
+            for path in _candidate_paths(folder, kind):
+                found.append(self._describe(kind, folder, path))
+        return found
+
+    def _describe(self, kind: ModelKind, folder: Path, path: Path) -> ModelFile:
+        relative = path.relative_to(folder) if folder in path.parents else Path(path.name)
+        name = relative.as_posix() if path.is_dir() else relative.with_suffix("").as_posix()
+        size = _size_on_disk(path)
+        try:
+            facts = self.facts.remember(path, f"inspect-{kind.value}-v{_FACTS_VERSION}", _INSPECTORS[kind])
+        except OSError as error:
+            facts = {"error": f"cannot read: {error}"}
+        arch = Arch(facts["arch"]) if facts.get("arch") else None
+        return ModelFile(kind, name, path, size, arch, facts.get("label", kind.value), facts.get("error"))
+
+
+def _candidate_paths(folder: Path, kind: ModelKind) -> list[Path]:
     if not folder.is_dir():
         return []
     found = []
@@ -36,71 +194,102 @@ def scan_checkpoints(folder: Path) -> list[CheckpointInfo]:
         if any(part.startswith(".") for part in relative.parts):
             continue
         if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
-            if any(
-                parent.joinpath("model_index.json").is_file()
-                for parent in path.parents
-                if folder in parent.parents
+            if kind is ModelKind.CHECKPOINT and (
+                path.stem.endswith(VAE_SIDECAR_SUFFIX) or _inside_diffusers_folder(path, folder)
             ):
-                continue  # weights inside a diffusers folder belong to that folder
-            found.append(CheckpointInfo(relative.with_suffix("").as_posix(), path))
-        elif path.is_dir() and (path / "model_index.json").is_file():
-            found.append(CheckpointInfo(relative.as_posix(), path))
+                continue
+            found.append(path)
+        elif kind is ModelKind.CHECKPOINT and path.is_dir() and (path / "model_index.json").is_file():
+            found.append(path)
     return found
 
 
-class HashCache:
-    """sha256 of checkpoint files, remembered by path, size and mtime across restarts.
-
-    A1111's "Model hash" is the first 10 hex digits of the whole file's sha256; hashing a
-    7 GB file takes seconds, so it is done once per file version.
-    """
-
-    def __init__(self, cache_file: Path) -> None:
-        self._file = Path(cache_file)
-        self._lock = threading.Lock()
-
-    def sha256(self, path: Path) -> str | None:
-        path = Path(path)
-        if not path.is_file():
-            return None
-        stat = path.stat()
-        key = str(path.resolve())
-        stamp = [stat.st_size, stat.st_mtime_ns]
-        with self._lock:
-            entries = self._read()
-            entry = entries.get(key)
-            if entry and entry.get("stamp") == stamp:
-                return entry["sha256"]
-        digest = _file_sha256(path)
-        with self._lock:
-            entries = self._read()
-            entries[key] = {"stamp": stamp, "sha256": digest}
-            self._write(entries)
-        return digest
-
-    def short_hash(self, path: Path) -> str | None:
-        digest = self.sha256(path)
-        return digest[:10] if digest else None
-
-    def _read(self) -> dict[str, dict]:
-        try:
-            return json.loads(self._file.read_text(encoding="utf-8")).get("sha256", {})
-        except (OSError, ValueError, AttributeError):
-            return {}
-
-    def _write(self, entries: dict[str, dict]) -> None:
-        try:
-            self._file.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self._file.with_name(self._file.name + ".tmp")
-            temporary.write_text(json.dumps({"sha256": entries}, indent=1), encoding="utf-8")
-            temporary.replace(self._file)
-        except OSError as error:
-            log.warning("cannot write the hash cache %s: %s", self._file, error)
+def _inside_diffusers_folder(path: Path, root: Path) -> bool:
+    return any((parent / "model_index.json").is_file() for parent in path.parents if root in parent.parents)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _size_on_disk(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+# -- what each kind of file is, from its header -------------------------------------------------
+Facts = dict[str, str]
+
+
+def _inspect_checkpoint(path: Path) -> Facts:
+    if path.is_dir():
+        return _inspect_diffusers_folder(path)
+    try:
+        state = read_tensor_shapes(path)
+        spec = detect_model(state.tensors, state.metadata, path.name)
+    except CheckpointError as error:
+        return {"error": str(error).removeprefix(f"{path.name}: ")}
+    from webui.model_manager.load import spec_with_yaml_override
+
+    spec = spec_with_yaml_override(spec, path)
+    return {"arch": spec.arch.value, "label": spec.kind}
+
+
+def _inspect_diffusers_folder(path: Path) -> Facts:
+    try:
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+        if "text_encoder_2" in index:
+            return {"arch": Arch.SDXL.value, "label": Arch.SDXL.label + " (diffusers)"}
+        config = json.loads((path / "text_encoder" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        return {"error": f"not a readable diffusers folder: {error}"}
+    arch = Arch.SD1 if config.get("hidden_act") == "quick_gelu" else Arch.SD2
+    return {"arch": arch.value, "label": arch.label + " (diffusers)"}
+
+
+def _inspect_vae(path: Path) -> Facts:
+    try:
+        keys = set(read_tensor_shapes(path).tensors)
+    except CheckpointError as error:
+        return {"error": str(error).removeprefix(f"{path.name}: ")}
+    stripped = {key.removeprefix(VAE_PREFIX) for key in keys}
+    if "decoder.conv_in.weight" not in stripped or "encoder.conv_in.weight" not in stripped:
+        return {"error": "not a VAE: it has no encoder and decoder weights"}
+    # SD1, SD2 and SDXL VAEs have the same shapes; only their weights tell them apart.
+    return {"label": "VAE"}
+
+
+def _inspect_lora(path: Path) -> Facts:
+    from webui.model_manager.lora import detect_lora_arch
+
+    try:
+        arch = detect_lora_arch(path)
+    except CheckpointError as error:
+        return {"error": str(error).removeprefix(f"{path.name}: ")}
+    return {"arch": arch.value, "label": f"LoRA ({arch.label})"} if arch else {"label": "LoRA"}
+
+
+def _inspect_embedding(path: Path) -> Facts:
+    from webui.model_manager.embeddings import read_embedding
+
+    try:
+        embedding = read_embedding(path)
+    except CheckpointError as error:
+        return {"error": str(error).removeprefix(f"{path.name}: ")}
+    arch = embedding.arch
+    label = f"embedding, {embedding.vector_count} vector{'s' if embedding.vector_count != 1 else ''}"
+    return {"arch": arch.value, "label": f"{label} ({arch.label})"} if arch else {"label": label}
+
+
+_INSPECTORS: dict[ModelKind, Callable[[Path], Facts]] = {
+    ModelKind.CHECKPOINT: _inspect_checkpoint,
+    ModelKind.VAE: _inspect_vae,
+    ModelKind.LORA: _inspect_lora,
+    ModelKind.EMBEDDING: _inspect_embedding,
+}
+
+
+def checkpoint_sidecar_vae(checkpoint: Path) -> Path | None:
+    """A1111's "Automatic" VAE: `<checkpoint>.vae.safetensors` (or .pt/.ckpt) beside the checkpoint."""
+    for suffix in (".safetensors", ".pt", ".ckpt"):
+        candidate = checkpoint.with_name(checkpoint.stem + VAE_SIDECAR_SUFFIX + suffix)
+        if candidate.is_file():
+            return candidate
+    return None

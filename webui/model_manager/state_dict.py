@@ -38,6 +38,45 @@ def read_state_dict(path: Path) -> StateDict:
     raise CheckpointError(f"{path.name}: not a checkpoint (expected one of {', '.join(CHECKPOINT_SUFFIXES)})")
 
 
+def read_tensor_shapes(path: Path) -> StateDict:
+    """Keys and shapes only, as meta tensors: a multi-GB `.safetensors` header reads in milliseconds.
+
+    Pickles have no separate header, so they are read whole (weights-only) and their tensors
+    turned into meta tensors; the caller caches what it derives from them.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
+        state = read_state_dict(path)
+        return StateDict({key: value.to("meta") for key, value in state.tensors.items()}, state.metadata)
+    if not path.is_file():
+        raise CheckpointError(f"{path.name}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            names = handle.keys()  # a safe_open handle is not iterable itself
+            tensors = {key: torch.empty(handle.get_slice(key).get_shape(), device="meta") for key in names}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{path.name}: not a readable .safetensors file (truncated or corrupt?): {error}"
+        ) from error
+    if not tensors:
+        raise CheckpointError(f"{path.name}: the file holds no tensors")
+    return StateDict(tensors, metadata)
+
+
+def read_tensors_with_prefix(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """Only the tensors under `prefix` (e.g. a checkpoint's VAE): safetensors reads just those bytes."""
+    path = Path(path)
+    if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
+        return {k: v for k, v in read_state_dict(path).tensors.items() if k.startswith(prefix)}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            names = [key for key in handle.keys() if key.startswith(prefix)]  # noqa: SIM118
+            return {key: handle.get_tensor(key) for key in names}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path.name}: not a readable .safetensors file: {error}") from error
+
+
 def _read_safetensors(path: Path) -> StateDict:
     try:
         with safe_open(str(path), framework="pt") as handle:

@@ -16,13 +16,27 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from webui.model_manager.detect import SD1_TEXT_PREFIX, SD2_TEXT_PREFIX, SDXL_TEXT1_PREFIX, SDXL_TEXT2_PREFIX
+from webui.model_manager.detect import (
+    SD1_TEXT_PREFIX,
+    SD2_TEXT_PREFIX,
+    SDXL_TEXT1_PREFIX,
+    SDXL_TEXT2_PREFIX,
+    VAE_PREFIX,
+)
 from webui.model_manager.ldm_export import hf_clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
 
 ARCHES = ("sd15", "sd15-inpaint", "sd2", "sd2-v", "sdxl")
 TEXT_WIDTH = 32
 VOCAB_SIZE = 49408  # the real CLIP vocabulary, so the real tokenizers work unchanged
 SDXL_TIME_EMBED = 8
+TINY_VAE_CONFIG: dict[str, object] = {
+    "block_out_channels": [32, 32, 32, 32],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+}
 
 
 def build_tiny_state_dict(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -52,19 +66,28 @@ def build_tiny_state_dict(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
 
     unet_config = _unet_config(arch)
     tensors |= unet_to_ldm(UNet2DConditionModel(**unet_config).state_dict(), unet_config)
-    vae_config = {
-        "block_out_channels": [32, 32, 32, 32],
-        "down_block_types": ["DownEncoderBlock2D"] * 4,
-        "up_block_types": ["UpDecoderBlock2D"] * 4,
-        "layers_per_block": 1,
-        "latent_channels": 4,
-        "norm_num_groups": 32,
-    }
-    tensors |= vae_to_ldm(AutoencoderKL(**vae_config).state_dict(), vae_config)
+    tensors |= _tiny_vae_tensors()
     if arch == "sd2-v":
         tensors["v_pred"] = torch.zeros(0)  # the community marker for v-prediction files
     # Real checkpoints are mostly distributed in half precision; so are these.
     return {key: value.detach().to(torch.float16).contiguous() for key, value in tensors.items()}
+
+
+def _tiny_vae_tensors() -> dict[str, torch.Tensor]:
+    return vae_to_ldm(AutoencoderKL(**TINY_VAE_CONFIG).state_dict(), TINY_VAE_CONFIG)
+
+
+def write_tiny_vae(out: Path, seed: int = 0) -> Path:
+    """A stand-alone VAE file as people keep in models/VAE: LDM keys without the checkpoint prefix."""
+    torch.manual_seed(seed)
+    tensors = {
+        key.removeprefix(VAE_PREFIX): value.detach().to(torch.float16).contiguous()
+        for key, value in _tiny_vae_tensors().items()
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out))
+    return out
 
 
 def _text_model(layers: int, *, projection: bool, act: str) -> CLIPTextModel | CLIPTextModelWithProjection:

@@ -1,0 +1,162 @@
+"""The model cache: tiers, budgets, LRU, leases and low-memory modes, on a stand-in GPU."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import CPU
+from webui.engine.generate import Engine
+from webui.engine.request import GenerationRequest
+from webui.model_manager.cache import MemoryBudgets, ModelCache, Tier
+from webui.model_manager.load import load_model
+from webui.model_manager.offload import MemoryMode, choose_memory_mode
+from webui.model_manager.placement import model_bytes
+
+GB = 1_000_000_000
+
+
+@pytest.fixture(scope="module")
+def three(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("three")
+    paths = []
+    for name in ("alpha", "beta", "gamma"):
+        paths.append(folder / f"{name}.safetensors")
+        shutil.copy(tiny_dir / "tiny-sd15.safetensors", paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def model_size(three: list[Path]) -> int:
+    return model_bytes(load_model(three[0], CPU, torch.float32))
+
+
+def _cache(size: int, vram_models: float, ram_models: float, **kwargs) -> ModelCache:
+    """A cache whose 'GPU' is the CPU: tiers, budgets and events behave as on CUDA."""
+    budgets = MemoryBudgets(int(size * vram_models), int(size * ram_models))
+    kwargs.setdefault("device_bytes", 1000 * GB)
+    return ModelCache(
+        lambda path: load_model(path, CPU, torch.float32), CPU, budgets, separate_device_memory=True, **kwargs
+    )
+
+
+def _tiers(cache: ModelCache, paths: list[Path]) -> list[str]:
+    return [cache.tier(path).value for path in paths]
+
+
+def test_lru_demotes_to_ram_then_drops_to_disk(three: list[Path], model_size: int) -> None:
+    alpha, beta, gamma = three
+    cache = _cache(model_size, vram_models=1.5, ram_models=1.5)
+    cache.activate(alpha)
+    assert _tiers(cache, three) == ["vram", "disk", "disk"]
+    cache.activate(beta)
+    assert _tiers(cache, three) == ["ram", "vram", "disk"]
+    cache.activate(gamma)  # beta goes to RAM; alpha, least recently used, leaves memory
+    assert _tiers(cache, three) == ["disk", "ram", "vram"]
+    events_before = len(cache.events())
+    cache.activate(beta)  # RAM-warm: a move, not a load
+    new = cache.events()[events_before:]
+    assert [(e.action, e.name, e.target) for e in new] == [
+        ("move", "gamma", Tier.RAM),
+        ("move", "beta", Tier.VRAM),
+    ]
+    assert _tiers(cache, three) == ["disk", "vram", "ram"]
+
+
+def test_budgets_are_kept_and_a_file_is_never_cached_twice(three: list[Path], model_size: int) -> None:
+    cache = _cache(model_size, vram_models=2.5, ram_models=1.2)
+    for path in [*three, *three, three[0]]:
+        model = cache.activate(path)
+        assert cache.used_bytes(Tier.VRAM) <= cache.budgets.vram_bytes
+        assert cache.used_bytes(Tier.RAM) <= cache.budgets.ram_bytes
+        assert len({p.path for p in cache.placements()}) == len(cache.placements())
+        assert cache.activate(path) is model  # asking again changes nothing
+    assert sum(p.tier is Tier.VRAM for p in cache.placements()) == 2
+
+
+def test_events_are_timed_with_size_and_bandwidth(three: list[Path], model_size: int) -> None:
+    cache = _cache(model_size, vram_models=1, ram_models=1)
+    cache.activate(three[0])
+    cache.activate(three[1])
+    load, move = cache.events()[:2]
+    assert (load.action, load.source, load.target) == ("load", Tier.DISK, Tier.RAM)
+    assert move.action == "move" and move.size_bytes == model_size and move.seconds >= 0
+    assert load.describe().startswith(f"loaded alpha from disk to RAM: {model_size / GB:.2f} GB in ")
+    assert move.describe().startswith("moved alpha from RAM to cpu") and "GB/s" in move.describe()
+    placement = {p.name: p for p in cache.placements()}
+    assert placement["beta"].tier is Tier.VRAM and placement["beta"].last_event is not None
+
+
+def test_a_model_in_use_is_never_moved_or_evicted(three: list[Path], model_size: int) -> None:
+    alpha, beta, gamma = three
+    cache = _cache(model_size, vram_models=1, ram_models=1)
+    with cache.use(alpha) as model:
+        cache.activate(beta)  # over budget rather than pull the running job's model away
+        cache.prefetch(gamma)
+        cache.evict()
+        cache.unload()
+        assert cache.tier(alpha) is Tier.VRAM
+        assert next(p for p in cache.placements() if p.path == alpha).in_use
+        assert model.unet.conv_in.weight.is_contiguous()
+    cache.activate(gamma)
+    assert cache.tier(alpha) is not Tier.VRAM
+
+
+def test_unload_and_evict(three: list[Path], model_size: int) -> None:
+    cache = _cache(model_size, vram_models=2, ram_models=2)
+    cache.activate(three[0])
+    cache.unload()
+    assert cache.tier(three[0]) is Tier.RAM
+    cache.evict(three[0])
+    assert cache.tier(three[0]) is Tier.DISK and cache.placements() == []
+
+
+def test_cpu_device_has_one_tier(three: list[Path], model_size: int) -> None:
+    budgets = MemoryBudgets(0, int(model_size * 2.5))
+    cache = ModelCache(lambda path: load_model(path, CPU, torch.float32), CPU, budgets)
+    for path in three:
+        cache.activate(path)
+    assert _tiers(cache, three) == ["disk", "ram", "ram"]
+
+
+@pytest.mark.parametrize("mode", [MemoryMode.MEDVRAM, MemoryMode.LOWVRAM])
+def test_low_memory_modes_make_the_same_image_and_leave_no_hooks(
+    three: list[Path], model_size: int, mode: MemoryMode
+) -> None:
+    request = GenerationRequest(prompt="a lighthouse", steps=3, width=64, height=64, seed=5)
+    expected = Engine(load_model(three[0], CPU, torch.float32)).generate(request).images[0]
+    cache = _cache(model_size, vram_models=4, ram_models=4, memory_mode=mode)
+    with cache.use(three[0]) as model:
+        assert _hook_count(model) > 0
+        image = Engine(model).generate(request).images[0]
+    assert image.tobytes() == expected.tobytes()
+    assert next(p for p in cache.placements()).memory_mode is mode
+    cache.memory_mode = MemoryMode.NORMAL
+    with cache.use(three[0]) as model:
+        assert _hook_count(model) == 0
+        assert Engine(model).generate(request).images[0].tobytes() == expected.tobytes()
+
+
+def _hook_count(model) -> int:
+    modules = [m for part in (model.unet, model.vae, *model.text_encoders) for m in part.modules()]
+    return sum(len(m._forward_pre_hooks) for m in modules)
+
+
+def test_automatic_memory_mode_follows_the_gpu_size() -> None:
+    cuda = torch.device("cuda")
+    sd15, sdxl = int(2.1 * GB), int(6.9 * GB)
+    assert choose_memory_mode(MemoryMode.AUTO, cuda, sd15, 24 * GB) is MemoryMode.NORMAL
+    assert choose_memory_mode(MemoryMode.AUTO, cuda, sdxl, 24 * GB) is MemoryMode.NORMAL
+    assert choose_memory_mode(MemoryMode.AUTO, cuda, sdxl, 8 * GB) is MemoryMode.MEDVRAM
+    assert choose_memory_mode(MemoryMode.AUTO, cuda, sdxl, 4 * GB) is MemoryMode.LOWVRAM
+    assert choose_memory_mode(MemoryMode.AUTO, CPU, sdxl, 1 * GB) is MemoryMode.NORMAL
+    assert choose_memory_mode(MemoryMode.LOWVRAM, cuda, sd15, 80 * GB) is MemoryMode.LOWVRAM
+
+
+def test_budgets_default_from_the_machine() -> None:
+    budgets = MemoryBudgets.for_machine(CPU)
+    assert budgets.vram_bytes == 0 and budgets.ram_bytes > GB / 2
+    assert MemoryBudgets.for_machine(CPU, vram_gb=3, ram_gb=1.5) == MemoryBudgets(3 * GB, 1_500_000_000)

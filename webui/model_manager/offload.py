@@ -1,0 +1,154 @@
+"""Low-memory modes: keep a model in host memory and bring only what is working to the GPU.
+
+- medvram: one component at a time (a text encoder, the UNet or the VAE) is on the device;
+  the next one to run sends the previous one back.
+- lowvram: each layer's weights visit the device only for that layer's forward.
+
+Both use torch's public forward hooks and keep one host copy of every weight, so sending
+weights back is a pointer swap, not a copy; removing the hooks restores the model exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+from torch.utils.hooks import RemovableHandle
+
+from webui.model_manager.load import LoadedModel
+from webui.model_manager.placement import HOST, model_modules, module_tensors, pin_available
+
+_GIB = 1 << 30
+
+
+class MemoryMode(str, Enum):
+    AUTO = "auto"
+    NORMAL = "normal"
+    MEDVRAM = "medvram"
+    LOWVRAM = "lowvram"
+
+
+def choose_memory_mode(
+    requested: MemoryMode, device: torch.device, model_bytes: int, vram_bytes: int
+) -> MemoryMode:
+    """`auto`: normal when the model and room to work fit in the VRAM budget, else the lighter modes."""
+    if requested is not MemoryMode.AUTO:
+        return requested
+    if device.type != "cuda":
+        return MemoryMode.NORMAL  # CPU has one memory; MPS shares the host's
+    # Activations need room too: about 1.5 GB at SD1.5 sizes, more for SDXL.
+    working = max(_GIB * 3 // 2, model_bytes // 2)
+    if model_bytes + working <= vram_bytes:
+        return MemoryMode.NORMAL
+    if model_bytes // 2 + working <= vram_bytes:  # the UNet is most of a model
+        return MemoryMode.MEDVRAM
+    return MemoryMode.LOWVRAM
+
+
+@dataclass
+class _Group:
+    """Tensors that move together, with the host copy of each."""
+
+    tensors: list[torch.Tensor]
+    host: list[torch.Tensor] = field(default_factory=list)
+    on_device: bool = False
+
+
+@dataclass
+class Offloader:
+    """The hooks attached to one model; `detach()` leaves it on the host, hook-free."""
+
+    model: LoadedModel
+    mode: MemoryMode
+    device: torch.device
+    handles: list[RemovableHandle] = field(default_factory=list)
+    groups: list[_Group] = field(default_factory=list)
+
+    def park(self) -> None:
+        """Send every weight back to the host (between jobs); nothing is copied."""
+        for group in self.groups:
+            _to_host(group)
+
+    def detach(self) -> None:
+        self.park()
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        self.model.device = HOST
+
+
+def attach_offload(model: LoadedModel, mode: MemoryMode, device: torch.device) -> Offloader:
+    """Hook `model` (already on the host) so it runs on `device` in `mode` (medvram or lowvram)."""
+    if mode not in (MemoryMode.MEDVRAM, MemoryMode.LOWVRAM):
+        raise ValueError(f"attach_offload needs medvram or lowvram, not {mode.value}")
+    pin = pin_available(device)
+    if pin:
+        for module in model_modules(model):
+            for tensor in module_tensors(module):
+                if not tensor.is_pinned():
+                    tensor.data = tensor.data.pin_memory()
+    offloader = Offloader(model, mode, device)
+    if mode is MemoryMode.MEDVRAM:
+        _hook_components(offloader)
+    else:
+        _hook_layers(offloader)
+    model.device = device
+    return offloader
+
+
+def _hook_components(offloader: Offloader) -> None:
+    model = offloader.model
+    components: list[tuple[torch.nn.Module, list[torch.nn.Module]]] = [
+        (encoder, [encoder]) for encoder in model.text_encoders
+    ]
+    components.append((model.unet, [model.unet]))
+    # vae.encode/decode bypass vae.forward, so the VAE's children carry its hooks.
+    components.append((model.vae, list(model.vae.children())))
+    for component, entry_points in components:
+        group = _Group(list(module_tensors(component)))
+        offloader.groups.append(group)
+
+        def bring(_module, _args, group=group) -> None:
+            if group.on_device:
+                return
+            for other in offloader.groups:
+                _to_host(other)
+            _to_device(group, offloader.device)
+
+        for entry in entry_points:
+            offloader.handles.append(entry.register_forward_pre_hook(bring))
+
+
+def _hook_layers(offloader: Offloader) -> None:
+    for component in model_modules(offloader.model):
+        for layer in component.modules():
+            tensors = list(module_tensors(layer, recurse=False))
+            if not tensors:
+                continue
+            group = _Group(tensors)
+            offloader.groups.append(group)
+            offloader.handles.append(
+                layer.register_forward_pre_hook(lambda _m, _a, g=group: _to_device(g, offloader.device))
+            )
+            offloader.handles.append(layer.register_forward_hook(lambda _m, _a, _o, g=group: _to_host(g)))
+
+
+def _to_device(group: _Group, device: torch.device) -> None:
+    if group.on_device:
+        return
+    group.host = [tensor.data for tensor in group.tensors]
+    for tensor in group.tensors:
+        tensor.data = tensor.data.to(device, non_blocking=tensor.data.is_pinned())
+    group.on_device = True
+
+
+def _to_host(group: _Group) -> None:
+    # The host copies were never released, so going back is a pointer swap; the caching
+    # allocator keeps freed device memory stream-ordered, so in-flight kernels stay safe.
+    if not group.on_device:
+        return
+    for tensor, host in zip(group.tensors, group.host, strict=True):
+        tensor.data = host
+    group.host = []
+    group.on_device = False
