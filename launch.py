@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    for unusable in studio.registry.unusable():
+        logging.warning("skipping %s: %s", unusable.path, unusable.error)
+    studio.start_background_hashing()
     if studio.demo_mode:
         print(f"\n*** {studio.demo_message}\n", file=sys.stderr)
     host = "0.0.0.0" if settings.listen else "127.0.0.1"

@@ -14,7 +14,8 @@ from webui.engine.request import GenerationRequest
 from webui.model_manager.cache import MemoryBudgets, ModelCache, Tier
 from webui.model_manager.load import load_model
 from webui.model_manager.offload import MemoryMode, choose_memory_mode
-from webui.model_manager.placement import model_bytes
+from webui.model_manager.placement import host_views, model_bytes
+from webui.tools.tiny_networks import write_tiny_embedding, write_tiny_lora
 
 GB = 1_000_000_000
 
@@ -124,20 +125,36 @@ def test_cpu_device_has_one_tier(three: list[Path], model_size: int) -> None:
 
 @pytest.mark.parametrize("mode", [MemoryMode.MEDVRAM, MemoryMode.LOWVRAM])
 def test_low_memory_modes_make_the_same_image_and_leave_no_hooks(
-    three: list[Path], model_size: int, mode: MemoryMode
+    three: list[Path], model_size: int, mode: MemoryMode, tmp_path: Path
 ) -> None:
-    request = GenerationRequest(prompt="a lighthouse", steps=3, width=64, height=64, seed=5)
-    expected = Engine(load_model(three[0], CPU, torch.float32)).generate(request).images[0]
+    networks = {
+        "loras": {"ink": write_tiny_lora("sd15", tmp_path / "ink.safetensors")},
+        "embeddings": {"dusk": write_tiny_embedding("sd15", tmp_path / "dusk.pt")},
+    }
+    plain = GenerationRequest(prompt="a lighthouse", steps=3, width=64, height=64, seed=5)
+    # A LoRA and an embedding add modules after the hooks went on; they must be offloaded too.
+    styled = GenerationRequest(
+        prompt="a lighthouse, dusk <lora:ink:0.8>", steps=3, width=64, height=64, seed=5
+    )
+    reference = load_model(three[0], CPU, torch.float32)
+    expected = [Engine(reference, **networks).generate(r).images[0].tobytes() for r in (plain, styled, plain)]
     cache = _cache(model_size, vram_models=4, ram_models=4, memory_mode=mode)
     with cache.use(three[0]) as model:
         assert _hook_count(model) > 0
-        image = Engine(model).generate(request).images[0]
-    assert image.tobytes() == expected.tobytes()
+        engine = Engine(model, **networks)
+        images = [engine.generate(r).images[0].tobytes() for r in (plain, styled, plain)]
+        if mode is MemoryMode.LOWVRAM:  # on a real GPU an unhooked layer would fail with a device mismatch
+            named = [(n, m) for part in (model.unet, *model.text_encoders) for n, m in part.named_modules()]
+            owners = [(n, m) for n, m in named if next(m.parameters(recurse=False), None) is not None]
+            assert any(".lora_A." in name for name, _ in owners)
+            assert all(m._forward_pre_hooks for _, m in owners)
+    assert images == expected
+    assert expected[0] != expected[1] and expected[0] == expected[2]
     assert next(p for p in cache.placements()).memory_mode is mode
     cache.memory_mode = MemoryMode.NORMAL
     with cache.use(three[0]) as model:
         assert _hook_count(model) == 0
-        assert Engine(model).generate(request).images[0].tobytes() == expected.tobytes()
+        assert Engine(model).generate(plain).images[0].tobytes() == expected[0]
 
 
 def _hook_count(model) -> int:
@@ -160,3 +177,17 @@ def test_budgets_default_from_the_machine() -> None:
     budgets = MemoryBudgets.for_machine(CPU)
     assert budgets.vram_bytes == 0 and budgets.ram_bytes > GB / 2
     assert MemoryBudgets.for_machine(CPU, vram_gb=3, ram_gb=1.5) == MemoryBudgets(3 * GB, 1_500_000_000)
+
+
+def test_host_copies_share_a_few_power_of_two_blocks() -> None:
+    """Pinned memory comes in power-of-two blocks; carving tensors out of big ones wastes little."""
+    tensors = [torch.randn(3, 5), torch.ones(1000, dtype=torch.float16), torch.arange(7), torch.zeros(0)]
+    views = host_views(tensors, chunk_bytes=2048, pin=False)
+    for tensor, view in zip(tensors, views, strict=True):
+        assert view.shape == tensor.shape and view.dtype == tensor.dtype
+        view.copy_(tensor)
+    for tensor, view in zip(tensors, views, strict=True):
+        assert torch.equal(view, tensor)  # no two views overlap
+    storages = {view.untyped_storage().data_ptr(): view.untyped_storage() for view in views if view.numel()}
+    # 512 + 2048 + 512 + 0 aligned bytes in 2 KiB chunks: the small ones share the first chunk.
+    assert sorted(storage.nbytes() for storage in storages.values()) == [1024, 2048]

@@ -99,9 +99,7 @@ def test_refresh_picks_up_added_and_removed_files(library: Path, tiny_dir: Path)
 
 
 def test_extra_checkpoint_folder_and_files_outside_the_folders(library: Path, tiny_dir: Path) -> None:
-    registry = ModelRegistry(
-        ModelFolders.under(library, [tiny_dir]), FileFactsCache(library / "cache.json")
-    )
+    registry = ModelRegistry(ModelFolders.under(library, [tiny_dir]), FileFactsCache(library / "cache.json"))
     names = [f.name for f in registry.files(ModelKind.CHECKPOINT)]
     assert "dreamy" in names and "tiny-sdxl" in names
     outside = library / "elsewhere" / "solo.safetensors"

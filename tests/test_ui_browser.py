@@ -122,8 +122,17 @@ def test_generate_error_and_recover(tmp_path: Path, page: Page, outside_requests
 
     settings = Settings.for_data_dir(tmp_path, device="cpu", ckpt="tiny")
     write_tiny_checkpoint("sd15", settings.ckpt_dir / "tiny.safetensors")
-    # Listed by the scan but not loadable: choosing it must show a CheckpointError, not break the page.
-    (settings.ckpt_dir / "broken.safetensors").write_bytes(b"not a checkpoint")
+    import torch
+    from safetensors.torch import save_file
+
+    from webui.tools.tiny_checkpoint import build_tiny_state_dict
+
+    # Its header passes the scan but one tensor does not fit: choosing it must show a
+    # CheckpointError and keep the page working. (A corrupt header is not even listed.)
+    tensors = build_tiny_state_dict("sd15")
+    tensors["first_stage_model.decoder.mid.block_1.conv1.weight"] = torch.zeros(32, 32, 1, 1)
+    save_file(tensors, str(settings.ckpt_dir / "broken.safetensors"))
+    (settings.ckpt_dir / "corrupt.safetensors").write_bytes(b"not a checkpoint")
 
     with _serve(settings) as url:
         page.goto(url)

@@ -11,5 +11,7 @@ for _name, _value in {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "GRADIO_ANALYTICS_ENABLED": "False",
     "DISABLE_TELEMETRY": "1",
+    # transformers draws a "Loading weights" bar for every LoRA it adds to a text encoder.
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }.items():
     os.environ.setdefault(_name, _value)

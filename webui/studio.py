@@ -7,22 +7,37 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from webui import __version__
 from webui.engine.devices import resolve_device, resolve_dtype
-from webui.engine.generate import Engine
+from webui.engine.generate import Engine, GenerationResult
 from webui.engine.request import GenerationRequest
 from webui.engine.steps import JobControl, StepHook
+from webui.model_manager.cache import MemoryBudgets, ModelCache, ModelEvent, Placement, Tier
+from webui.model_manager.facts import FileFactsCache
 from webui.model_manager.load import LoadedModel, load_model
-from webui.model_manager.registry import CheckpointInfo, HashCache, scan_checkpoints
+from webui.model_manager.merge import MergeRecipe, merge_checkpoints
+from webui.model_manager.offload import MemoryMode
+from webui.model_manager.placement import HOST
+from webui.model_manager.registry import ModelFile, ModelFolders, ModelKind, ModelRegistry
 from webui.model_manager.state_dict import CheckpointError
+from webui.model_manager.vae import AUTOMATIC, BUILT_IN, resolve_vae_file, swap_vae
 from webui.outputs import ImageSaver, format_infotext
 from webui.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DEMO_CHECKPOINT = "tiny-demo-sd15"
+# Above this many pixels the VAE decodes in tiles, per memory mode (`--vae-tiling auto`).
+_TILING_PIXELS = {
+    MemoryMode.NORMAL: 2048 * 2048,
+    MemoryMode.MEDVRAM: 1024 * 1024,
+    MemoryMode.LOWVRAM: 512 * 512,
+}
+# A1111 writes 12 hex digits of sha256 for LoRAs and embeddings ("Lora hashes", "TI hashes").
+_NETWORK_HASH_LENGTH = 12
 
 
 @dataclass
@@ -35,21 +50,32 @@ class StudioResult:
 
 
 class Studio:
-    """Owns the checkpoint list, the loaded model and the output folder. One generation at a time."""
+    """Owns the model registry and cache, the selected checkpoint and VAE, and the output folder.
+
+    Generations run one at a time. A checkpoint switch asked for while one runs is loaded
+    beside it (into RAM) and applies to the next job; the running job keeps its model.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(self.device, settings.precision)
-        self.hashes = HashCache(settings.data_dir / "cache.json")
+        self.facts = FileFactsCache(settings.data_dir / "cache.json")
         self.saver = ImageSaver(settings.outputs_dir, watermark=settings.watermark)
-        self._lock = threading.RLock()
-        self._engine: Engine | None = None
-        self._checkpoints = scan_checkpoints(settings.ckpt_dir)
-        self.demo_mode = not self._checkpoints and settings.ckpt is None
+        self.registry = ModelRegistry(ModelFolders.under(settings.data_dir, [settings.ckpt_dir]), self.facts)
+        self.cache = ModelCache(
+            self._load_to_host,
+            self.device,
+            MemoryBudgets.for_machine(self.device, settings.vram_budget_gb, settings.ram_budget_gb),
+            MemoryMode(settings.memory_mode),
+        )
+        self._generation = threading.Lock()
+        self._vae_choice = settings.vae
+        self.demo_mode = not self.checkpoints() and settings.ckpt is None
         if self.demo_mode:
             self._write_demo_checkpoint()
         self._selected = self._initial_checkpoint()
+        self._vae_file(self._selected)  # an unknown --vae is an error at start, not at the first job
 
     @property
     def demo_message(self) -> str:
@@ -64,85 +90,235 @@ class Studio:
 
         write_tiny_checkpoint("sd15", self.settings.ckpt_dir / f"{DEMO_CHECKPOINT}.safetensors")
         log.warning(self.demo_message)
-        self._checkpoints = scan_checkpoints(self.settings.ckpt_dir)
+        self.registry.refresh([ModelKind.CHECKPOINT])
 
-    def _initial_checkpoint(self) -> CheckpointInfo:
+    def _initial_checkpoint(self) -> ModelFile:
         wanted = self.settings.ckpt
         if wanted:
             path = Path(wanted)
             if path.exists():
-                return CheckpointInfo(path.stem if path.is_file() else path.name, path)
+                return self._usable(self.registry.add(path))
             return self.find_checkpoint(wanted)
-        if not self._checkpoints:
-            raise CheckpointError(f"no checkpoint in {self.settings.ckpt_dir}")
-        return self._checkpoints[0]
+        usable = self.checkpoints()
+        if not usable:
+            raise CheckpointError(f"no usable checkpoint in {self.settings.ckpt_dir}")
+        return usable[0]
+
+    def _load_to_host(self, path: Path) -> LoadedModel:
+        return load_model(path, HOST, self.dtype)
+
+    def start_background_hashing(self) -> threading.Thread:
+        """Hash files not hashed yet, so titles and the API show hashes without a wait later."""
+        thread = threading.Thread(target=self.registry.hash_all, name="model-hashing", daemon=True)
+        thread.start()
+        return thread
 
     # -- checkpoints --------------------------------------------------------------------------
-    def checkpoints(self) -> list[CheckpointInfo]:
-        return list(self._checkpoints)
+    def checkpoints(self) -> list[ModelFile]:
+        return self.registry.files(ModelKind.CHECKPOINT)
 
     def checkpoint_titles(self) -> list[str]:
-        titles = [info.name for info in self._checkpoints]
-        if self._selected.name not in titles:
-            titles.insert(0, self._selected.name)
-        return titles
+        names = [file.name for file in self.checkpoints()]
+        if self._selected.name not in names:
+            names.insert(0, self._selected.name)
+        return names
 
     def current_checkpoint(self) -> str:
         return self._selected.name
 
+    def current_checkpoint_file(self) -> ModelFile:
+        return self._selected
+
     def refresh_checkpoints(self) -> list[str]:
-        self._checkpoints = scan_checkpoints(self.settings.ckpt_dir)
+        self.registry.refresh()
         return self.checkpoint_titles()
 
-    def find_checkpoint(self, title: str) -> CheckpointInfo:
-        """By name, by A1111 title ("name [hash]") or by file name."""
-        name = title.split(" [")[0].strip()
-        for info in self._checkpoints:
-            if name in (info.name, info.path.name, info.path.stem):
-                return info
-        known = ", ".join(info.name for info in self._checkpoints) or "none"
-        raise CheckpointError(f"unknown checkpoint {title!r}; known: {known}")
+    def find_checkpoint(self, title: str) -> ModelFile:
+        """By name, by A1111 title ("name [hash]"), by file name or by hash."""
+        return self.registry.find(ModelKind.CHECKPOINT, title)
 
     def select_checkpoint(self, title: str) -> None:
-        """Load a checkpoint now; the previous one stays loaded if this one fails."""
-        info = self.find_checkpoint(title)
-        with self._lock:
-            if self._engine is not None and self._selected == info:
-                return
-            model = load_model(info.path, self.device, self.dtype)
-            self._selected, self._engine = info, Engine(model)
+        """Switch checkpoints; if loading fails, the previous one stays selected and loaded.
+
+        While a generation runs, the new model is loaded into RAM beside it and becomes the
+        active one at the next job.
+        """
+        file = self.find_checkpoint(title)
+        if self._generation.locked():
+            self.cache.prefetch(file.path)
+        else:
+            self._activate(file)
+        self._selected = file
 
     def model(self) -> LoadedModel:
-        return self._ensure_engine().model
+        """The selected model, on the compute device (loading it if needed)."""
+        return self._activate(self._selected)
 
-    def _ensure_engine(self) -> Engine:
-        with self._lock:
-            if self._engine is None:
-                self._engine = Engine(load_model(self._selected.path, self.device, self.dtype))
-            return self._engine
+    def unload_checkpoint(self) -> None:
+        """Free GPU memory: models go to RAM (or disk, past the RAM budget)."""
+        self.cache.unload()
+
+    def reload_checkpoint(self) -> LoadedModel:
+        return self.model()
+
+    def _activate(self, file: ModelFile) -> LoadedModel:
+        model = self.cache.activate(file.path)
+        self._apply_vae(file, model)
+        return model
+
+    def _usable(self, file: ModelFile) -> ModelFile:
+        if not file.usable:
+            raise CheckpointError(f"{file.filename} cannot be used: {file.error}")
+        return file
+
+    # -- VAE ----------------------------------------------------------------------------------
+    def vae_choices(self) -> list[str]:
+        return [AUTOMATIC, BUILT_IN, *(file.name for file in self.registry.files(ModelKind.VAE))]
+
+    @property
+    def vae_choice(self) -> str:
+        return self._vae_choice
+
+    def select_vae(self, choice: str) -> None:
+        """Use another VAE from the next job on (now, when no job runs); unknown names are refused."""
+        previous, self._vae_choice = self._vae_choice, choice
+        try:
+            self._vae_file(self._selected)
+            if not self._generation.locked() and self.cache.tier(self._selected.path) is not Tier.DISK:
+                self._activate(self._selected)
+        except CheckpointError:
+            self._vae_choice = previous
+            raise
+
+    def _vae_file(self, checkpoint: ModelFile) -> Path | None:
+        named = {file.name: file.path for file in self.registry.files(ModelKind.VAE)}
+        return resolve_vae_file(self._vae_choice, checkpoint.path, named)
+
+    def _apply_vae(self, checkpoint: ModelFile, model: LoadedModel) -> None:
+        vae_file = self._vae_file(checkpoint)
+        if model.vae_path != vae_file:
+            self.cache.modify(checkpoint.path, lambda m: swap_vae(m, vae_file))
+
+    # -- memory -------------------------------------------------------------------------------
+    def placements(self) -> list[Placement]:
+        return self.cache.placements()
+
+    def model_events(self) -> list[ModelEvent]:
+        return self.cache.events()
+
+    def memory_report(self) -> dict[str, object]:
+        """What the API's `memory` endpoint and the UI show: RAM, VRAM and where each model is."""
+        import psutil
+
+        system = psutil.virtual_memory()
+        report: dict[str, object] = {
+            "ram": {
+                "total": system.total,
+                "free": system.available,
+                "used": system.total - system.available,
+                "process": psutil.Process().memory_info().rss,
+                "models": self.cache.used_bytes(Tier.RAM),
+                "budget": self.cache.budgets.ram_bytes,
+            },
+            "models": [
+                {
+                    "name": p.name,
+                    "tier": p.tier.value,
+                    "size": p.size_bytes,
+                    "memory_mode": p.memory_mode.value,
+                    "in_use": p.in_use,
+                    "last_event": p.last_event.describe() if p.last_event else None,
+                }
+                for p in self.placements()
+            ],
+        }
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            report["cuda"] = {
+                "total": total,
+                "free": free,
+                "allocated": torch.cuda.memory_allocated(self.device),
+                "reserved": torch.cuda.memory_reserved(self.device),
+                "peak": torch.cuda.max_memory_allocated(self.device),
+                "models": self.cache.used_bytes(Tier.VRAM),
+                "budget": self.cache.budgets.vram_bytes,
+            }
+        return report
+
+    # -- merging ------------------------------------------------------------------------------
+    def merge_checkpoints(self, recipe: MergeRecipe) -> ModelFile:
+        """Write the merge into the checkpoint folder; it is listed (and selectable) at once."""
+        path = merge_checkpoints(recipe, self.settings.ckpt_dir, hashes=self.facts.sha256)
+        self.registry.refresh([ModelKind.CHECKPOINT])
+        return self.registry.add(path)
 
     # -- generation ---------------------------------------------------------------------------
     def generate(
-        self, request: GenerationRequest, on_step: StepHook | None = None, control: JobControl | None = None
+        self,
+        request: GenerationRequest,
+        on_step: StepHook | None = None,
+        control: JobControl | None = None,
+        checkpoint: str | None = None,
     ) -> StudioResult:
+        """Run one job; `checkpoint` picks a model for this job only (A1111's override_settings)."""
         request.validate()
-        with self._lock:
-            engine = self._ensure_engine()
+        file = self.find_checkpoint(checkpoint) if checkpoint else self._selected
+        with self._generation, self.cache.use(file.path) as model:
+            self._apply_vae(file, model)
+            self._configure_vae_tiling(file, model, request)
+            engine = Engine(
+                model, loras=self._paths(ModelKind.LORA), embeddings=self._paths(ModelKind.EMBEDDING)
+            )
             result = engine.generate(request, on_step=on_step, control=control)
-            model_hash = self.hashes.short_hash(self._selected.path)
+            vae_file = model.vae_path
+        shared = self._infotext_extras(file, vae_file, result)
         infotexts, paths = [], []
         for image, seed in zip(result.images, result.seeds):
             infotext = format_infotext(
                 request.prompt,
                 request.negative_prompt,
-                self._infotext_params(result.params, seed, model_hash),
+                self._infotext_params(result.params, seed, file, shared),
             )
             infotexts.append(infotext)
             paths.append(self.saver.save(image, mode=request.mode, seed=seed, infotext=infotext))
         return StudioResult(result.images, paths, infotexts, result.seeds, result.interrupted)
 
+    def _paths(self, kind: ModelKind) -> dict[str, Path]:
+        return {file.name: file.path for file in self.registry.files(kind)}
+
+    def _configure_vae_tiling(self, file: ModelFile, model: LoadedModel, request: GenerationRequest) -> None:
+        mode = next((p.memory_mode for p in self.placements() if p.path == model.path), MemoryMode.NORMAL)
+        setting = self.settings.vae_tiling
+        tile = setting == "on" or (
+            setting == "auto" and request.width * request.height > _TILING_PIXELS[mode]
+        )
+        if tile:
+            model.vae.enable_tiling()
+        else:
+            model.vae.disable_tiling()
+
+    def _infotext_extras(
+        self, file: ModelFile, vae_file: Path | None, result: GenerationResult
+    ) -> dict[str, object]:
+        extras: dict[str, object] = {}
+        if vae_file is not None:
+            digest = self.facts.sha256(vae_file)
+            extras["VAE hash"] = digest[:10] if digest else None
+            extras["VAE"] = vae_file.name
+        for key, kind, names in (
+            ("Lora hashes", ModelKind.LORA, [name for name, _ in result.loras]),
+            ("TI hashes", ModelKind.EMBEDDING, result.embeddings),
+        ):
+            if names:
+                files = self._paths(kind)
+                extras[key] = ", ".join(
+                    f"{name}: {(self.facts.sha256(files[name]) or '')[:_NETWORK_HASH_LENGTH]}"
+                    for name in names
+                )
+        return extras
+
     def _infotext_params(
-        self, params: dict[str, object], seed: int, model_hash: str | None
+        self, params: dict[str, object], seed: int, file: ModelFile, extras: dict[str, object]
     ) -> dict[str, object]:
         ordered: dict[str, object] = {}
         for key, value in params.items():
@@ -150,7 +326,9 @@ class Studio:
             if key == "CFG scale":
                 ordered["Seed"] = seed
             if key == "Size":
-                ordered["Model hash"] = model_hash
-                ordered["Model"] = self._selected.name
+                ordered["Model hash"] = self.registry.short_hash(file)
+                ordered["Model"] = file.name
+                ordered.update({k: v for k, v in extras.items() if k in ("VAE hash", "VAE")})
+        ordered.update({k: v for k, v in extras.items() if k not in ordered})
         ordered["Version"] = f"webui {__version__}"
         return ordered

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import CLIPTokenizer
 
 from webui.model_manager.detect import Arch
-from webui.model_manager.load import LoadedModel
+from webui.model_manager.load import LoadedModel, TextEncoder
 from webui.model_manager.tokenizer import MAX_LENGTH
 
 
@@ -45,11 +46,26 @@ def _encode_sdxl(model: LoadedModel, prompts: list[str], clip_skip: int) -> Cond
     layer = -(clip_skip + 1)
     embeds, pooled = [], None
     for tokenizer, encoder in zip(model.tokenizers, model.text_encoders):
-        output = encoder(_token_ids(tokenizer, prompts, model.device), output_hidden_states=True)
+        ids = _token_ids(tokenizer, prompts, model.device)
+        output = encoder(ids, output_hidden_states=True)
         embeds.append(output.hidden_states[layer])
         if output[0].ndim == 2:
-            pooled = output[0]
+            pooled = _pooled(encoder, tokenizer, output, ids)
     return Conditioning(torch.cat(embeds, dim=-1), pooled)
+
+
+def _pooled(encoder: TextEncoder, tokenizer: CLIPTokenizer, output, ids: torch.Tensor) -> torch.Tensor:
+    """The projected embedding at each prompt's end-of-text token.
+
+    transformers keeps a legacy pooling for configs whose eos_token_id is 2 (older SDXL
+    diffusers folders): it pools at the largest token id, which is an embedding's added token
+    once one is in the prompt. Pool where current configs do: at the first end-of-text token.
+    """
+    if encoder.config.eos_token_id == tokenizer.eos_token_id:
+        return output[0]
+    positions = (ids == tokenizer.eos_token_id).int().argmax(dim=-1)
+    last = output.last_hidden_state[torch.arange(len(ids), device=ids.device), positions]
+    return encoder.text_projection(last)
 
 
 def _token_ids(tokenizer, prompts: list[str], device: torch.device) -> torch.Tensor:

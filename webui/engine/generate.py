@@ -5,7 +5,9 @@ from __future__ import annotations
 import inspect
 import logging
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,12 +16,16 @@ from PIL import Image
 
 from webui.engine import images as pix
 from webui.engine.conditioning import Conditioning, encode_prompts
+from webui.engine.extra_networks import LoraTag, parse_lora_tags
 from webui.engine.preview import tensor_to_images, vae_decode
-from webui.engine.request import GenerationRequest, MaskedContent
+from webui.engine.request import GenerationError, GenerationRequest, MaskedContent
 from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.steps import Interrupted, JobControl, StepHook, StepInfo
 from webui.model_manager.detect import Arch
+from webui.model_manager.embeddings import apply_embeddings
 from webui.model_manager.load import LoadedModel
+from webui.model_manager.lora import activate_loras
+from webui.model_manager.state_dict import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,18 @@ class GenerationResult:
     seeds: list[int]
     params: dict[str, object]  # A1111 infotext keys shared by every image (seed is per image)
     interrupted: bool = False
+    loras: list[tuple[str, float]] = field(default_factory=list)  # (name, weight) applied from prompt tags
+    embeddings: list[str] = field(default_factory=list)  # names of the embeddings the prompts used
+
+
+@dataclass
+class _Prompts:
+    """The texts to encode once LoRA tags are out and embedding names are tokens."""
+
+    positive: str
+    negative: str
+    loras: list[tuple[str, float]]
+    embeddings: list[str]
 
 
 @dataclass
@@ -47,10 +65,21 @@ class _BatchInputs:
 
 
 class Engine:
-    """Runs generation requests on one loaded model. Not thread-safe: one job at a time."""
+    """Runs generation requests on one loaded model. Not thread-safe: one job at a time.
 
-    def __init__(self, model: LoadedModel) -> None:
+    `loras` and `embeddings` map the names prompts use to files; they are read at each job,
+    so a mapping the caller refreshes in place is seen at once.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        loras: Mapping[str, Path] | None = None,
+        embeddings: Mapping[str, Path] | None = None,
+    ) -> None:
         self.model = model
+        self.loras: Mapping[str, Path] = loras if loras is not None else {}
+        self.embeddings: Mapping[str, Path] = embeddings if embeddings is not None else {}
 
     def generate(
         self,
@@ -68,6 +97,7 @@ class Engine:
         init_image = (
             inpaint.image if inpaint else pix.prepare_init_image(request) if request.init_image else None
         )
+        prompts = self._prepare_networks(request)
 
         images: list[Image.Image] = []
         interrupted = False
@@ -75,7 +105,7 @@ class Engine:
             batch_seeds = seeds[batch_index * request.batch_size : (batch_index + 1) * request.batch_size]
             try:
                 latents = self._run_batch(
-                    request, batch_seeds, batch_index, init_image, inpaint, on_step, control
+                    request, prompts, batch_seeds, batch_index, init_image, inpaint, on_step, control
                 )
             except Interrupted as stop:
                 latents, interrupted = stop.args[0], True
@@ -84,13 +114,53 @@ class Engine:
             if interrupted:
                 break
         return GenerationResult(
-            images, seeds[: len(images)], self._params(request, sampler.name, schedule), interrupted
+            images,
+            seeds[: len(images)],
+            self._params(request, sampler.name, schedule),
+            interrupted,
+            prompts.loras,
+            prompts.embeddings,
+        )
+
+    def _prepare_networks(self, request: GenerationRequest) -> _Prompts:
+        """Switch the model's LoRAs to this job's tags and turn embedding names into tokens."""
+        positive, tags = parse_lora_tags(request.prompt)
+        negative, negative_tags = parse_lora_tags(request.negative_prompt)
+        chosen: dict[str, LoraTag] = {}
+        for tag in tags + negative_tags:
+            chosen[self._lora_name(tag.name)] = tag  # a name tagged twice: the last tag wins
+        try:
+            # Always called, also without tags: it switches off the previous job's LoRAs.
+            activate_loras(
+                self.model,
+                [
+                    (name, self.loras[name], (tag.text_encoder_weight, tag.unet_weight))
+                    for name, tag in chosen.items()
+                ],
+            )
+            (positive, negative), used = apply_embeddings(self.model, [positive, negative], self.embeddings)
+        except CheckpointError as error:
+            raise GenerationError(str(error)) from error
+        return _Prompts(positive, negative, [(name, tag.weight) for name, tag in chosen.items()], used)
+
+    def _lora_name(self, written: str) -> str:
+        """The LoRA list's name for a tag's name: exact, else the one match ignoring case."""
+        if written in self.loras:
+            return written
+        folded = [name for name in self.loras if name.lower() == written.lower()]
+        if len(folded) == 1:
+            return folded[0]
+        activate_loras(self.model, [])  # the job fails: leave the model with its plain weights
+        raise GenerationError(
+            f"unknown LoRA '{written}' in the prompt; check its name in the LoRA list "
+            "(refresh the list after adding files)"
         )
 
     @torch.inference_mode()
     def _run_batch(
         self,
         request: GenerationRequest,
+        prompts: _Prompts,
         seeds: list[int],
         batch_index: int,
         init_image: Image.Image | None,
@@ -104,9 +174,9 @@ class Engine:
         )
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         use_cfg = request.cfg_scale > 1.0
-        cond = encode_prompts(model, [request.prompt] * count, request.clip_skip)
+        cond = encode_prompts(model, [prompts.positive] * count, request.clip_skip)
         if use_cfg:
-            uncond = encode_prompts(model, [request.negative_prompt] * count, request.clip_skip)
+            uncond = encode_prompts(model, [prompts.negative] * count, request.clip_skip)
             cond = Conditioning.concat([uncond, cond])
         height, width = request.height // LATENT_SCALE, request.width // LATENT_SCALE
         noise = torch.cat(

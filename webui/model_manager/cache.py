@@ -110,13 +110,10 @@ class _Entry:
     model: LoadedModel
     tier: Tier
     last_used: int
+    size: int  # bytes of all its tensors; measured at load and after `modify`, not per call
     leases: int = 0
     offloader: Offloader | None = None
     last_event: ModelEvent | None = None
-
-    @property
-    def size(self) -> int:
-        return model_bytes(self.model)
 
     @property
     def mode(self) -> MemoryMode:
@@ -190,6 +187,7 @@ class ModelCache:
                 offloader.detach()
                 entry.offloader = None
             change(entry.model)
+            entry.size = model_bytes(entry.model)
             if offloader is not None:
                 entry.offloader = attach_offload(entry.model, offloader.mode, self.device)
 
@@ -263,7 +261,7 @@ class ModelCache:
         started = time.perf_counter()
         model = self._loader(path)
         seconds = time.perf_counter() - started
-        entry = _Entry(model, Tier.RAM, next(self._clock))
+        entry = _Entry(model, Tier.RAM, next(self._clock), model_bytes(model))
         self._entries[_key(path)] = entry
         self._record(entry, "load", Tier.DISK, Tier.RAM, entry.size, seconds)
         self._make_room(Tier.RAM, 0, keep=entry)  # the estimate may have been low (fp32 files as fp32)

@@ -48,11 +48,17 @@ def choose_memory_mode(
 
 @dataclass
 class _Group:
-    """Tensors that move together, with the host copy of each."""
+    """Modules whose tensors move together (with or without their children's), and the host copies."""
 
-    tensors: list[torch.Tensor]
+    modules: list[torch.nn.Module]
+    recurse: bool
     host: list[torch.Tensor] = field(default_factory=list)
+    moved: list[torch.Tensor] = field(default_factory=list)
     on_device: bool = False
+
+    def tensors(self) -> list[torch.Tensor]:
+        # Read at each move, not once: a LoRA or an embedding may have added tensors since.
+        return [t for module in self.modules for t in module_tensors(module, recurse=self.recurse)]
 
 
 @dataclass
@@ -106,7 +112,7 @@ def _hook_components(offloader: Offloader) -> None:
     # vae.encode/decode bypass vae.forward, so the VAE's children carry its hooks.
     components.append((model.vae, list(model.vae.children())))
     for component, entry_points in components:
-        group = _Group(list(module_tensors(component)))
+        group = _Group([component], recurse=True)
         offloader.groups.append(group)
 
         def bring(_module, _args, group=group) -> None:
@@ -121,24 +127,36 @@ def _hook_components(offloader: Offloader) -> None:
 
 
 def _hook_layers(offloader: Offloader) -> None:
+    hooked: set[int] = set()
     for component in model_modules(offloader.model):
-        for layer in component.modules():
-            tensors = list(module_tensors(layer, recurse=False))
-            if not tensors:
-                continue
-            group = _Group(tensors)
-            offloader.groups.append(group)
-            offloader.handles.append(
-                layer.register_forward_pre_hook(lambda _m, _a, g=group: _to_device(g, offloader.device))
+        _hook_new_layers(offloader, component, hooked)
+        # LoRA adapters and new embedding rows arrive as new modules between jobs: hook them too.
+        offloader.handles.append(
+            component.register_forward_pre_hook(
+                lambda module, _args: _hook_new_layers(offloader, module, hooked)
             )
-            offloader.handles.append(layer.register_forward_hook(lambda _m, _a, _o, g=group: _to_host(g)))
+        )
+
+
+def _hook_new_layers(offloader: Offloader, component: torch.nn.Module, hooked: set[int]) -> None:
+    for layer in component.modules():
+        if id(layer) in hooked or next(module_tensors(layer, recurse=False), None) is None:
+            continue
+        hooked.add(id(layer))
+        group = _Group([layer], recurse=False)
+        offloader.groups.append(group)
+        offloader.handles.append(
+            layer.register_forward_pre_hook(lambda _m, _a, g=group: _to_device(g, offloader.device))
+        )
+        offloader.handles.append(layer.register_forward_hook(lambda _m, _a, _o, g=group: _to_host(g)))
 
 
 def _to_device(group: _Group, device: torch.device) -> None:
     if group.on_device:
         return
-    group.host = [tensor.data for tensor in group.tensors]
-    for tensor in group.tensors:
+    group.moved = group.tensors()
+    group.host = [tensor.data for tensor in group.moved]
+    for tensor in group.moved:
         tensor.data = tensor.data.to(device, non_blocking=tensor.data.is_pinned())
     group.on_device = True
 
@@ -148,7 +166,7 @@ def _to_host(group: _Group) -> None:
     # allocator keeps freed device memory stream-ordered, so in-flight kernels stay safe.
     if not group.on_device:
         return
-    for tensor, host in zip(group.tensors, group.host, strict=True):
+    for tensor, host in zip(group.moved, group.host, strict=True):
         tensor.data = host
-    group.host = []
+    group.host, group.moved = [], []
     group.on_device = False

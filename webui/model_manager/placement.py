@@ -14,6 +14,8 @@ import torch
 from webui.model_manager.load import LoadedModel
 
 HOST = torch.device("cpu")
+PINNED_CHUNK_BYTES = 1 << 28  # 256 MiB
+_ALIGNMENT = 512  # bytes; keeps every view aligned for any dtype and for fast DMA
 
 
 def model_modules(model: LoadedModel) -> list[torch.nn.Module]:
@@ -30,31 +32,59 @@ def model_bytes(model: LoadedModel) -> int:
 
 
 def move_model(model: LoadedModel, device: torch.device, pin: bool = False) -> int:
-    """Move every tensor to `device` (pinned when it goes to the host and `pin`); returns the bytes."""
-    moved = 0
-    for module in model_modules(model):
-        moved += move_tensors(module_tensors(module), device, pin)
+    """Move every tensor to `device` (into pinned memory when it goes to the host and `pin`).
+
+    Returns the bytes moved.
+    """
+    tensors = [t for module in model_modules(model) for t in module_tensors(module)]
+    to_pinned = pin and device.type == "cpu"
+    tensors = [t for t in tensors if t.device != device or (to_pinned and not t.is_pinned())]
+    if to_pinned:
+        destinations = host_views(tensors)
+        for tensor, destination in zip(tensors, destinations, strict=True):
+            destination.copy_(tensor.data, non_blocking=True)
+    else:
+        destinations = [t.data.to(device, non_blocking=t.data.is_pinned()) for t in tensors]
     synchronize(device, model.device)
+    for tensor, destination in zip(tensors, destinations, strict=True):
+        tensor.data = destination
     model.device = device
-    return moved
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def move_tensors(tensors: Iterator[torch.Tensor], device: torch.device, pin: bool = False) -> int:
-    moved = 0
+def host_views(
+    tensors: list[torch.Tensor], chunk_bytes: int = PINNED_CHUNK_BYTES, pin: bool = True
+) -> list[torch.Tensor]:
+    """Empty (pinned) host tensors shaped like `tensors`, carved out of a few large blocks.
+
+    PyTorch's pinned allocator rounds every block up to a power of two, so one block per
+    tensor would cost about a third more RAM than the model (and thousands of slow pinned
+    allocations); power-of-two-sized chunks lose nothing but the tail of the last one.
+    """
+    largest = max((_aligned(t.numel() * t.element_size()) for t in tensors), default=0)
+    chunk_bytes = max(chunk_bytes, 1 << max(largest - 1, 0).bit_length())
+    # First fit: small tensors fill the room big ones leave at the end of a chunk.
+    chunks: list[list[tuple[int, torch.Tensor]]] = []
+    used: list[int] = []
     for tensor in tensors:
-        if tensor.device == device and not (pin and device.type == "cpu" and not tensor.is_pinned()):
-            continue
-        tensor.data = _copy_to(tensor.data, device, pin)
-        moved += tensor.numel() * tensor.element_size()
-    return moved
+        size = _aligned(tensor.numel() * tensor.element_size())
+        index = next((i for i, u in enumerate(used) if u + size <= chunk_bytes), len(chunks))
+        if index == len(chunks):
+            chunks.append([])
+            used.append(0)
+        chunks[index].append((used[index], tensor))
+        used[index] += size
+    placed: dict[int, torch.Tensor] = {}
+    for members, span in zip(chunks, used, strict=True):
+        block = torch.empty(1 << max(span - 1, 0).bit_length(), dtype=torch.uint8, pin_memory=pin)
+        for offset, tensor in members:
+            nbytes = tensor.numel() * tensor.element_size()
+            placed[id(tensor)] = block[offset : offset + nbytes].view(tensor.dtype).view(tensor.shape)
+    return [placed[id(tensor)] for tensor in tensors]
 
 
-def _copy_to(tensor: torch.Tensor, device: torch.device, pin: bool) -> torch.Tensor:
-    if device.type == "cpu" and pin:
-        host = torch.empty(tensor.shape, dtype=tensor.dtype, device=HOST, pin_memory=True)
-        host.copy_(tensor, non_blocking=True)
-        return host
-    return tensor.to(device, non_blocking=tensor.is_pinned() or tensor.device.type != "cpu")
+def _aligned(nbytes: int) -> int:
+    return (nbytes + _ALIGNMENT - 1) // _ALIGNMENT * _ALIGNMENT
 
 
 def synchronize(*devices: torch.device) -> None:

@@ -63,6 +63,10 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 scale=2,
             )
             refresh = gr.Button("↻", elem_id="refresh-checkpoints", size="sm", scale=0, min_width=44)
+            vae = gr.Dropdown(
+                choices=studio.vae_choices(), value=studio.vae_choice, label="VAE", elem_id="vae", scale=1
+            )
+        model_status = gr.Markdown(_model_status(studio), elem_id="model-status")
         gr.Markdown(studio.demo_message, elem_id="demo-banner", visible=studio.demo_mode)
 
         with gr.Row():
@@ -184,11 +188,25 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     log.exception("loading checkpoint %s failed", title)
                 # The previous model stays loaded, so the dropdown goes back to it.
                 message = f"Could not load checkpoint {title!r}: {exc}"
-                return gr.Dropdown(value=studio.current_checkpoint()), _show_error(message)
-            return gr.skip(), _hide_error()
+                return gr.Dropdown(value=studio.current_checkpoint()), _show_error(message), gr.skip()
+            return gr.skip(), _hide_error(), _model_status(studio)
 
-        def run_refresh() -> Any:
-            return gr.Dropdown(choices=studio.refresh_checkpoints(), value=studio.current_checkpoint())
+        def run_select_vae(choice: str) -> tuple[Any, Any, Any]:
+            try:
+                studio.select_vae(choice)
+            except Exception as exc:
+                if not isinstance(exc, ValueError):
+                    log.exception("loading VAE %s failed", choice)
+                message = f"Could not use VAE {choice!r}: {exc}"
+                return gr.Dropdown(value=studio.vae_choice), _show_error(message), gr.skip()
+            return gr.skip(), _hide_error(), _model_status(studio)
+
+        def run_refresh() -> tuple[Any, Any]:
+            titles = studio.refresh_checkpoints()
+            return (
+                gr.Dropdown(choices=titles, value=studio.current_checkpoint()),
+                gr.Dropdown(choices=studio.vae_choices(), value=studio.vae_choice),
+            )
 
         generate.click(
             run_generate,
@@ -197,13 +215,22 @@ def build_ui(studio: Studio) -> gr.Blocks:
             api_visibility="private",  # the HTTP API lives in webui/api, not in Gradio's endpoints
         )
         # `.input` fires only for user changes, so resetting the value after a failure does not loop.
-        checkpoint.input(run_select, inputs=checkpoint, outputs=[checkpoint, error], api_visibility="private")
-        refresh.click(run_refresh, outputs=checkpoint, api_visibility="private")
+        checkpoint.input(
+            run_select, inputs=checkpoint, outputs=[checkpoint, error, model_status], api_visibility="private"
+        )
+        vae.input(run_select_vae, inputs=vae, outputs=[vae, error, model_status], api_visibility="private")
+        refresh.click(run_refresh, outputs=[checkpoint, vae], api_visibility="private")
         random_seed.click(lambda: -1, outputs=seed, api_visibility="private", queue=False)
         reuse_seed.click(
             lambda value: value, inputs=last_seed, outputs=seed, api_visibility="private", queue=False
         )
     return demo
+
+
+def _model_status(studio: Studio) -> str:
+    """The latest load, move or eviction, e.g. "moved sd_xl_base from RAM to cuda: 6.94 GB in 0.31 s"."""
+    events = studio.model_events()
+    return events[-1].describe() if events else ""
 
 
 def _show_error(message: str) -> gr.Markdown:
