@@ -291,3 +291,12 @@ def test_command_line_exit_codes(inputs, tmp_path: Path, capsys: pytest.CaptureF
     with pytest.raises(SystemExit) as bad_arguments:
         merge_main(["--multiplier", "0.5", a, "--name", "z"])
     assert bad_arguments.value.code == 2
+
+
+def test_v_prediction_declared_by_a_yaml_beside_a_survives_the_merge(tmp_path: Path) -> None:
+    a = write_tiny_checkpoint("sd2", tmp_path / "a.safetensors", seed=1)
+    b = write_tiny_checkpoint("sd2", tmp_path / "b.safetensors", seed=2)
+    a.with_suffix(".yaml").write_text("model:\n  params:\n    parameterization: v\n")
+    recipe = MergeRecipe(a, b, None, MergeMethod.WEIGHTED_SUM, 0.5, "blend")
+    merged = merge_checkpoints(recipe, tmp_path / "out")
+    assert load_model(merged, CPU, torch.float32).spec.prediction_type == "v_prediction"

@@ -85,7 +85,7 @@ def test_events_are_timed_with_size_and_bandwidth(three: list[Path], model_size:
     load, move = cache.events()[:2]
     assert (load.action, load.source, load.target) == ("load", Tier.DISK, Tier.RAM)
     assert move.action == "move" and move.size_bytes == model_size and move.seconds >= 0
-    assert load.describe().startswith(f"loaded alpha from disk to RAM: {model_size / GB:.2f} GB in ")
+    assert load.describe().startswith(f"loaded alpha from disk to RAM: {model_size / 1e6:.1f} MB in ")
     assert move.describe().startswith("moved alpha from RAM to cpu") and "GB/s" in move.describe()
     placement = {p.name: p for p in cache.placements()}
     assert placement["beta"].tier is Tier.VRAM and placement["beta"].last_event is not None

@@ -105,7 +105,11 @@ class Studio:
         return usable[0]
 
     def _load_to_host(self, path: Path) -> LoadedModel:
-        return load_model(path, HOST, self.dtype)
+        model = load_model(path, HOST, self.dtype)
+        # The registry's name ("xl/base") is what lists, events and the infotext show.
+        known = next((f for f in self.checkpoints() if f.path == path), None)
+        model.name = known.name if known else model.name
+        return model
 
     def start_background_hashing(self) -> threading.Thread:
         """Hash files not hashed yet, so titles and the API show hashes without a wait later."""

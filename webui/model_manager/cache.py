@@ -83,7 +83,7 @@ class ModelEvent:
 
     def describe(self) -> str:
         where = {Tier.VRAM: self.device, Tier.RAM: "RAM", Tier.DISK: "disk"}
-        size = f"{self.size_bytes / GB:.2f} GB"
+        size = _format_bytes(self.size_bytes)
         if self.action == "evict":
             return f"evicted {self.name} from {where[self.source]}: {size} freed in {self.seconds:.2f} s"
         rate = f"{self.bytes_per_second / GB:.1f} GB/s"
@@ -343,6 +343,10 @@ class ModelCache:
             return list(self._entries.values())
         entry = self._entries.get(_key(path))
         return [entry] if entry else []
+
+
+def _format_bytes(size: int) -> str:
+    return f"{size / GB:.2f} GB" if size >= GB else f"{size / 1e6:.1f} MB"
 
 
 def _key(path: Path) -> str:

@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 
 from webui.model_manager.detect import UNET_PREFIX, VAE_PREFIX, ModelSpec, detect_model
+from webui.model_manager.load import spec_with_yaml_override
 from webui.model_manager.state_dict import SAFETENSORS_SUFFIXES, CheckpointError, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,9 @@ def _open_source(path: Path, stack: ExitStack) -> _Source:
 def _detect(source: _Source) -> ModelSpec:
     # Detection reads only keys and shapes, so storage-less tensors spare reading the weights.
     placeholders = {key: torch.empty(shape, device="meta") for key, shape in source.shapes.items()}
-    return detect_model(placeholders, source.metadata, source.name)
+    spec = detect_model(placeholders, source.metadata, source.name)
+    # A1111's same-named .yaml may declare v-prediction; the merge must keep declaring it.
+    return spec_with_yaml_override(spec, source.path)
 
 
 def _check_compatible(sources: list[_Source], specs: list[ModelSpec]) -> None:
