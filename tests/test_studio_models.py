@@ -194,3 +194,12 @@ def test_lora_and_embedding_hashes_reach_the_infotext(data_dir: Path) -> None:
     assert studio.generate(REQUEST).images[0].tobytes() == plain.images[0].tobytes()
     labels = {f.name: f.label for f in studio.registry.files(ModelKind.LORA)}
     assert labels == {"ink": "LoRA (SD 1.x)", "xl-only": "LoRA (SDXL)"}
+
+
+@pytest.mark.parametrize(("setting", "tiled"), [("on", True), ("off", False), ("auto", False)])
+def test_vae_tiling_setting(data_dir: Path, setting: str, tiled: bool) -> None:
+    studio = _studio(data_dir, ckpt="alpha", vae_tiling=setting)
+    request = GenerationRequest(prompt="a wide field", steps=2, width=192, height=128, seed=2)
+    result = studio.generate(request)
+    assert result.images[0].size == (192, 128)
+    assert studio.model().vae.use_tiling is tiled
