@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import pickle
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from webui.model_manager.state_dict import (
     PICKLE_SUFFIXES,
     SAFETENSORS_SUFFIXES,
     CheckpointError,
+    load_weights_only_pickle,
     read_state_dict,
 )
 
@@ -91,17 +91,7 @@ def _load_pickle(path: Path) -> object:
     # away; weights_only still refuses anything but containers, numbers, strings and tensors.
     if not path.is_file():
         raise EmbeddingError(f"{path.name}: no such file")
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise EmbeddingError(
-            f"{path.name}: refused to load: this pickle holds objects other than tensors and plain data "
-            "(it could run code). Get a .safetensors copy of this embedding."
-        ) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise EmbeddingError(
-            f"{path.name}: not a readable embedding (truncated or corrupt?): {error}"
-        ) from error
+    return load_weights_only_pickle(path, EmbeddingError)
 
 
 def _find_tables(path: Path, content: object) -> list[object]:

@@ -24,11 +24,16 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import safe_open, save_file
+from safetensors.torch import save_file
 
 from webui.model_manager.detect import UNET_PREFIX, VAE_PREFIX, ModelSpec, detect_model
 from webui.model_manager.load import spec_with_yaml_override
-from webui.model_manager.state_dict import SAFETENSORS_SUFFIXES, CheckpointError, read_state_dict
+from webui.model_manager.state_dict import (
+    SAFETENSORS_SUFFIXES,
+    CheckpointError,
+    open_safetensors,
+    read_state_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -195,15 +200,10 @@ def _open_source(path: Path, stack: ExitStack) -> _Source:
         state = read_state_dict(path)
         shapes = {key: tuple(value.shape) for key, value in state.tensors.items()}
         return _Source(path, shapes, state.metadata, state.tensors.__getitem__)
-    try:
-        handle = stack.enter_context(safe_open(str(path), framework="pt"))
-        keys: list[str] = handle.keys()  # the handle itself is not iterable
-        shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in keys}
-        metadata = dict(handle.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(
-            f"{path.name}: not a readable .safetensors file (truncated or corrupt?): {error}"
-        ) from error
+    handle = stack.enter_context(open_safetensors(path))
+    keys: list[str] = handle.keys()  # the handle itself is not iterable
+    shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in keys}
+    metadata = dict(handle.metadata() or {})
     if not shapes:
         raise CheckpointError(f"{path.name}: the file holds no tensors")
     return _Source(path, shapes, metadata, handle.get_tensor)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -23,6 +26,31 @@ class CheckpointError(ValueError):
 class StateDict:
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+@contextmanager
+def open_safetensors(path: Path) -> Iterator[Any]:
+    """`safe_open`, with a damaged file reported as a CheckpointError that names it."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            yield handle
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{Path(path).name}: not a readable .safetensors file (truncated or corrupt?): {error}"
+        ) from error
+
+
+def load_weights_only_pickle(path: Path, error: type[CheckpointError] = CheckpointError) -> Any:
+    """Unpickle a .ckpt/.pt/.bin with torch's weights-only loader: code in the file never runs."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as refused:
+        raise error(
+            f"{path.name}: refused to load: this pickle tries to run code or holds objects other than "
+            "tensors. Convert it to .safetensors with a tool you trust, or get a .safetensors copy."
+        ) from refused
+    except (RuntimeError, EOFError, OSError, ValueError) as broken:
+        raise error(f"{path.name}: not a readable file (truncated or corrupt?): {broken}") from broken
 
 
 def read_state_dict(path: Path) -> StateDict:
@@ -50,15 +78,10 @@ def read_tensor_shapes(path: Path) -> StateDict:
         return StateDict({key: value.to("meta") for key, value in state.tensors.items()}, state.metadata)
     if not path.is_file():
         raise CheckpointError(f"{path.name}: no such file")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-            names = handle.keys()  # a safe_open handle is not iterable itself
-            tensors = {key: torch.empty(handle.get_slice(key).get_shape(), device="meta") for key in names}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(
-            f"{path.name}: not a readable .safetensors file (truncated or corrupt?): {error}"
-        ) from error
+    with open_safetensors(path) as handle:
+        metadata = dict(handle.metadata() or {})
+        names = handle.keys()  # a safe_open handle is not iterable itself
+        tensors = {key: torch.empty(handle.get_slice(key).get_shape(), device="meta") for key in names}
     if not tensors:
         raise CheckpointError(f"{path.name}: the file holds no tensors")
     return StateDict(tensors, metadata)
@@ -69,18 +92,15 @@ def read_tensors_with_prefix(path: Path, prefix: str) -> dict[str, torch.Tensor]
     path = Path(path)
     if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
         return {k: v for k, v in read_state_dict(path).tensors.items() if k.startswith(prefix)}
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            names = [key for key in handle.keys() if key.startswith(prefix)]  # noqa: SIM118
-            return {key: handle.get_tensor(key) for key in names}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path.name}: not a readable .safetensors file: {error}") from error
+    with open_safetensors(path) as handle:
+        names = [key for key in handle.keys() if key.startswith(prefix)]  # noqa: SIM118
+        return {key: handle.get_tensor(key) for key in names}
 
 
 def _read_safetensors(path: Path) -> StateDict:
+    with open_safetensors(path) as handle:
+        metadata = dict(handle.metadata() or {})
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(
@@ -92,18 +112,7 @@ def _read_safetensors(path: Path) -> StateDict:
 
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
-    # weights_only refuses any pickle opcode that would import or call code.
-    try:
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"{path.name}: refused to load: this pickle tries to run code or holds objects other than "
-            "tensors. Convert it to .safetensors with a tool you trust, or get a .safetensors copy."
-        ) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(
-            f"{path.name}: not a readable checkpoint (truncated or corrupt?): {error}"
-        ) from error
+    loaded = load_weights_only_pickle(path)
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict):
