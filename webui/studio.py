@@ -97,7 +97,7 @@ class Studio:
         if wanted:
             path = Path(wanted)
             if path.exists():
-                return self._usable(self.registry.add(path))
+                return self.registry.require_usable(self.registry.add(path))
             return self.find_checkpoint(wanted)
         usable = self.checkpoints()
         if not usable:
@@ -169,11 +169,6 @@ class Studio:
         model = self.cache.activate(file.path)
         self._apply_vae(file, model)
         return model
-
-    def _usable(self, file: ModelFile) -> ModelFile:
-        if not file.usable:
-            raise CheckpointError(f"{file.filename} cannot be used: {file.error}")
-        return file
 
     # -- VAE ----------------------------------------------------------------------------------
     def vae_choices(self) -> list[str]:
@@ -291,7 +286,7 @@ class Studio:
         return {file.name: file.path for file in self.registry.files(kind)}
 
     def _configure_vae_tiling(self, file: ModelFile, model: LoadedModel, request: GenerationRequest) -> None:
-        mode = next((p.memory_mode for p in self.placements() if p.path == model.path), MemoryMode.NORMAL)
+        mode = self.cache.memory_mode_of(file.path)
         setting = self.settings.vae_tiling
         tile = setting == "on" or (
             setting == "auto" and request.width * request.height > _TILING_PIXELS[mode]

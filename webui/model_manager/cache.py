@@ -174,9 +174,7 @@ class ModelCache:
     def prefetch(self, path: Path) -> LoadedModel:
         """Have `path` at least in RAM, touching no model a job is using (a switch during a job)."""
         with self._lock:
-            entry = self._entries.get(_key(path)) or self._load(Path(path))
-            entry.last_used = next(self._clock)
-            return entry.model
+            return self._entry(Path(path)).model
 
     def modify(self, path: Path, change: Callable[[LoadedModel], None]) -> None:
         """Run `change(model)` (e.g. a VAE swap) with no offload hooks attached, then re-place it."""
@@ -209,6 +207,10 @@ class ModelCache:
         entry = self._entries.get(_key(path))
         return entry.tier if entry else Tier.DISK
 
+    def memory_mode_of(self, path: Path) -> MemoryMode:
+        entry = self._entries.get(_key(path))
+        return entry.mode if entry else MemoryMode.NORMAL
+
     def placements(self) -> list[Placement]:
         with self._lock:
             entries = sorted(self._entries.items(), key=lambda item: -item[1].last_used)
@@ -226,8 +228,7 @@ class ModelCache:
 
     # -- placement logic ----------------------------------------------------------------------
     def _activate(self, path: Path) -> _Entry:
-        entry = self._entries.get(_key(path)) or self._load(path)
-        entry.last_used = next(self._clock)
+        entry = self._entry(path)
         if not self._separate:
             return entry
         mode = choose_memory_mode(self.memory_mode, self.device, entry.size, self._device_bytes)
@@ -253,6 +254,12 @@ class ModelCache:
             self._make_room(Tier.VRAM, self.budgets.vram_bytes + 1, keep=entry)
             entry.offloader = attach_offload(entry.model, mode, self.device)
             log.info("%s runs in %s mode on %s", entry.model.name, mode.value, self.device)
+        return entry
+
+    def _entry(self, path: Path) -> _Entry:
+        """The cached entry for `path` (loaded into RAM if it was on disk), marked as just used."""
+        entry = self._entries.get(_key(path)) or self._load(path)
+        entry.last_used = next(self._clock)
         return entry
 
     def _load(self, path: Path) -> _Entry:

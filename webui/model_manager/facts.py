@@ -31,7 +31,7 @@ class FileFactsCache:
         path = Path(path)
         if not path.is_file():
             return None
-        return self.remember(path, "sha256", _file_sha256)
+        return self.remember(path, "sha256", file_sha256)
 
     def cached_sha256(self, path: Path) -> str | None:
         """The sha256 if already known; never reads the file."""
@@ -95,7 +95,8 @@ def _key_and_stamp(path: Path) -> tuple[str, list[int]]:
     return str(path.resolve()), [stat.st_size, stat.st_mtime_ns]
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The whole file's sha256, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(_HASH_CHUNK):

@@ -116,13 +116,13 @@ class ModelRegistry:
         candidates = self.files(kind, usable_only=False)
         for file in candidates:
             if name in (file.name, file.path.name, file.path.stem) or wanted == str(file.path):
-                return self._usable(file)
+                return self.require_usable(file)
         lowered = wanted.lower().strip("[]")
         if len(lowered) >= 8:
             for file in candidates:
                 digest = self.facts.cached_sha256(file.path)
                 if digest and digest.startswith(lowered):
-                    return self._usable(file)
+                    return self.require_usable(file)
         known = ", ".join(f.name for f in self.files(kind)) or "none"
         raise CheckpointError(f"unknown {kind.value} {title!r}; known: {known}")
 
@@ -152,7 +152,8 @@ class ModelRegistry:
                     hashed += 1
         return hashed
 
-    def _usable(self, file: ModelFile) -> ModelFile:
+    @staticmethod
+    def require_usable(file: ModelFile) -> ModelFile:
         if not file.usable:
             raise CheckpointError(f"{file.filename} cannot be used: {file.error}")
         return file

@@ -9,13 +9,12 @@ Exits 0 with the written path, or 2 with the reason the merge was refused.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
+from webui.model_manager.facts import file_sha256
 from webui.model_manager.merge import SAVE_DTYPES, MergeMethod, MergeRecipe, merge_checkpoints
 
-_HASH_CHUNK = 1 << 20
 EXIT_REFUSED = 2  # the same status argparse uses for bad arguments
 
 
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
         )
         out_dir = args.out_dir if args.out_dir is not None else primary.parent
-        path = merge_checkpoints(recipe, out_dir, hashes=None if args.no_hash else _sha256)
+        path = merge_checkpoints(recipe, out_dir, hashes=None if args.no_hash else file_sha256)
     except (ValueError, OSError) as error:  # CheckpointError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return EXIT_REFUSED
@@ -60,14 +59,6 @@ def _parser() -> argparse.ArgumentParser:
         "--no-hash", action="store_true", help="skip the inputs' sha256 in the metadata (saves a read)"
     )
     return parser
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -180,26 +181,22 @@ def build_ui(studio: Studio) -> gr.Blocks:
             image = _displayable(outcome.paths[0], demo) if outcome.paths else outcome.images[0]
             return image, outcome.infotexts[0], _hide_error(), outcome.seeds[0]
 
-        def run_select(title: str) -> tuple[Any, Any]:
+        def switch(apply: Callable[[str], object], value: str, current: Callable[[], str], what: str):
+            """Apply a checkpoint or VAE choice; on failure the dropdown returns to what is in use."""
             try:
-                studio.select_checkpoint(title)
+                apply(value)
             except Exception as exc:
                 if not isinstance(exc, ValueError):
-                    log.exception("loading checkpoint %s failed", title)
-                # The previous model stays loaded, so the dropdown goes back to it.
-                message = f"Could not load checkpoint {title!r}: {exc}"
-                return gr.Dropdown(value=studio.current_checkpoint()), _show_error(message), gr.skip()
+                    log.exception("loading %s %s failed", what, value)
+                message = f"Could not use {what} {value!r}: {exc}"
+                return gr.Dropdown(value=current()), _show_error(message), gr.skip()
             return gr.skip(), _hide_error(), _model_status(studio)
 
+        def run_select(title: str) -> tuple[Any, Any, Any]:
+            return switch(studio.select_checkpoint, title, studio.current_checkpoint, "checkpoint")
+
         def run_select_vae(choice: str) -> tuple[Any, Any, Any]:
-            try:
-                studio.select_vae(choice)
-            except Exception as exc:
-                if not isinstance(exc, ValueError):
-                    log.exception("loading VAE %s failed", choice)
-                message = f"Could not use VAE {choice!r}: {exc}"
-                return gr.Dropdown(value=studio.vae_choice), _show_error(message), gr.skip()
-            return gr.skip(), _hide_error(), _model_status(studio)
+            return switch(studio.select_vae, choice, lambda: studio.vae_choice, "VAE")
 
         def run_refresh() -> tuple[Any, Any]:
             titles = studio.refresh_checkpoints()
