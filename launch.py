@@ -1,9 +1,10 @@
-"""Start the web UI: `python launch.py [--port 7860] [--listen] [--ckpt NAME] ...`."""
+"""Start the web UI and API: `python launch.py [--port 7860] [--listen] [--auth user:pass] ...`."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import webui  # noqa: F401  (sets the offline environment before torch, diffusers and gradio load)
 from webui.settings import Settings, app_parser
@@ -12,12 +13,18 @@ from webui.settings import Settings, app_parser
 def main(argv: list[str] | None = None) -> int:
     args = app_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from webui.api.auth import Credentials
+    from webui.jobs import JobQueue
     from webui.model_manager.state_dict import CheckpointError
+    from webui.server import create_app, uvicorn_config
     from webui.studio import Studio
-    from webui.ui.app import build_ui, launch_options
 
     settings = Settings.from_args(args)
     try:
+        credentials = Credentials.from_flags(
+            args.auth, Path(args.auth_file) if args.auth_file else None, args.admin
+        )
+        tls = _tls(settings)
         studio = Studio(settings)
         studio.model()  # load now, so a broken checkpoint is reported before the page opens
     except (CheckpointError, ValueError) as error:
@@ -25,12 +32,39 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for unusable in studio.registry.unusable():
         logging.warning("skipping %s: %s", unusable.path, unusable.error)
+    if settings.listen and credentials is None:
+        logging.warning("--listen without --auth: anyone on the network can use this server")
     studio.start_background_hashing()
     if studio.demo_mode:
         print(f"\n*** {studio.demo_message}\n", file=sys.stderr)
+    jobs = JobQueue(studio, settings.limits).start()
+    app = create_app(studio, jobs, credentials=credentials, cmd_flags=vars(args))
     host = "0.0.0.0" if settings.listen else "127.0.0.1"
-    build_ui(studio).queue().launch(server_name=host, server_port=settings.port, **launch_options(studio))
+    scheme = "https" if tls else "http"
+    print(
+        f"Serving on {scheme}://{'localhost' if host == '127.0.0.1' else host}:{settings.port}",
+        file=sys.stderr,
+    )
+    import uvicorn
+
+    try:
+        uvicorn.Server(uvicorn_config(app, host, settings.port, tls)).run()
+    finally:
+        jobs.stop()
     return 0
+
+
+def _tls(settings: Settings):
+    from webui.server import Tls
+
+    if bool(settings.tls_keyfile) != bool(settings.tls_certfile):
+        raise ValueError("HTTPS needs both --tls-keyfile and --tls-certfile")
+    if settings.tls_keyfile is None or settings.tls_certfile is None:
+        return None
+    for path in (settings.tls_keyfile, settings.tls_certfile):
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file")
+    return Tls(settings.tls_keyfile, settings.tls_certfile)
 
 
 if __name__ == "__main__":

@@ -49,3 +49,13 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     return attempts
+
+
+@pytest.fixture(scope="session")
+def server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One real server with a login (alice is admin; bob, carol users) over tiny SD1.5 checkpoints."""
+    from tests.http_helpers import live_server
+
+    checkpoints = [tiny_dir / "tiny-sd15.safetensors", tiny_dir / "tiny-sd15-inpaint.safetensors"]
+    with live_server(tmp_path_factory.mktemp("server"), checkpoints) as running:
+        yield running

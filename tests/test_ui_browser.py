@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,32 +32,22 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
-def _serve(settings: Settings) -> Iterator[str]:
-    """Build the Studio and the page, serve them on localhost, and yield the page's URL."""
+def _serve(settings: Settings, auth: str | None = None) -> Iterator[str]:
+    """Serve the whole app (page and APIs, behind a login when `auth` is given) and yield its URL."""
+    from webui.api.auth import Credentials
+    from webui.jobs import JobQueue
+    from webui.server import BackgroundServer, create_app
     from webui.studio import Studio
-    from webui.ui.app import build_ui, launch_options
 
     studio = Studio(settings)
-    demo = build_ui(studio)
-    port = _free_port()
-    demo.launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=True,
-        **launch_options(studio),
-    )
+    jobs = JobQueue(studio).start()
+    app = create_app(studio, jobs, credentials=Credentials.from_flags(auth, None))
     try:
-        yield f"http://127.0.0.1:{port}/"
+        with BackgroundServer(app) as url:
+            yield url + "/"
     finally:
-        demo.close()
+        jobs.stop()
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +70,13 @@ def _note_outside(url: str, found: list[str]) -> None:
         found.append(url)
 
 
+LOGIN = {"username": "artist", "password": "pa55-word"}
+
+
 @pytest.fixture
 def page(browser: Browser, outside_requests: list[str]) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    """A page whose browser answers the server's login prompt as the user would."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, http_credentials=LOGIN)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.on("request", lambda request: _note_outside(request.url, outside_requests))
@@ -116,7 +109,9 @@ def _generate_and_wait(page: Page) -> str:
     return page.locator("#infotext textarea").input_value()
 
 
-def test_generate_error_and_recover(tmp_path: Path, page: Page, outside_requests: list[str]) -> None:
+def test_generate_error_and_recover(
+    tmp_path: Path, browser: Browser, page: Page, outside_requests: list[str]
+) -> None:
     from webui.settings import Settings
     from webui.tools.tiny_checkpoint import write_tiny_checkpoint
 
@@ -134,7 +129,7 @@ def test_generate_error_and_recover(tmp_path: Path, page: Page, outside_requests
     save_file(tensors, str(settings.ckpt_dir / "broken.safetensors"))
     (settings.ckpt_dir / "corrupt.safetensors").write_bytes(b"not a checkpoint")
 
-    with _serve(settings) as url:
+    with _serve(settings, auth=f"{LOGIN['username']}:{LOGIN['password']}") as url:
         page.goto(url)
         page.locator("#prompt textarea").wait_for()
         page.wait_for_function("() => document.title === 'Stable Diffusion studio'")
@@ -181,6 +176,14 @@ def test_generate_error_and_recover(tmp_path: Path, page: Page, outside_requests
         _screenshot(page, "ui-recovered")
         assert len(list(settings.outputs_dir.rglob("*.png"))) == 2
         assert outside_requests == []
+
+        # Without the login the browser gets nothing but the refusal.
+        stranger = browser.new_context()
+        try:
+            with pytest.raises(Exception, match="ERR_INVALID_AUTH_CREDENTIALS"):
+                stranger.new_page().goto(url)
+        finally:
+            stranger.close()
 
 
 def test_demo_banner(tmp_path: Path, page: Page) -> None:

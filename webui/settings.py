@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from webui.engine.devices import DEVICES, PRECISIONS
+from webui.jobs.limits import Limits, parse_size
 
 MEMORY_MODES = ("auto", "normal", "medvram", "lowvram")
 VAE_TILING = ("auto", "on", "off")
@@ -30,6 +31,9 @@ class Settings:
     watermark: bool = True
     port: int = DEFAULT_PORT
     listen: bool = False
+    tls_keyfile: Path | None = None  # with tls_certfile: serve HTTPS
+    tls_certfile: Path | None = None
+    limits: Limits = field(default_factory=Limits)
 
     @classmethod
     def for_data_dir(cls, data_dir: Path, **overrides: object) -> Settings:
@@ -58,9 +62,30 @@ class Settings:
             device=args.device,
             precision=args.precision,
             watermark=not args.no_watermark,
-            port=args.port,
-            listen=args.listen,
+            port=getattr(args, "port", DEFAULT_PORT),
+            listen=getattr(args, "listen", False),
+            tls_keyfile=_path(getattr(args, "tls_keyfile", None)),
+            tls_certfile=_path(getattr(args, "tls_certfile", None)),
+            limits=_limits(args),
         )
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _limits(args: argparse.Namespace) -> Limits | None:
+    """Limits from the app's flags; None (the defaults) for commands that have no such flags."""
+    if not hasattr(args, "max_steps"):
+        return None
+    return Limits(
+        max_pixels=args.max_size,
+        max_batch_size=args.max_batch_size,
+        max_batch_count=args.max_batch_count,
+        max_steps=args.max_steps,
+        max_body_mb=args.max_body_mb,
+        max_queued_per_user=args.max_queued,
+    )
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -99,8 +124,40 @@ def _memory_mode(args: argparse.Namespace) -> str:
 def app_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="launch.py", description="Stable Diffusion studio web UI")
     add_model_flags(parser)
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument(
+    server = parser.add_argument_group("serving")
+    server.add_argument("--port", type=int, default=DEFAULT_PORT)
+    server.add_argument(
         "--listen", action="store_true", help="serve on all interfaces (the LAN), not just 127.0.0.1"
+    )
+    server.add_argument(
+        "--auth", metavar="USER:PASS[,USER:PASS]", help="require a login on every page, API and file route"
+    )
+    server.add_argument("--auth-file", metavar="FILE", help="logins from a file, one user:password per line")
+    server.add_argument(
+        "--admin", metavar="USER[,USER]", help="users who may see and stop anyone's jobs and change limits"
+    )
+    server.add_argument("--tls-keyfile", metavar="FILE", help="serve HTTPS with this private key (PEM)")
+    server.add_argument("--tls-certfile", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
+    defaults = Limits()
+    limits = parser.add_argument_group("limits on one request")
+    limits.add_argument(
+        "--max-size",
+        type=parse_size,
+        default=defaults.max_pixels,
+        metavar="WxH",
+        help="largest width x height in pixels (default 2048x2048)",
+    )
+    limits.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size, metavar="N")
+    limits.add_argument("--max-batch-count", type=int, default=defaults.max_batch_count, metavar="N")
+    limits.add_argument("--max-steps", type=int, default=defaults.max_steps, metavar="N")
+    limits.add_argument(
+        "--max-body-mb", type=float, default=defaults.max_body_mb, metavar="MB", help="largest request body"
+    )
+    limits.add_argument(
+        "--max-queued",
+        type=int,
+        default=defaults.max_queued_per_user,
+        metavar="N",
+        help="waiting jobs per user",
     )
     return parser

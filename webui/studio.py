@@ -14,6 +14,7 @@ from webui import __version__
 from webui.engine.devices import resolve_device, resolve_dtype
 from webui.engine.generate import Engine, GenerationResult
 from webui.engine.request import GenerationRequest
+from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.steps import JobControl, StepHook
 from webui.model_manager.cache import MemoryBudgets, ModelCache, ModelEvent, Placement, Tier
 from webui.model_manager.facts import FileFactsCache
@@ -43,7 +44,7 @@ _NETWORK_HASH_LENGTH = 12
 @dataclass
 class StudioResult:
     images: list[Image.Image]
-    paths: list[Path]
+    paths: list[Path]  # empty when the job was not saved
     infotexts: list[str]
     seeds: list[int]
     interrupted: bool = False
@@ -189,12 +190,12 @@ class Studio:
             self._vae_choice = previous
             raise
 
-    def _vae_file(self, checkpoint: ModelFile) -> Path | None:
+    def _vae_file(self, checkpoint: ModelFile, choice: str | None = None) -> Path | None:
         named = {file.name: file.path for file in self.registry.files(ModelKind.VAE)}
-        return resolve_vae_file(self._vae_choice, checkpoint.path, named)
+        return resolve_vae_file(choice or self._vae_choice, checkpoint.path, named)
 
-    def _apply_vae(self, checkpoint: ModelFile, model: LoadedModel) -> None:
-        vae_file = self._vae_file(checkpoint)
+    def _apply_vae(self, checkpoint: ModelFile, model: LoadedModel, choice: str | None = None) -> None:
+        vae_file = self._vae_file(checkpoint, choice)
         if model.vae_path != vae_file:
             self.cache.modify(checkpoint.path, lambda m: swap_vae(m, vae_file))
 
@@ -252,18 +253,34 @@ class Studio:
         return self.registry.add(path)
 
     # -- generation ---------------------------------------------------------------------------
+    def preflight(
+        self, request: GenerationRequest, checkpoint: str | None = None, vae: str | None = None
+    ) -> ModelFile:
+        """Everything about a job that can be refused before it waits in a queue; its checkpoint.
+
+        Raises GenerationError (with the field at fault) or CheckpointError.
+        """
+        request.validate()
+        sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
+        make_scheduler(sampler.name, schedule, {})
+        file = self.find_checkpoint(checkpoint) if checkpoint else self._selected
+        self._vae_file(file, vae)
+        return file
+
     def generate(
         self,
         request: GenerationRequest,
         on_step: StepHook | None = None,
         control: JobControl | None = None,
         checkpoint: str | None = None,
+        vae: str | None = None,
+        save: bool = True,
     ) -> StudioResult:
-        """Run one job; `checkpoint` picks a model for this job only (A1111's override_settings)."""
-        request.validate()
-        file = self.find_checkpoint(checkpoint) if checkpoint else self._selected
+        """Run one job. `checkpoint` and `vae` pick a model and VAE for this job only (A1111's
+        override_settings); `save=False` keeps the images out of the outputs folder."""
+        file = self.preflight(request, checkpoint, vae)
         with self._generation, self.cache.use(file.path) as model:
-            self._apply_vae(file, model)
+            self._apply_vae(file, model, vae)
             self._configure_vae_tiling(file, model, request)
             engine = Engine(
                 model, loras=self._paths(ModelKind.LORA), embeddings=self._paths(ModelKind.EMBEDDING)
@@ -279,7 +296,8 @@ class Studio:
                 self._infotext_params(result.params, seed, file, shared),
             )
             infotexts.append(infotext)
-            paths.append(self.saver.save(image, mode=request.mode, seed=seed, infotext=infotext))
+            if save:
+                paths.append(self.saver.save(image, mode=request.mode, seed=seed, infotext=infotext))
         return StudioResult(result.images, paths, infotexts, result.seeds, result.interrupted)
 
     def _paths(self, kind: ModelKind) -> dict[str, Path]:

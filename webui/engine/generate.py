@@ -140,7 +140,7 @@ class Engine:
             )
             (positive, negative), used = apply_embeddings(self.model, [positive, negative], self.embeddings)
         except CheckpointError as error:
-            raise GenerationError(str(error)) from error
+            raise GenerationError(str(error), "prompt") from error
         return _Prompts(positive, negative, [(name, tag.weight) for name, tag in chosen.items()], used)
 
     def _lora_name(self, written: str) -> str:
@@ -153,7 +153,8 @@ class Engine:
         activate_loras(self.model, [])  # the job fails: leave the model with its plain weights
         raise GenerationError(
             f"unknown LoRA '{written}' in the prompt; check its name in the LoRA list "
-            "(refresh the list after adding files)"
+            "(refresh the list after adding files)",
+            "prompt",
         )
 
     @torch.inference_mode()

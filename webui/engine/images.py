@@ -57,7 +57,7 @@ def prepare_inpaint(request: GenerationRequest) -> InpaintInputs:
     if request.inpainting_mask_invert:
         mask = ImageOps.invert(mask)
     if mask.getextrema()[1] == 0:
-        raise GenerationError("the mask is empty: paint (white) the area to change, or untick invert")
+        raise GenerationError("the mask is empty: paint (white) the area to change, or untick invert", "mask")
     rgb = init.convert("RGB")
     if request.inpaint_full_res:
         original = rgb

@@ -14,7 +14,14 @@ MAX_BATCH = 64
 
 
 class GenerationError(ValueError):
-    """A request the engine cannot run; the message names the problem for the user."""
+    """A request the engine cannot run; the message names the problem for the user.
+
+    `field` names the request field at fault, when there is one, so an API can point at it.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class InterruptedError_(Exception):
@@ -77,36 +84,41 @@ class GenerationRequest:
         for name in ("width", "height"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
-                raise GenerationError(f"{name} must be a whole number, got {value!r}")
+                raise GenerationError(f"{name} must be a whole number, got {value!r}", name)
             if value % 8:
-                raise GenerationError(f"{name} must be a multiple of 8, got {value}")
+                raise GenerationError(f"{name} must be a multiple of 8, got {value}", name)
             if not MIN_SIDE <= value <= MAX_SIDE:
-                raise GenerationError(f"{name} must be between {MIN_SIDE} and {MAX_SIDE}, got {value}")
+                raise GenerationError(f"{name} must be between {MIN_SIDE} and {MAX_SIDE}, got {value}", name)
         if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
-            raise GenerationError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps!r}")
+            raise GenerationError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps!r}", "steps")
         for name in ("batch_size", "n_iter"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value <= MAX_BATCH:
-                raise GenerationError(f"{name} must be between 1 and {MAX_BATCH}, got {value!r}")
+                raise GenerationError(f"{name} must be between 1 and {MAX_BATCH}, got {value!r}", name)
         if not 0 <= self.cfg_scale <= 100:
-            raise GenerationError(f"cfg_scale must be between 0 and 100, got {self.cfg_scale}")
+            raise GenerationError(f"cfg_scale must be between 0 and 100, got {self.cfg_scale}", "cfg_scale")
         if not isinstance(self.clip_skip, int) or not 1 <= self.clip_skip <= 12:
-            raise GenerationError(f"clip_skip must be between 1 and 12, got {self.clip_skip!r}")
+            raise GenerationError(f"clip_skip must be between 1 and 12, got {self.clip_skip!r}", "clip_skip")
         if not isinstance(self.seed, int) or self.seed < -1 or self.seed >= 2**32:
-            raise GenerationError(f"seed must be -1 or between 0 and {2**32 - 1}, got {self.seed!r}")
+            raise GenerationError(f"seed must be -1 or between 0 and {2**32 - 1}, got {self.seed!r}", "seed")
         if self.init_image is not None and not 0.0 <= self.denoising_strength <= 1.0:
             raise GenerationError(
-                f"denoising_strength must be between 0 and 1, got {self.denoising_strength}"
+                f"denoising_strength must be between 0 and 1, got {self.denoising_strength}",
+                "denoising_strength",
             )
         if self.mask_blur < 0 or self.inpaint_full_res_padding < 0:
-            raise GenerationError("mask_blur and inpaint_full_res_padding must not be negative")
+            raise GenerationError(
+                "mask_blur and inpaint_full_res_padding must not be negative",
+                "mask_blur" if self.mask_blur < 0 else "inpaint_full_res_padding",
+            )
         if self.mask is not None:
             if self.init_image is None:
-                raise GenerationError("a mask needs an init image")
+                raise GenerationError("a mask needs an init image", "mask")
             if self.mask.size != self.init_image.size:
                 raise GenerationError(
                     f"mask size {self.mask.size[0]}x{self.mask.size[1]} differs from init image size "
-                    f"{self.init_image.size[0]}x{self.init_image.size[1]}"
+                    f"{self.init_image.size[0]}x{self.init_image.size[1]}",
+                    "mask",
                 )
 
 

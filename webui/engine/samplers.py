@@ -89,15 +89,19 @@ def resolve_sampler(name: str, schedule_type: str = "Automatic") -> tuple[Sample
             for sampler in SAMPLERS:
                 if base == sampler.name.lower():
                     return sampler, suffix
-    raise GenerationError(f"unknown sampler {name!r}; choose one of: {', '.join(sampler_names())}")
+    raise GenerationError(
+        f"unknown sampler {name!r}; choose one of: {', '.join(sampler_names())}", "sampler_name"
+    )
 
 
 def _find_schedule(schedule_type: str) -> str:
+    wanted = schedule_type.strip().lower().replace("_", " ")  # A1111's API names: "sgm_uniform"
     for known in SCHEDULE_TYPES:
-        if schedule_type.strip().lower() == known.lower():
+        if wanted == known.lower():
             return known
     raise GenerationError(
-        f"unknown schedule type {schedule_type!r}; choose one of: {', '.join(SCHEDULE_TYPES)}"
+        f"unknown schedule type {schedule_type!r}; choose one of: {', '.join(SCHEDULE_TYPES)}",
+        "scheduler",
     )
 
 
@@ -110,7 +114,9 @@ def make_scheduler(
     accepted = inspect.signature(sampler.scheduler_class.__init__).parameters
     for key in SCHEDULE_TYPES[schedule]:
         if key not in accepted:
-            raise GenerationError(f"schedule type {schedule!r} is not available for sampler {sampler.name!r}")
+            raise GenerationError(
+                f"schedule type {schedule!r} is not available for sampler {sampler.name!r}", "scheduler"
+            )
     if sampler.scheduler_class is DPMSolverSDEScheduler and seed is not None:
         options["noise_sampler_seed"] = seed
     try:

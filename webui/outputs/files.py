@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import secrets
@@ -41,21 +42,35 @@ class ImageSaver:
         self._lock = threading.Lock()
 
     def save(self, image: Image.Image, *, mode: str, seed: int, infotext: str) -> Path:
+        """Write one image; the result is what `encode_png` gives for the same arguments."""
         if not _MODE_NAME.match(mode):
             raise ValueError(f"mode must be a plain folder name, got {mode!r}")
-        if self.watermark:
-            image = embed_watermark(image)  # outside the lock: it is the slow part
-        if image.mode not in _PNG_MODES:
-            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-        pnginfo = PngImagePlugin.PngInfo()
-        pnginfo.add_text(PARAMETERS_KEY, infotext)
-
+        image, pnginfo = _png_ready(image, infotext, self.watermark)  # outside the lock: the slow part
         folder = self.root / f"{mode}-images" / self._clock().strftime("%Y-%m-%d")
         with self._lock:
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"{_next_number(folder):05d}-{seed}.png"
             _write_atomically(path, lambda stream: image.save(stream, format="PNG", pnginfo=pnginfo))
         return path
+
+    def encode_png(self, image: Image.Image, infotext: str) -> bytes:
+        """The PNG file `save` would write, in memory: same watermark, same infotext."""
+        image, pnginfo = _png_ready(image, infotext, self.watermark)
+        stream = io.BytesIO()
+        image.save(stream, format="PNG", pnginfo=pnginfo)
+        return stream.getvalue()
+
+
+def _png_ready(
+    image: Image.Image, infotext: str, watermark: bool
+) -> tuple[Image.Image, PngImagePlugin.PngInfo]:
+    if watermark:
+        image = embed_watermark(image)
+    if image.mode not in _PNG_MODES:
+        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    pnginfo = PngImagePlugin.PngInfo()
+    pnginfo.add_text(PARAMETERS_KEY, infotext)
+    return image, pnginfo
 
 
 def _next_number(folder: Path) -> int:

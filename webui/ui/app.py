@@ -13,9 +13,9 @@ from PIL import Image
 
 from webui.engine.request import MAX_STEPS, GenerationRequest
 from webui.engine.samplers import SCHEDULE_TYPES, sampler_names
+from webui.jobs import Caller, JobQueue, JobState
 
 if TYPE_CHECKING:
-    from webui.engine.steps import StepInfo
     from webui.studio import Studio
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ TITLE = "Stable Diffusion studio"
 MAX_UI_STEPS = min(150, MAX_STEPS)
 MAX_UI_SIDE = 2048
 SEED_MAX = 2**32 - 1
+_PROGRESS_POLL_S = 0.2
 
 # Gradio 6 takes css at launch()/mount_gradio_app(), not in Blocks(): see launch_options().
 APP_CSS = """
@@ -51,8 +52,12 @@ def launch_options(studio: Studio) -> dict[str, Any]:
     }
 
 
-def build_ui(studio: Studio) -> gr.Blocks:
-    """The txt2img page over `studio`; every handler is a closure, so no state is module-level."""
+def build_ui(studio: Studio, jobs: JobQueue, caller_named: Callable[[str | None], Caller]) -> gr.Blocks:
+    """The txt2img page over `studio`, generating through the shared `jobs` queue.
+
+    `caller_named` turns the logged-in user name (None without a login) into the job owner.
+    Every handler is a closure, so no state is module-level.
+    """
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         with gr.Row(elem_id="header", equal_height=True):
             gr.Markdown(f"# {TITLE}", elem_id="title")
@@ -82,6 +87,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 negative_prompt = gr.Textbox(label="Negative prompt", lines=2, elem_id="negative-prompt")
             with gr.Column(scale=1, min_width=160):
                 generate = gr.Button("Generate", variant="primary", size="lg", elem_id="generate")
+                interrupt = gr.Button("Interrupt", size="sm", elem_id="interrupt")
 
         error = gr.Markdown(visible=False, elem_id="error")
 
@@ -148,6 +154,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
             image_width: float,
             image_height: float,
             seed_value: float | None,
+            http: gr.Request,
             progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio injects progress by default value
         ) -> tuple[Any, Any, Any, Any]:
             request = GenerationRequest(
@@ -162,24 +169,29 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 seed=-1 if seed_value is None else int(seed_value),
             )
 
-            def on_step(info: StepInfo) -> None:
-                progress((info.step, info.total), desc="Sampling")
-
             try:
-                outcome = studio.generate(request, on_step=on_step)
+                job = jobs.submit(request, caller_named(http.username))
             # GenerationError and CheckpointError are ValueErrors: the user can fix these.
             except ValueError as exc:
                 return gr.skip(), gr.skip(), _show_error(str(exc)), gr.skip()
-            except Exception as exc:  # keep the page usable; the traceback goes to the log
-                log.exception("generation failed")
-                return (
-                    gr.skip(),
-                    gr.skip(),
-                    _show_error(f"Generation failed: {type(exc).__name__}: {exc}"),
-                    gr.skip(),
-                )
+            while not job.wait(_PROGRESS_POLL_S):
+                status = jobs.status(job)
+                if status.position is not None:
+                    progress(0, desc=f"Waiting in the queue: position {status.position}")
+                else:
+                    progress((status.step, status.steps), desc="Sampling")
+            outcome = job.result
+            if job.state is JobState.FAILED or outcome is None or not outcome.images:
+                message = job.error or "the job was stopped before any image was finished"
+                prefix = "" if job.user_error else "Generation failed: "
+                return gr.skip(), gr.skip(), _show_error(prefix + message), gr.skip()
             image = _displayable(outcome.paths[0], demo) if outcome.paths else outcome.images[0]
             return image, outcome.infotexts[0], _hide_error(), outcome.seeds[0]
+
+        def run_interrupt(http: gr.Request) -> None:
+            job = jobs.current(caller_named(http.username))
+            if job is not None:
+                jobs.interrupt(job)
 
         def switch(apply: Callable[[str], object], value: str, current: Callable[[], str], what: str):
             """Apply a checkpoint or VAE choice; on failure the dropdown returns to what is in use."""
@@ -211,6 +223,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
             outputs=[result, infotext, error, last_seed],
             api_visibility="private",  # the HTTP API lives in webui/api, not in Gradio's endpoints
         )
+        interrupt.click(run_interrupt, api_visibility="private", queue=False)
         # `.input` fires only for user changes, so resetting the value after a failure does not loop.
         checkpoint.input(
             run_select, inputs=checkpoint, outputs=[checkpoint, error, model_status], api_visibility="private"

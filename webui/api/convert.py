@@ -1,0 +1,163 @@
+"""A1111 request bodies -> our GenerationRequest, and finished jobs -> A1111's `info` JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from webui import __version__
+from webui.api.errors import ApiError
+from webui.api.images import decode_image
+from webui.api.schemas import Img2ImgBody, Txt2ImgBody
+from webui.engine.request import GenerationRequest, MaskedContent, ResizeMode
+from webui.jobs import Job
+from webui.outputs import parse_infotext
+
+# override_settings keys a single request may change; the rest are ignored, as A1111 ignores unknowns.
+CHECKPOINT_OPTION = "sd_model_checkpoint"
+VAE_OPTION = "sd_vae"
+CLIP_SKIP_OPTION = "CLIP_stop_at_last_layers"
+SAVE_OPTION = "samples_save"
+
+
+@dataclass(frozen=True)
+class JobChoices:
+    """What a request picks besides its generation parameters."""
+
+    checkpoint: str | None  # None: the selected one
+    vae: str | None  # None: the selected one
+    save: bool
+
+
+def txt2img_request(body: Txt2ImgBody, default_clip_skip: int) -> tuple[GenerationRequest, JobChoices]:
+    _refuse_unsupported(body)
+    overrides = body.override_settings
+    request = GenerationRequest(
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        sampler_name=body.sampler_name or body.sampler_index or "Euler a",
+        scheduler=body.scheduler or "Automatic",
+        steps=body.steps,
+        cfg_scale=body.cfg_scale,
+        width=body.width,
+        height=body.height,
+        seed=body.seed,
+        batch_size=body.batch_size,
+        n_iter=body.n_iter,
+        clip_skip=_clip_skip(overrides, default_clip_skip),
+        eta=body.eta,
+    )
+    save = body.save_images and not body.do_not_save_samples and overrides.get(SAVE_OPTION, True) is not False
+    checkpoint = overrides.get(CHECKPOINT_OPTION)
+    vae = overrides.get(VAE_OPTION)
+    for key, value in ((CHECKPOINT_OPTION, checkpoint), (VAE_OPTION, vae)):
+        if value is not None and not isinstance(value, str):
+            raise ApiError(422, f"override_settings.{key}: expected a name", f"override_settings.{key}")
+    return request, JobChoices(checkpoint or None, vae or None, save)
+
+
+def img2img_request(body: Img2ImgBody, default_clip_skip: int) -> tuple[GenerationRequest, JobChoices]:
+    request, choices = txt2img_request(body, default_clip_skip)
+    if not body.init_images:
+        raise ApiError(422, "init_images: img2img needs one base64 image", "init_images")
+    if len(body.init_images) > 1:
+        raise ApiError(422, "init_images: send one image per request", "init_images")
+    request.init_image = decode_image(body.init_images[0], "init_images.0")
+    request.mask = decode_image(body.mask, "mask") if body.mask else None
+    request.denoising_strength = 0.75 if body.denoising_strength is None else body.denoising_strength
+    request.resize_mode = _enum(ResizeMode, body.resize_mode, "resize_mode")
+    request.mask_blur = (
+        body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x, body.mask_blur_y)
+    )
+    request.inpainting_fill = _enum(MaskedContent, body.inpainting_fill, "inpainting_fill")
+    request.inpaint_full_res = body.inpaint_full_res
+    request.inpaint_full_res_padding = body.inpaint_full_res_padding
+    if body.inpainting_mask_invert not in (0, 1):
+        raise ApiError(422, "inpainting_mask_invert: expected 0 or 1", "inpainting_mask_invert")
+    request.inpainting_mask_invert = bool(body.inpainting_mask_invert)
+    return request, choices
+
+
+def _refuse_unsupported(body: Txt2ImgBody) -> None:
+    """Features this server does not have yet fail loudly instead of being silently dropped."""
+    unsupported = (
+        ("enable_hr", body.enable_hr, "hires fix is not available yet"),
+        ("restore_faces", body.restore_faces, "no face restorer is installed"),
+        ("tiling", body.tiling, "tiling is not available yet"),
+        ("subseed_strength", body.subseed_strength > 0, "variation seeds are not available yet"),
+        ("styles", body.styles, f"unknown style {body.styles[0]!r}" if body.styles else ""),
+        ("script_name", body.script_name, f"unknown script {body.script_name!r}"),
+        ("refiner_checkpoint", body.refiner_checkpoint, "a refiner is not available yet"),
+    )
+    for field, used, reason in unsupported:
+        if used:
+            raise ApiError(422, f"{field}: {reason}", field)
+    if body.alwayson_scripts:
+        name = next(iter(body.alwayson_scripts))
+        raise ApiError(422, f"alwayson_scripts: unknown script {name!r}", f"alwayson_scripts.{name}")
+
+
+def _clip_skip(overrides: dict[str, Any], default: int) -> int:
+    value = overrides.get(CLIP_SKIP_OPTION, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+        raise ApiError(
+            422,
+            f"override_settings.{CLIP_SKIP_OPTION}: expected a whole number",
+            f"override_settings.{CLIP_SKIP_OPTION}",
+        )
+    return int(value)
+
+
+def _enum(kind: type, value: int, field: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(f"{member.value} ({member.name.lower()})" for member in kind)
+        raise ApiError(422, f"{field}: expected one of {choices}, got {value}", field) from None
+
+
+def response_info(job: Job, body: Txt2ImgBody) -> str:
+    """A1111's `info`: a JSON string describing the images, with each one's infotext."""
+    result = job.result
+    request = job.request
+    infotexts = list(result.infotexts) if result else []
+    seeds = list(result.seeds) if result else []
+    params = parse_infotext(infotexts[0]).params if infotexts else {}
+    count = len(seeds)
+    info = {
+        "prompt": request.prompt,
+        "all_prompts": [request.prompt] * count,
+        "negative_prompt": request.negative_prompt,
+        "all_negative_prompts": [request.negative_prompt] * count,
+        "seed": seeds[0] if seeds else request.seed,
+        "all_seeds": seeds,
+        "subseed": -1,
+        "all_subseeds": [-1] * count,
+        "subseed_strength": 0,
+        "width": request.width,
+        "height": request.height,
+        "sampler_name": params.get("Sampler", request.sampler_name),
+        "cfg_scale": request.cfg_scale,
+        "steps": request.steps,
+        "batch_size": request.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": params.get("Model", job.checkpoint),
+        "sd_model_hash": params.get("Model hash"),
+        "sd_vae_name": params.get("VAE"),
+        "sd_vae_hash": params.get("VAE hash"),
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": request.denoising_strength if request.init_image is not None else 0,
+        "extra_generation_params": {},
+        "index_of_first_image": 0,
+        "infotexts": infotexts,
+        "styles": list(body.styles),
+        "job_timestamp": datetime.fromtimestamp(job.created).strftime("%Y%m%d%H%M%S"),
+        "clip_skip": request.clip_skip,
+        "is_using_inpainting_conditioning": request.is_inpaint,
+        "version": __version__,
+    }
+    return json.dumps(info)

@@ -1,0 +1,45 @@
+"""Images in JSON: base64 in (with or without a `data:` prefix), base64 PNG out."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+
+from webui.api.errors import ApiError
+
+
+def decode_image(data: object, field: str) -> Image.Image:
+    """A base64 string to a loaded image; anything else is a 422 naming `field`."""
+    if not isinstance(data, str) or not data.strip():
+        raise ApiError(422, f"{field}: expected a base64-encoded image", field)
+    text = data.strip()
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        raw = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, f"{field}: not valid base64", field) from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(raw)) as image:
+                image.load()
+                return image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ApiError(422, f"{field}: the image has too many pixels to open safely", field) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ApiError(422, f"{field}: the data is not a readable image ({error})", field) from None
+
+
+def encode_base64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
+
+
+def image_to_png(image: Image.Image) -> bytes:
+    stream = io.BytesIO()
+    image.save(stream, format="PNG")
+    return stream.getvalue()

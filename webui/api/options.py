@@ -1,0 +1,88 @@
+"""A1111's `/sdapi/v1/options`: the server-wide defaults clients read and set by A1111's key names."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from webui.api.convert import CHECKPOINT_OPTION, CLIP_SKIP_OPTION, VAE_OPTION
+from webui.api.errors import ApiError
+from webui.jobs import Caller, JobQueue
+from webui.model_manager.state_dict import CheckpointError
+
+if TYPE_CHECKING:
+    from webui.studio import Studio
+
+# Limits are options too, but only an admin may change them.
+_LIMIT_OPTIONS: dict[str, type] = {
+    "max_pixels": int,
+    "max_batch_size": int,
+    "max_batch_count": int,
+    "max_steps": int,
+    "max_body_mb": float,
+    "max_queued_per_user": int,
+}
+
+
+class ServerOptions:
+    """Reads and writes the options that mean something here; other keys are ignored, as in A1111."""
+
+    def __init__(self, studio: Studio, jobs: JobQueue, clip_skip: int = 1) -> None:
+        self.studio = studio
+        self.jobs = jobs
+        self.clip_skip = clip_skip
+        self._writing = threading.Lock()
+
+    def read(self) -> dict[str, Any]:
+        studio = self.studio
+        current = studio.current_checkpoint_file()
+        outputs = studio.settings.outputs_dir
+        limits = self.jobs.limits
+        return {
+            CHECKPOINT_OPTION: studio.registry.title(current),
+            "sd_checkpoint_hash": studio.facts.cached_sha256(current.path),
+            VAE_OPTION: studio.vae_choice,
+            CLIP_SKIP_OPTION: self.clip_skip,
+            "samples_save": True,
+            "samples_format": "png",
+            "outdir_samples": "",
+            "outdir_txt2img_samples": str(outputs / "txt2img-images"),
+            "outdir_img2img_samples": str(outputs / "img2img-images"),
+            "outdir_extras_samples": str(outputs / "extras-images"),
+            "enable_pnginfo": True,
+            **{key: getattr(limits, key) for key in _LIMIT_OPTIONS},
+        }
+
+    def write(self, values: dict[str, Any], caller: Caller) -> None:
+        """Apply the known keys; a bad value is a 422 naming its key and changes nothing after it."""
+        limit_changes = {key: values[key] for key in _LIMIT_OPTIONS if key in values}
+        if limit_changes and not caller.admin:
+            raise ApiError(
+                403, f"only an admin may change {', '.join(limit_changes)}", next(iter(limit_changes))
+            )
+        clip_skip = values.get(CLIP_SKIP_OPTION, self.clip_skip)
+        if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 1 <= clip_skip <= 12:
+            raise ApiError(422, f"{CLIP_SKIP_OPTION}: expected a whole number from 1 to 12", CLIP_SKIP_OPTION)
+        checked = {key: _limit_value(key, value) for key, value in limit_changes.items()}
+        with self._writing:
+            for key, apply in (
+                (CHECKPOINT_OPTION, self.studio.select_checkpoint),
+                (VAE_OPTION, self.studio.select_vae),
+            ):
+                if key in values:
+                    if not isinstance(values[key], str):
+                        raise ApiError(422, f"{key}: expected a name", key)
+                    try:
+                        apply(values[key])
+                    except CheckpointError as error:
+                        raise ApiError(422, f"{key}: {error}", key) from error
+            self.clip_skip = clip_skip
+            if checked:
+                self.jobs.set_limits(**checked)
+
+
+def _limit_value(key: str, value: Any) -> int | float:
+    kind = _LIMIT_OPTIONS[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or kind(value) != value:
+        raise ApiError(422, f"{key}: expected a positive {'whole ' if kind is int else ''}number", key)
+    return kind(value)

@@ -1,0 +1,64 @@
+"""Ceilings an admin sets on what one request may ask for (`--max-size`, `--max-steps`, ...)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from webui.engine.request import GenerationError, GenerationRequest
+
+
+class LimitError(GenerationError):
+    """A request over an admin's limit; `limit` names the flag that sets it."""
+
+    def __init__(self, message: str, field: str, limit: str) -> None:
+        super().__init__(message, field)
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pixels: int = 2048 * 2048  # width x height of one image
+    max_batch_size: int = 8
+    max_batch_count: int = 100
+    max_steps: int = 150
+    max_body_mb: float = 64.0  # enforced on every HTTP request body
+    max_queued_per_user: int = 100
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    def check(self, request: GenerationRequest) -> None:
+        pixels = request.width * request.height
+        if pixels > self.max_pixels:
+            raise LimitError(
+                f"{request.width}x{request.height} is {pixels} pixels, over this server's limit of "
+                f"{self.max_pixels} pixels per image (--max-size)",
+                "width" if request.width >= request.height else "height",
+                "--max-size",
+            )
+        for field, value, ceiling, flag in (
+            ("batch_size", request.batch_size, self.max_batch_size, "--max-batch-size"),
+            ("n_iter", request.n_iter, self.max_batch_count, "--max-batch-count"),
+            ("steps", request.steps, self.max_steps, "--max-steps"),
+        ):
+            if value > ceiling:
+                raise LimitError(
+                    f"{field} {value} is over this server's limit of {ceiling} ({flag})", field, flag
+                )
+
+
+def parse_size(text: str) -> int:
+    """`2048x2048` or a plain pixel count -> pixels (for `--max-size`)."""
+    cleaned = text.lower().replace(" ", "")
+    try:
+        if "x" in cleaned:
+            width, height = cleaned.split("x", 1)
+            pixels = int(width) * int(height)
+        else:
+            pixels = int(cleaned)
+    except ValueError:
+        raise ValueError(f"expected WIDTHxHEIGHT such as 2048x2048, got {text!r}") from None
+    if pixels <= 0:
+        raise ValueError(f"the size must be positive, got {text!r}")
+    return pixels

@@ -1,0 +1,143 @@
+"""One ASGI app: the A1111-compatible API, our job API, their docs and the Gradio page, behind one login."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+
+from webui import __version__
+from webui.api.auth import Credentials, LoginMiddleware, caller_of
+from webui.api.context import ApiContext
+from webui.api.errors import install_error_handlers
+from webui.api.guards import BodySizeMiddleware
+from webui.api.options import ServerOptions
+from webui.api.sdapi import sdapi_router
+from webui.api.v1 import v1_router
+from webui.jobs import LOCAL_CALLER, Caller, JobQueue
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from webui.studio import Studio
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    studio: Studio,
+    jobs: JobQueue,
+    *,
+    credentials: Credentials | None = None,
+    cmd_flags: dict[str, Any] | None = None,
+    with_ui: bool = True,
+) -> FastAPI:
+    """The whole server as an ASGI app; `jobs` must be started by the caller."""
+    app = FastAPIOffline(
+        title="Stable Diffusion studio API",
+        version=__version__,
+        description=(
+            "`/sdapi/v1` speaks AUTOMATIC1111's API for existing clients. `/api/v1` queues jobs, "
+            "returns their ids at once and streams progress as server-sent events. When the server "
+            "has a login, every route needs HTTP Basic credentials."
+        ),
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    ctx = ApiContext(studio, jobs, ServerOptions(studio, jobs), redact(cmd_flags or {}, credentials))
+    app.include_router(sdapi_router(ctx))
+    app.include_router(v1_router(ctx))
+    if with_ui:
+        _mount_ui(app, studio, jobs, credentials)
+    # Added last = outermost: the login runs before anything reads the body or routes the request.
+    app.add_middleware(BodySizeMiddleware, limit_bytes=lambda: jobs.limits.max_body_bytes)
+    app.add_middleware(LoginMiddleware, credentials=credentials)
+    return app
+
+
+def _mount_ui(app: FastAPI, studio: Studio, jobs: JobQueue, credentials: Credentials | None) -> None:
+    import gradio as gr
+
+    from webui.ui.app import build_ui, launch_options
+
+    def caller_named(name: str | None) -> Caller:
+        if credentials is None or name is None:
+            return LOCAL_CALLER
+        return Caller(name, admin=name in credentials.admins)
+
+    blocks = build_ui(studio, jobs, caller_named).queue()
+    extra: dict[str, Any] = {}
+    if credentials is not None:
+        # Gradio asks this for the user name of each event, so handlers see `request.username`.
+        extra["auth_dependency"] = lambda request: caller_of(request.state).name
+    gr.mount_gradio_app(app, blocks, path="", **launch_options(studio), **extra)
+
+
+_SECRET_FLAGS = ("auth",)
+
+
+def redact(flags: dict[str, Any], credentials: Credentials | None) -> dict[str, Any]:
+    """Flags as `cmd-flags` shows them: no password, under any key."""
+    secrets = credentials.secrets() if credentials else []
+    clean: dict[str, Any] = {}
+    for key, value in flags.items():
+        hidden = (key in _SECRET_FLAGS and value) or (
+            isinstance(value, str) and any(secret in value for secret in secrets)
+        )
+        clean[key] = "<hidden>" if hidden else str(value) if isinstance(value, Path) else value
+    return clean
+
+
+@dataclass(frozen=True)
+class Tls:
+    keyfile: Path
+    certfile: Path
+
+
+def uvicorn_config(
+    app: FastAPI, host: str, port: int, tls: Tls | None = None, shutdown_grace_s: int = 5
+) -> uvicorn.Config:
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        ssl_keyfile=str(tls.keyfile) if tls else None,
+        ssl_certfile=str(tls.certfile) if tls else None,
+        timeout_graceful_shutdown=shutdown_grace_s,
+    )
+
+
+class BackgroundServer:
+    """Serve an app from a thread (tests, notebooks); `with BackgroundServer(...) as url:`."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, tls: Tls | None = None) -> None:
+        import uvicorn
+
+        # Open event streams (Gradio's queue, job events) would hold a graceful shutdown open.
+        self._server = uvicorn.Server(uvicorn_config(app, host, port, tls, shutdown_grace_s=1))
+        self._thread = threading.Thread(target=self._server.run, name="http-server", daemon=True)
+        self._scheme = "https" if tls else "http"
+        self._host = host
+
+    def __enter__(self) -> str:
+        self._thread.start()
+        deadline = time.monotonic() + 60
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        return f"{self._scheme}://{self._host}:{port}"
+
+    def __exit__(self, *_exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
