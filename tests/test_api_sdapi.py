@@ -214,7 +214,19 @@ BAD_REQUESTS = [
     ("txt2img", {"prompt": "x", "seed": 2**40}, 422, "seed"),
     ("txt2img", {"prompt": "x", "sampler_name": "Euler z"}, 422, "sampler_name"),
     ("txt2img", {"prompt": "x", "scheduler": "zigzag"}, 422, "scheduler"),
-    ("txt2img", {"prompt": "x", "override_settings": {"sd_model_checkpoint": "nope"}}, 422, None),
+    (
+        "txt2img",
+        {"prompt": "x", "override_settings": {"sd_model_checkpoint": "nope"}},
+        422,
+        "override_settings.sd_model_checkpoint",
+    ),
+    ("txt2img", {"prompt": "x", "override_settings": {"sd_vae": "nope"}}, 422, "override_settings.sd_vae"),
+    (
+        "txt2img",
+        {"prompt": "x", "override_settings": {"CLIP_stop_at_last_layers": 40}},
+        422,
+        "override_settings.CLIP_stop_at_last_layers",
+    ),
     ("txt2img", {"prompt": "x", "enable_hr": True}, 422, "enable_hr"),
     (
         "txt2img",

@@ -1,4 +1,9 @@
-"""Generate from a shell: `python -m webui txt2img --prompt "a lighthouse at dusk"`."""
+"""Generate from a shell: `python -m webui txt2img --prompt "a lighthouse at dusk"`.
+
+With `--server URL` the same command runs the job on a running app through its `/api/v1` job API
+and saves the images here. That path never imports torch or the Studio, so it starts at once: keep
+every heavy import inside the local branch (`_run_locally`, `build_parser(server=False)`).
+"""
 
 from __future__ import annotations
 
@@ -7,51 +12,126 @@ import logging
 import sys
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from webui.cli_remote import AUTH_ENV, open_image, run_on_server
+from webui.engine.request import GenerationError, GenerationRequest, MaskedContent, ResizeMode  # no torch
 
-from webui.engine.request import GenerationError, GenerationRequest, MaskedContent, ResizeMode
-from webui.engine.samplers import SCHEDULE_TYPES
-from webui.model_manager.state_dict import CheckpointError
-from webui.settings import Settings, add_model_flags
+# Model-manager flags (webui.settings.add_model_flags) that only the local engine can honour.
+_PROGRESS_POLL_S = 0.2
+LOCAL_ONLY_FLAGS = (
+    "--ckpt-dir",
+    "--device",
+    "--precision",
+    "--no-watermark",
+    "--vram-budget",
+    "--ram-budget",
+    "--memory-mode",
+    "--medvram",
+    "--lowvram",
+    "--vae-tiling",
+)
+LOCAL_ONLY_NOTE = (
+    f"{', '.join(LOCAL_ONLY_FLAGS)} apply to the local engine only; with --server the server's own "
+    "settings decide, and those flags are refused."
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(server: bool = False) -> argparse.ArgumentParser:
+    """The command line; `server=True` builds the --server variant, which needs no torch to build."""
     parser = argparse.ArgumentParser(
         prog="python -m webui", description="Generate images from the command line"
     )
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("txt2img", "img2img"):
-        command = commands.add_parser(name, help=f"{name} with the local engine")
-        add_model_flags(command)
-        command.add_argument("--prompt", "-p", required=True)
-        command.add_argument("--negative-prompt", "-n", default="")
-        command.add_argument("--sampler", default="Euler a", help='A1111 name, e.g. "DPM++ 2M" or "Euler a"')
-        command.add_argument("--scheduler", default="Automatic", help=f"one of: {', '.join(SCHEDULE_TYPES)}")
-        command.add_argument("--steps", type=int, default=20)
-        command.add_argument("--cfg-scale", type=float, default=7.0)
-        command.add_argument("--width", type=int, default=512)
-        command.add_argument("--height", type=int, default=512)
-        command.add_argument("--seed", type=int, default=-1, help="-1 picks one and reports it")
-        command.add_argument("--batch-size", type=int, default=1)
-        command.add_argument("--n-iter", type=int, default=1, help="batch count")
-        command.add_argument("--clip-skip", type=int, default=1)
-        if name == "img2img":
-            command.add_argument("--init-image", type=Path, required=True)
-            command.add_argument(
-                "--mask", type=Path, help="white = repaint; without it, the image's alpha is used"
-            )
-            command.add_argument("--denoising-strength", type=float, default=0.75)
-            command.add_argument("--resize-mode", type=int, choices=[m.value for m in ResizeMode], default=0)
-            command.add_argument("--mask-blur", type=int, default=4)
-            command.add_argument("--invert-mask", action="store_true")
-            command.add_argument(
-                "--inpainting-fill", type=int, choices=[m.value for m in MaskedContent], default=1
-            )
-            command.add_argument(
-                "--only-masked", action="store_true", help="inpaint the masked area at full size"
-            )
-            command.add_argument("--only-masked-padding", type=int, default=32)
+        command = commands.add_parser(
+            name,
+            help=f"{name} with the local engine, or on a running app with --server",
+            description=f"{name} with the local engine, or on a running app with --server URL.",
+            epilog=LOCAL_ONLY_NOTE,
+        )
+        if server:
+            _add_remote_model_flags(command)
+            scheduler_help = 'a schedule type the server knows, e.g. "Automatic" or "Karras"'
+        else:
+            from webui.engine.samplers import SCHEDULE_TYPES  # imports torch
+            from webui.settings import add_model_flags  # imports torch
+
+            add_model_flags(command)
+            scheduler_help = f"one of: {', '.join(SCHEDULE_TYPES)}"
+        _add_generation_flags(command, name, scheduler_help, server)
+        _add_server_flags(command)
     return parser
+
+
+def _add_generation_flags(
+    command: argparse.ArgumentParser, name: str, scheduler_help: str, server: bool
+) -> None:
+    command.add_argument("--prompt", "-p", required=True)
+    command.add_argument("--negative-prompt", "-n", default="")
+    command.add_argument("--sampler", default="Euler a", help='A1111 name, e.g. "DPM++ 2M" or "Euler a"')
+    command.add_argument("--scheduler", default="Automatic", help=scheduler_help)
+    command.add_argument("--steps", type=int, default=20)
+    command.add_argument("--cfg-scale", type=float, default=7.0)
+    command.add_argument("--width", type=int, default=512)
+    command.add_argument("--height", type=int, default=512)
+    command.add_argument("--seed", type=int, default=-1, help="-1 picks one and reports it")
+    command.add_argument("--batch-size", type=int, default=1)
+    command.add_argument("--n-iter", type=int, default=1, help="batch count")
+    # A server has its own clip skip setting: only send one when asked to.
+    command.add_argument(
+        "--clip-skip", type=int, default=None if server else 1, help="default: 1 (--server: the server's)"
+    )
+    if name == "img2img":
+        command.add_argument("--init-image", type=Path, required=True)
+        command.add_argument(
+            "--mask", type=Path, help="white = repaint; without it, the image's alpha is used"
+        )
+        command.add_argument("--denoising-strength", type=float, default=0.75)
+        command.add_argument("--resize-mode", type=int, choices=[m.value for m in ResizeMode], default=0)
+        command.add_argument("--mask-blur", type=int, default=4)
+        command.add_argument("--invert-mask", action="store_true")
+        command.add_argument(
+            "--inpainting-fill", type=int, choices=[m.value for m in MaskedContent], default=1
+        )
+        command.add_argument(
+            "--only-masked", action="store_true", help="inpaint the masked area at full size"
+        )
+        command.add_argument("--only-masked-padding", type=int, default=32)
+
+
+def _add_server_flags(command: argparse.ArgumentParser) -> None:
+    group = command.add_argument_group(
+        "running on a server", "send the job to a running app instead; the images are still saved here"
+    )
+    group.add_argument(
+        "--server",
+        metavar="URL",
+        help="the app's address, e.g. http://127.0.0.1:7860; a login may be in it: http://USER:PASS@host:port",
+    )
+    group.add_argument(
+        "--server-auth",
+        metavar="USER:PASS",
+        help=f"the login for --server (default: the URL's, else ${AUTH_ENV})",
+    )
+    group.add_argument(
+        "--server-save", action="store_true", help="also keep the images in the server's own outputs folder"
+    )
+
+
+def _add_remote_model_flags(command: argparse.ArgumentParser) -> None:
+    """The model flags that mean something with --server; the local-only ones are refused by name."""
+    command.add_argument("--data-dir", default=".", help="folder holding outputs/ (default: .)")
+    command.add_argument("--outputs-dir", help="where images are saved (default: DATA_DIR/outputs)")
+    command.add_argument("--ckpt", help="a checkpoint on the server, by name (default: the server's)")
+    command.add_argument("--vae", help='a VAE on the server: "Automatic", "None" or a file name')
+    for flag in LOCAL_ONLY_FLAGS:
+        command.add_argument(flag, nargs="?", action=_LocalOnly, help=argparse.SUPPRESS)
+
+
+class _LocalOnly(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kwargs: object) -> None:
+        parser.error(
+            f"{self.option_strings[0]} applies to the local engine; the server uses its own settings"
+        )
 
 
 def request_from_args(args: argparse.Namespace) -> GenerationRequest:
@@ -70,8 +150,8 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         clip_skip=args.clip_skip,
     )
     if args.command == "img2img":
-        request.init_image = _open_image(args.init_image, "--init-image")
-        request.mask = _open_image(args.mask, "--mask") if args.mask else None
+        request.init_image = open_image(args.init_image, "--init-image")
+        request.mask = open_image(args.mask, "--mask") if args.mask else None
         request.denoising_strength = args.denoising_strength
         request.resize_mode = ResizeMode(args.resize_mode)
         request.mask_blur = args.mask_blur
@@ -82,40 +162,65 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
     return request
 
 
-def _open_image(path: Path, flag: str) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except (OSError, UnidentifiedImageError) as error:
-        raise GenerationError(f"{flag} {path}: not a readable image ({error})") from error
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if _server_requested(argv):
+        return run_on_server(build_parser(server=True).parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.server_auth or args.server_save:
+        parser.error("--server-auth and --server-save need --server URL")
+    return _run_locally(args)
+
+
+def _server_requested(argv: list[str]) -> bool:
+    """Whether --server is given, decided before the full parser is built (it imports torch)."""
+    probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    probe.add_argument("--server")
+    known, _rest = probe.parse_known_args(argv)
+    return known.server is not None
+
+
+# -- the local engine ----------------------------------------------------------------------------
+
+
+def _run_locally(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from webui.studio import Studio  # torch loads here, after the arguments are known to be sane
+    # torch loads here, after the arguments are known to be sane
+    from webui.jobs import LOCAL_CALLER, JobQueue, JobState, Limits
+    from webui.model_manager.state_dict import CheckpointError
+    from webui.settings import Settings
+    from webui.studio import Studio
 
     try:
         request = request_from_args(args)
         request.validate()
-        studio = Studio(Settings.from_args(_with_app_defaults(args)))
-        result = studio.generate(request, on_step=_print_progress)
+        studio = Studio(Settings.from_args(args))
     except (GenerationError, CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    # The same queue the app runs; on one's own machine only the engine's own limits apply.
+    jobs = JobQueue(studio, Limits.engine_maxima()).start()
+    try:
+        job = jobs.submit(request, LOCAL_CALLER)
+        while not job.wait(_PROGRESS_POLL_S):
+            status = jobs.status(job)
+            print(f"\rstep {status.step}/{status.steps}", end="", file=sys.stderr, flush=True)
+    except (GenerationError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        jobs.stop()
     print(file=sys.stderr)
-    for path, infotext in zip(result.paths, result.infotexts):
+    if job.state is JobState.FAILED or job.result is None:
+        print(f"error: {job.error}", file=sys.stderr)
+        return 2 if job.user_error else 1
+    for path, infotext in zip(job.result.paths, job.result.infotexts):
         print(f"saved {path}")
         print(infotext)
     if studio.demo_mode:
         print(f"note: {studio.demo_message}", file=sys.stderr)
     return 0
-
-
-def _with_app_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    return argparse.Namespace(**vars(args), port=0, listen=False)
-
-
-def _print_progress(info) -> None:
-    print(f"\rstep {info.step}/{info.total}", end="", file=sys.stderr, flush=True)

@@ -13,7 +13,7 @@ from PIL import Image
 from webui import __version__
 from webui.engine.devices import resolve_device, resolve_dtype
 from webui.engine.generate import Engine, GenerationResult
-from webui.engine.request import GenerationRequest
+from webui.engine.request import GenerationError, GenerationRequest
 from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.steps import JobControl, StepHook
 from webui.model_manager.cache import MemoryBudgets, ModelCache, ModelEvent, Placement, Tier
@@ -263,8 +263,14 @@ class Studio:
         request.validate()
         sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
         make_scheduler(sampler.name, schedule, {})
-        file = self.find_checkpoint(checkpoint) if checkpoint else self._selected
-        self._vae_file(file, vae)
+        try:
+            file = self.find_checkpoint(checkpoint) if checkpoint else self._selected
+        except CheckpointError as error:
+            raise GenerationError(str(error), "checkpoint") from error
+        try:
+            self._vae_file(file, vae)
+        except CheckpointError as error:
+            raise GenerationError(str(error), "vae") from error
         return file
 
     def generate(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from webui.api.errors import ApiError
+from webui.api.fields import a1111_field
 from webui.api.options import ServerOptions
 from webui.jobs import Job, JobQueue, JobState
 
@@ -48,5 +49,5 @@ def raise_if_failed(job: Job) -> None:
     """A failed job as the HTTP error its cause deserves: the request's fault (422) or ours (500)."""
     if job.state is JobState.FAILED:
         if job.user_error:
-            raise ApiError(422, job.error or "the request cannot run", job.error_field)
+            raise ApiError(422, job.error or "the request cannot run", a1111_field(job.error_field))
         raise ApiError(500, f"generation failed: {job.error}")

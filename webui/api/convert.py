@@ -9,17 +9,12 @@ from typing import Any
 
 from webui import __version__
 from webui.api.errors import ApiError
+from webui.api.fields import CHECKPOINT_OPTION, CLIP_SKIP_OPTION, SAVE_OPTION, VAE_OPTION
 from webui.api.images import decode_image
 from webui.api.schemas import Img2ImgBody, Txt2ImgBody
 from webui.engine.request import GenerationRequest, MaskedContent, ResizeMode
 from webui.jobs import Job
 from webui.outputs import parse_infotext
-
-# override_settings keys a single request may change; the rest are ignored, as A1111 ignores unknowns.
-CHECKPOINT_OPTION = "sd_model_checkpoint"
-VAE_OPTION = "sd_vae"
-CLIP_SKIP_OPTION = "CLIP_stop_at_last_layers"
-SAVE_OPTION = "samples_save"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from webui.api.fields import a1111_field
 from webui.engine.request import GenerationError
 from webui.jobs import JobNotFound, QueueFull
 from webui.jobs.limits import LimitError
@@ -33,14 +34,12 @@ def error_body(error: str, detail: str, field: str | None = None, **extra: Any) 
     return body
 
 
-def generation_error_response(error: Exception, field_prefix: str = "") -> JSONResponse:
-    """A request the engine or the model manager refused: 422, naming the field when known."""
-    field = getattr(error, "field", None)
+def generation_error_response(error: Exception) -> JSONResponse:
+    """A request the engine or the model manager refused: 422, naming the body field when known."""
+    field = a1111_field(getattr(error, "field", None))
     extra = {"limit": error.limit} if isinstance(error, LimitError) else {}
     kind = "over a limit" if isinstance(error, LimitError) else "invalid request"
-    return JSONResponse(
-        error_body(kind, str(error), f"{field_prefix}{field}" if field else None, **extra), status_code=422
-    )
+    return JSONResponse(error_body(kind, str(error), field, **extra), status_code=422)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -66,7 +66,8 @@ async def _too_large(send: Any, limit: int) -> None:
     body = json.dumps(
         {
             "error": "request too large",
-            "detail": f"the request body is over this server's limit of {limit / 2**20:g} MB (--max-body-mb)",
+            "detail": f"the request body is over this server's limit of {limit} bytes "
+            f"({limit / 2**20:.1f} MB, --max-body-mb)",
             "limit": "--max-body-mb",
         }
     ).encode()

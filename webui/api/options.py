@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from webui.api.convert import CHECKPOINT_OPTION, CLIP_SKIP_OPTION, VAE_OPTION
 from webui.api.errors import ApiError
+from webui.api.fields import CHECKPOINT_OPTION, CLIP_SKIP_OPTION, VAE_OPTION
 from webui.jobs import Caller, JobQueue
 from webui.model_manager.state_dict import CheckpointError
 

@@ -16,6 +16,7 @@ from webui.api.auth import caller_of
 from webui.api.context import ApiContext
 from webui.api.convert import img2img_request, txt2img_request
 from webui.api.errors import ApiError
+from webui.api.fields import a1111_field
 from webui.api.images import encode_base64, image_to_png
 from webui.api.schemas import Img2ImgBody, Txt2ImgBody
 from webui.jobs import Job, JobStatus
@@ -174,7 +175,8 @@ def _status_json(status: JobStatus) -> dict[str, Any]:
         "started": status.started,
         "finished": status.finished,
         "error": status.error,
-        "error_field": status.error_field,
+        "error_field": a1111_field(status.error_field),
+        "user_error": status.user_error,  # the request was at fault (fix and resend), not the server
         "seeds": list(status.seeds),
         "infotexts": list(status.infotexts),
     }

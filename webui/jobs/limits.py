@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from webui.engine.request import GenerationError, GenerationRequest
+from webui.engine.request import MAX_BATCH, MAX_SIDE, MAX_STEPS, GenerationError, GenerationRequest
 
 
 class LimitError(GenerationError):
@@ -23,6 +23,16 @@ class Limits:
     max_steps: int = 150
     max_body_mb: float = 64.0  # enforced on every HTTP request body
     max_queued_per_user: int = 100
+
+    @classmethod
+    def engine_maxima(cls) -> Limits:
+        """No ceiling below what the engine itself can do (one's own machine, the CLI)."""
+        return cls(
+            max_pixels=MAX_SIDE * MAX_SIDE,
+            max_batch_size=MAX_BATCH,
+            max_batch_count=MAX_BATCH,
+            max_steps=MAX_STEPS,
+        )
 
     @property
     def max_body_bytes(self) -> int:

@@ -43,14 +43,21 @@ class ImageSaver:
 
     def save(self, image: Image.Image, *, mode: str, seed: int, infotext: str) -> Path:
         """Write one image; the result is what `encode_png` gives for the same arguments."""
+        image, pnginfo = _png_ready(image, infotext, self.watermark)  # outside the lock: the slow part
+        return self._write(mode, seed, lambda stream: image.save(stream, format="PNG", pnginfo=pnginfo))
+
+    def save_encoded(self, png: bytes, *, mode: str, seed: int) -> Path:
+        """Write a finished PNG file as it is (e.g. one a server sent, infotext and watermark inside)."""
+        return self._write(mode, seed, lambda stream: stream.write(png))
+
+    def _write(self, mode: str, seed: int, write: Callable[[BinaryIO], object]) -> Path:
         if not _MODE_NAME.match(mode):
             raise ValueError(f"mode must be a plain folder name, got {mode!r}")
-        image, pnginfo = _png_ready(image, infotext, self.watermark)  # outside the lock: the slow part
         folder = self.root / f"{mode}-images" / self._clock().strftime("%Y-%m-%d")
         with self._lock:
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"{_next_number(folder):05d}-{seed}.png"
-            _write_atomically(path, lambda stream: image.save(stream, format="PNG", pnginfo=pnginfo))
+            _write_atomically(path, write)
         return path
 
     def encode_png(self, image: Image.Image, infotext: str) -> bytes:
@@ -84,7 +91,7 @@ def _next_number(folder: Path) -> int:
     return highest + 1
 
 
-def _write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write via a hidden temp file in the same folder, so readers never see a partial image."""
     temp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp")
     # os.open with 0o666 lets the umask decide permissions (mkstemp would force 0600).
