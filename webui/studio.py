@@ -13,7 +13,7 @@ from PIL import Image
 from webui import __version__
 from webui.engine.devices import resolve_device, resolve_dtype
 from webui.engine.generate import Engine, GenerationResult
-from webui.engine.request import GenerationError, GenerationRequest
+from webui.engine.request import GenerationRequest
 from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.steps import JobControl, StepHook
 from webui.model_manager.cache import MemoryBudgets, ModelCache, ModelEvent, Placement, Tier
@@ -266,11 +266,11 @@ class Studio:
         try:
             file = self.find_checkpoint(checkpoint) if checkpoint else self._selected
         except CheckpointError as error:
-            raise GenerationError(str(error), "checkpoint") from error
+            raise CheckpointError(str(error), "checkpoint") from error
         try:
             self._vae_file(file, vae)
         except CheckpointError as error:
-            raise GenerationError(str(error), "vae") from error
+            raise CheckpointError(str(error), "vae") from error
         return file
 
     def generate(

@@ -67,7 +67,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CheckpointError)
     async def checkpoint_error(_request: Request, exc: CheckpointError) -> JSONResponse:
-        return JSONResponse(error_body("invalid request", str(exc), getattr(exc, "field", None)), 422)
+        return generation_error_response(exc)
 
     @app.exception_handler(JobNotFound)
     async def job_not_found(_request: Request, exc: JobNotFound) -> JSONResponse:

@@ -19,7 +19,14 @@ CHECKPOINT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
 
 
 class CheckpointError(ValueError):
-    """A file that is not a usable checkpoint; the message says why and names the file."""
+    """A file that is not a usable checkpoint; the message says why and names the file.
+
+    `field` names the request field that chose the file, when one did.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
