@@ -19,8 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     from webui.server import create_app, uvicorn_config
     from webui.studio import Studio
 
-    settings = Settings.from_args(args)
     try:
+        settings = Settings.from_args(args)
         credentials = Credentials.from_flags(
             args.auth, Path(args.auth_file) if args.auth_file else None, args.admin
         )

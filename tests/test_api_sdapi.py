@@ -80,6 +80,26 @@ def test_img2img_and_inpainting_with_a_mask(server: LiveServer) -> None:
     assert inpaint.json()["parameters"]["init_images"] is None  # not echoed unless include_init_images
 
 
+def test_a_transparent_init_image_without_a_mask_is_flattened_as_in_a1111(server: LiveServer) -> None:
+    logo = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    logo.paste((255, 0, 0, 255), (16, 16, 48, 48))
+    with server.client() as client:
+        response = client.post(
+            "/sdapi/v1/img2img",
+            json={
+                "init_images": [b64_png(logo)],
+                **SMALL,
+                "width": 128,
+                "height": 96,
+                "denoising_strength": 0.3,
+            },
+        )
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert decode_png(response.json()["images"][0]).size == (128, 96)
+    assert not info["is_using_inpainting_conditioning"] and "Mask blur" not in info["infotexts"][0]
+
+
 def test_progress_shows_the_running_job_with_a_live_preview(server: LiveServer) -> None:
     server.gate.close()
     answer: dict = {}
@@ -286,6 +306,17 @@ def test_malformed_json_and_oversized_bodies(server: LiveServer) -> None:
         finally:
             server.jobs.limits = limits
         assert big.status_code == 413 and big.json()["limit"] == "--max-body-mb"
+        # Streamed without a Content-Length, the body is counted as it arrives.
+        server.jobs.set_limits(max_body_mb=0.01)
+        try:
+            chunks = (b'{"prompt": "' + b"x" * 4096 for _ in range(8))
+            streamed = client.post(
+                "/sdapi/v1/txt2img", content=chunks, headers={"content-type": "application/json"}
+            )
+        finally:
+            server.jobs.limits = limits
+        assert streamed.status_code == 413 and streamed.json()["limit"] == "--max-body-mb"
+    assert txt2img(server)["images"]
 
 
 def test_admin_limits_are_enforced_and_only_admins_change_them(server: LiveServer) -> None:
@@ -298,6 +329,10 @@ def test_admin_limits_are_enforced_and_only_admins_change_them(server: LiveServe
                 over = bob.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "steps": 4})
             finally:
                 alice.post("/sdapi/v1/options", json={"max_steps": 150})
+        with server.client("alice") as alice:
+            beyond = alice.post("/sdapi/v1/options", json={"max_steps": 1000})
+        assert beyond.status_code == 422 and "500" in beyond.json()["detail"]
+        assert server.jobs.limits.max_steps == 150
     assert over.status_code == 422
     assert over.json()["field"] == "steps" and over.json()["limit"] == "--max-steps"
     assert "--max-steps" in over.json()["detail"]

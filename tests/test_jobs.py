@@ -211,3 +211,11 @@ def test_a_job_keeps_the_checkpoint_selected_when_it_was_submitted(
         assert after.wait(60) and "Model: tiny-sd15-inpaint" in after.result.infotexts[0]
     finally:
         studio.select_checkpoint("tiny-sd15")
+
+
+def test_limits_cannot_promise_more_than_the_engine_does() -> None:
+    with pytest.raises(ValueError, match=r"--max-steps.*500"):
+        Limits(max_steps=1000)
+    with pytest.raises(ValueError, match="--max-batch-count"):
+        Limits(max_batch_count=0)
+    assert Limits.engine_maxima().max_batch_count == 100

@@ -64,5 +64,6 @@ def test_choices_resolve_to_files(tmp_path: Path) -> None:
     assert resolve_vae_file(AUTOMATIC, checkpoint, named) == sidecar
     assert resolve_vae_file(BUILT_IN, checkpoint, named) is None
     assert resolve_vae_file("clear", checkpoint, named) == named["clear"]
+    assert resolve_vae_file("clear.safetensors", checkpoint, named) == named["clear"]  # A1111 clients' form
     with pytest.raises(CheckpointError, match="unknown VAE 'murky'"):
         resolve_vae_file("murky", checkpoint, named)

@@ -97,20 +97,26 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         "--ckpt", help="checkpoint to load first: a file name in the checkpoint folder, or a path"
     )
     parser.add_argument("--vae", help='VAE to use: "Automatic" (default), "None" or a file in models/VAE')
-    parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="where to run (default: auto)")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="auto", help="auto: fp16 on CUDA, fp32 on CPU"
+    )
     parser.add_argument("--no-watermark", action="store_true", help="do not embed the invisible watermark")
     memory = parser.add_argument_group("memory")
     memory.add_argument("--vram-budget", type=float, metavar="GB", help="GPU memory for cached models")
     memory.add_argument("--ram-budget", type=float, metavar="GB", help="RAM for models kept warm")
-    memory.add_argument("--memory-mode", choices=MEMORY_MODES, default="auto")
+    memory.add_argument(
+        "--memory-mode", choices=MEMORY_MODES, default="auto", help="auto picks from the GPU's size"
+    )
     memory.add_argument(
         "--medvram", action="store_true", help="keep only the working component on the GPU (small GPUs)"
     )
     memory.add_argument(
         "--lowvram", action="store_true", help="keep only the working layer on the GPU (very small GPUs)"
     )
-    memory.add_argument("--vae-tiling", choices=VAE_TILING, default="auto")
+    memory.add_argument(
+        "--vae-tiling", choices=VAE_TILING, default="auto", help="decode in tiles (auto: large images)"
+    )
 
 
 def _memory_mode(args: argparse.Namespace) -> str:
@@ -125,7 +131,7 @@ def app_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="launch.py", description="Stable Diffusion studio web UI")
     add_model_flags(parser)
     server = parser.add_argument_group("serving")
-    server.add_argument("--port", type=int, default=DEFAULT_PORT)
+    server.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default: {DEFAULT_PORT}")
     server.add_argument(
         "--listen", action="store_true", help="serve on all interfaces (the LAN), not just 127.0.0.1"
     )
@@ -147,17 +153,24 @@ def app_parser() -> argparse.ArgumentParser:
         metavar="WxH",
         help="largest width x height in pixels (default 2048x2048)",
     )
-    limits.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size, metavar="N")
-    limits.add_argument("--max-batch-count", type=int, default=defaults.max_batch_count, metavar="N")
-    limits.add_argument("--max-steps", type=int, default=defaults.max_steps, metavar="N")
+    for flag, default, what in (
+        ("--max-batch-size", defaults.max_batch_size, "images sampled together"),
+        ("--max-batch-count", defaults.max_batch_count, "batches in one job"),
+        ("--max-steps", defaults.max_steps, "sampling steps"),
+    ):
+        limits.add_argument(flag, type=int, default=default, metavar="N", help=f"{what} (default {default})")
     limits.add_argument(
-        "--max-body-mb", type=float, default=defaults.max_body_mb, metavar="MB", help="largest request body"
+        "--max-body-mb",
+        type=float,
+        default=defaults.max_body_mb,
+        metavar="MB",
+        help=f"largest request body (default {defaults.max_body_mb:g})",
     )
     limits.add_argument(
         "--max-queued",
         type=int,
         default=defaults.max_queued_per_user,
         metavar="N",
-        help="waiting jobs per user",
+        help=f"waiting jobs per user (default {defaults.max_queued_per_user})",
     )
     return parser

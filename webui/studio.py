@@ -190,6 +190,10 @@ class Studio:
             self._vae_choice = previous
             raise
 
+    def check_vae(self, choice: str) -> None:
+        """Raise CheckpointError if `choice` names no VAE (by name, file name, Automatic or None)."""
+        self._vae_file(self._selected, choice)
+
     def _vae_file(self, checkpoint: ModelFile, choice: str | None = None) -> Path | None:
         named = {file.name: file.path for file in self.registry.files(ModelKind.VAE)}
         return resolve_vae_file(choice or self._vae_choice, checkpoint.path, named)

@@ -10,7 +10,7 @@ from typing import Any
 from webui import __version__
 from webui.api.errors import ApiError
 from webui.api.fields import CHECKPOINT_OPTION, CLIP_SKIP_OPTION, SAVE_OPTION, VAE_OPTION
-from webui.api.images import decode_image
+from webui.api.images import decode_image, flatten_alpha
 from webui.api.schemas import Img2ImgBody, Txt2ImgBody
 from webui.engine.request import GenerationRequest, MaskedContent, ResizeMode
 from webui.jobs import Job
@@ -61,6 +61,9 @@ def img2img_request(body: Img2ImgBody, default_clip_skip: int) -> tuple[Generati
         raise ApiError(422, "init_images: send one image per request", "init_images")
     request.init_image = decode_image(body.init_images[0], "init_images.0")
     request.mask = decode_image(body.mask, "mask") if body.mask else None
+    if request.mask is None:
+        # A1111's API flattens transparency; only our own page and CLI read alpha as a mask.
+        request.init_image = flatten_alpha(request.init_image)
     request.denoising_strength = 0.75 if body.denoising_strength is None else body.denoising_strength
     request.resize_mode = _enum(ResizeMode, body.resize_mode, "resize_mode")
     request.mask_blur = (

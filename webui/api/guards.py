@@ -7,10 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodySizeMiddleware:
     """Answers 413 when Content-Length, or the bytes actually streamed, pass the limit."""
 
@@ -28,28 +24,30 @@ class BodySizeMiddleware:
             await _too_large(send, limit)
             return
         seen = 0
+        answered = False  # by us, with the 413: what the app sends afterwards is dropped
         started = False
 
         async def counting_receive() -> dict[str, Any]:
-            nonlocal seen
+            nonlocal seen, answered
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _TooLarge
+                    # Raising here would reach FastAPI's body parser, which turns any error into
+                    # a generic 400; answer now and tell the app the client went away instead.
+                    if not answered and not started:
+                        answered = True
+                        await _too_large(send, limit)
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: dict[str, Any]) -> None:
+        async def guarded_send(message: dict[str, Any]) -> None:
             nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+            if not answered:
+                started = started or message["type"] == "http.response.start"
+                await send(message)
 
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _too_large(send, limit)
+        await self.app(scope, counting_receive, guarded_send)
 
 
 def _content_length(scope: dict[str, Any]) -> int | None:

@@ -31,8 +31,12 @@ def decode_image(data: object, field: str) -> Image.Image:
                 return image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ApiError(422, f"{field}: the image has too many pixels to open safely", field) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ApiError(422, f"{field}: the data is not a readable image ({error})", field) from None
+    except UnidentifiedImageError:
+        raise ApiError(
+            422, f"{field}: the data is not an image in a format this server reads", field
+        ) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ApiError(422, f"{field}: the image is damaged or truncated ({error})", field) from None
 
 
 def encode_base64(png: bytes) -> str:
@@ -43,3 +47,13 @@ def image_to_png(image: Image.Image) -> bytes:
     stream = io.BytesIO()
     image.save(stream, format="PNG")
     return stream.getvalue()
+
+
+def flatten_alpha(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """An RGB image with transparency composited over `background`, as A1111 does for init images."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, background)
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return image

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from webui.api.errors import ApiError
@@ -43,7 +44,6 @@ class ServerOptions:
             "sd_checkpoint_hash": studio.facts.cached_sha256(current.path),
             VAE_OPTION: studio.vae_choice,
             CLIP_SKIP_OPTION: self.clip_skip,
-            "samples_save": True,
             "samples_format": "png",
             "outdir_samples": "",
             "outdir_txt2img_samples": str(outputs / "txt2img-images"),
@@ -52,6 +52,21 @@ class ServerOptions:
             "enable_pnginfo": True,
             **{key: getattr(limits, key) for key in _LIMIT_OPTIONS},
         }
+
+    def _check_names(self, values: dict[str, Any]) -> None:
+        """Refuse an unknown checkpoint or VAE before switching anything, so a request applies whole."""
+        for key in (CHECKPOINT_OPTION, VAE_OPTION):
+            if key in values and not isinstance(values[key], str):
+                raise ApiError(422, f"{key}: expected a name", key)
+        for key, check in (
+            (CHECKPOINT_OPTION, self.studio.find_checkpoint),
+            (VAE_OPTION, self.studio.check_vae),
+        ):
+            if key in values:
+                try:
+                    check(values[key])
+                except CheckpointError as error:
+                    raise ApiError(422, f"{key}: {error}", key) from error
 
     def write(self, values: dict[str, Any], caller: Caller) -> None:
         """Apply the known keys; a bad value is a 422 naming its key and changes nothing after it."""
@@ -64,14 +79,18 @@ class ServerOptions:
         if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 1 <= clip_skip <= 12:
             raise ApiError(422, f"{CLIP_SKIP_OPTION}: expected a whole number from 1 to 12", CLIP_SKIP_OPTION)
         checked = {key: _limit_value(key, value) for key, value in limit_changes.items()}
+        if checked:
+            try:
+                replace(self.jobs.limits, **checked)
+            except ValueError as error:
+                raise ApiError(422, str(error), next(iter(checked))) from error
+        self._check_names(values)
         with self._writing:
             for key, apply in (
                 (CHECKPOINT_OPTION, self.studio.select_checkpoint),
                 (VAE_OPTION, self.studio.select_vae),
             ):
                 if key in values:
-                    if not isinstance(values[key], str):
-                        raise ApiError(422, f"{key}: expected a name", key)
                     try:
                         apply(values[key])
                     except CheckpointError as error:

@@ -10,7 +10,8 @@ from PIL import Image
 MIN_SIDE = 64
 MAX_SIDE = 4096
 MAX_STEPS = 500
-MAX_BATCH = 64
+MAX_BATCH = 64  # images sampled together
+MAX_BATCH_COUNT = 100  # batches run one after another (A1111's batch count)
 
 
 class GenerationError(ValueError):
@@ -91,10 +92,10 @@ class GenerationRequest:
                 raise GenerationError(f"{name} must be between {MIN_SIDE} and {MAX_SIDE}, got {value}", name)
         if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
             raise GenerationError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps!r}", "steps")
-        for name in ("batch_size", "n_iter"):
+        for name, ceiling in (("batch_size", MAX_BATCH), ("n_iter", MAX_BATCH_COUNT)):
             value = getattr(self, name)
-            if not isinstance(value, int) or not 1 <= value <= MAX_BATCH:
-                raise GenerationError(f"{name} must be between 1 and {MAX_BATCH}, got {value!r}", name)
+            if not isinstance(value, int) or not 1 <= value <= ceiling:
+                raise GenerationError(f"{name} must be between 1 and {ceiling}, got {value!r}", name)
         if not 0 <= self.cfg_scale <= 100:
             raise GenerationError(f"cfg_scale must be between 0 and 100, got {self.cfg_scale}", "cfg_scale")
         if not isinstance(self.clip_skip, int) or not 1 <= self.clip_skip <= 12:

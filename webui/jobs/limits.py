@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from webui.engine.request import MAX_BATCH, MAX_SIDE, MAX_STEPS, GenerationError, GenerationRequest
+from webui.engine.request import (
+    MAX_BATCH,
+    MAX_BATCH_COUNT,
+    MAX_SIDE,
+    MAX_STEPS,
+    GenerationError,
+    GenerationRequest,
+)
 
 
 class LimitError(GenerationError):
@@ -13,6 +20,14 @@ class LimitError(GenerationError):
     def __init__(self, message: str, field: str, limit: str) -> None:
         super().__init__(message, field)
         self.limit = limit
+
+
+_FLAGS = {
+    "max_pixels": "--max-size",
+    "max_batch_size": "--max-batch-size",
+    "max_batch_count": "--max-batch-count",
+    "max_steps": "--max-steps",
+}
 
 
 @dataclass(frozen=True)
@@ -24,13 +39,29 @@ class Limits:
     max_body_mb: float = 64.0  # enforced on every HTTP request body
     max_queued_per_user: int = 100
 
+    def __post_init__(self) -> None:
+        """A limit above what the engine can do would promise what it then refuses."""
+        for name, value, ceiling in (
+            ("max_pixels", self.max_pixels, MAX_SIDE * MAX_SIDE),
+            ("max_batch_size", self.max_batch_size, MAX_BATCH),
+            ("max_batch_count", self.max_batch_count, MAX_BATCH_COUNT),
+            ("max_steps", self.max_steps, MAX_STEPS),
+        ):
+            if not 1 <= value <= ceiling:
+                raise ValueError(
+                    f"{name} ({_FLAGS[name]}) must be from 1 to {ceiling} (what the engine can do), "
+                    f"got {value}"
+                )
+        if self.max_body_mb <= 0 or self.max_queued_per_user < 1:
+            raise ValueError("max_body_mb and max_queued_per_user must be positive")
+
     @classmethod
     def engine_maxima(cls) -> Limits:
         """No ceiling below what the engine itself can do (one's own machine, the CLI)."""
         return cls(
             max_pixels=MAX_SIDE * MAX_SIDE,
             max_batch_size=MAX_BATCH,
-            max_batch_count=MAX_BATCH,
+            max_batch_count=MAX_BATCH_COUNT,
             max_steps=MAX_STEPS,
         )
 

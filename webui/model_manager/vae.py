@@ -28,6 +28,9 @@ def resolve_vae_file(choice: str, checkpoint: Path, named: dict[str, Path]) -> P
         return checkpoint_sidecar_vae(checkpoint) if checkpoint.is_file() else None
     if choice in named:
         return named[choice]
+    by_file_name = [path for path in named.values() if path.name == choice]  # A1111 clients send these
+    if len(by_file_name) == 1:
+        return by_file_name[0]
     raise CheckpointError(f"unknown VAE {choice!r}; known: {', '.join([AUTOMATIC, BUILT_IN, *named])}")
 
 

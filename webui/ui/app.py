@@ -104,7 +104,13 @@ def build_ui(studio: Studio, jobs: JobQueue, caller_named: Callable[[str | None]
                         elem_id="scheduler",
                     )
                 steps = gr.Slider(
-                    1, MAX_UI_STEPS, value=20, step=1, precision=0, label="Sampling steps", elem_id="steps"
+                    1,
+                    min(MAX_UI_STEPS, jobs.limits.max_steps),
+                    value=20,
+                    step=1,
+                    precision=0,
+                    label="Sampling steps",
+                    elem_id="steps",
                 )
                 with gr.Row():
                     width = gr.Slider(
@@ -222,6 +228,8 @@ def build_ui(studio: Studio, jobs: JobQueue, caller_named: Callable[[str | None]
             inputs=[prompt, negative_prompt, sampler, scheduler, steps, cfg_scale, width, height, seed],
             outputs=[result, infotext, error, last_seed],
             api_visibility="private",  # the HTTP API lives in webui/api, not in Gradio's endpoints
+            # Our job queue orders the work; Gradio's own queue would hide the queue position.
+            concurrency_limit=None,
         )
         interrupt.click(run_interrupt, api_visibility="private", queue=False)
         # `.input` fires only for user changes, so resetting the value after a failure does not loop.
