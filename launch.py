@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import webui  # noqa: F401  (sets the offline environment before torch, diffusers and gradio load)
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     studio.start_background_hashing()
     if studio.demo_mode:
         print(f"\n*** {studio.demo_message}\n", file=sys.stderr)
-    jobs = JobQueue(studio, settings.limits).start()
+    jobs = JobQueue(studio, settings.limits)
     app = create_app(studio, jobs, credentials=credentials, cmd_flags=vars(args))
     host = "0.0.0.0" if settings.listen else "127.0.0.1"
     scheme = "https" if tls else "http"
@@ -47,11 +49,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     import uvicorn
 
+    # HTTP is served from a thread; jobs run on the main thread, where PyTorch's CPU threads are fastest.
+    server = uvicorn.Server(uvicorn_config(app, host, settings.port, tls))
+    serving = threading.Thread(target=server.run, name="http-server", daemon=True)
+    serving.start()
+    signal.signal(signal.SIGTERM, _stop_on_signal)  # a service manager's stop: finish as Ctrl+C does
     try:
-        uvicorn.Server(uvicorn_config(app, host, settings.port, tls)).run()
+        jobs.run(until=lambda: not serving.is_alive())
+    except KeyboardInterrupt:
+        print("\nstopping", file=sys.stderr)
     finally:
+        server.should_exit = True
         jobs.stop()
-    return 0
+        serving.join(10)
+    return 0 if server.started else 1
+
+
+def _stop_on_signal(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _tls(settings: Settings):

@@ -219,3 +219,13 @@ def test_limits_cannot_promise_more_than_the_engine_does() -> None:
     with pytest.raises(ValueError, match="--max-batch-count"):
         Limits(max_batch_count=0)
     assert Limits.engine_maxima().max_batch_count == 100
+
+
+def test_run_works_the_queue_on_the_calling_thread(studio: Studio) -> None:
+    import threading
+
+    ran_on: list[threading.Thread] = []
+    jobs = JobQueue(studio, step_hooks=[lambda job, info: ran_on.append(threading.current_thread())])
+    job = jobs.submit(small(), BOB)
+    jobs.run(until=lambda: job.state.finished)
+    assert job.state is JobState.DONE and set(ran_on) == {threading.current_thread()}

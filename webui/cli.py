@@ -11,12 +11,15 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from webui.cli_remote import AUTH_ENV, open_image, run_on_server
 from webui.engine.request import GenerationError, GenerationRequest, MaskedContent, ResizeMode  # no torch
 
+if TYPE_CHECKING:
+    from webui.engine.steps import StepInfo
+
 # Model-manager flags (webui.settings.add_model_flags) that only the local engine can honour.
-_PROGRESS_POLL_S = 0.2
 LOCAL_ONLY_FLAGS = (
     "--ckpt-dir",
     "--device",
@@ -199,21 +202,17 @@ def _run_locally(args: argparse.Namespace) -> int:
     except (GenerationError, CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    # The same queue the app runs; on one's own machine only the engine's own limits apply.
-    jobs = JobQueue(studio, Limits.engine_maxima()).start()
+    # The same queue the app runs, worked on this (main) thread; only the engine's own limits apply.
+    jobs = JobQueue(studio, Limits.engine_maxima(), step_hooks=[_print_step])
     try:
         job = jobs.submit(request, LOCAL_CALLER)
-        while not job.wait(_PROGRESS_POLL_S):
-            status = jobs.status(job)
-            print(f"\rstep {status.step}/{status.steps}", end="", file=sys.stderr, flush=True)
+        jobs.run(until=lambda: job.state.finished)
     except (GenerationError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    finally:
-        jobs.stop()
     print(file=sys.stderr)
     if job.state is JobState.FAILED or job.result is None:
         print(f"error: {job.error}", file=sys.stderr)
@@ -224,3 +223,7 @@ def _run_locally(args: argparse.Namespace) -> int:
     if studio.demo_mode:
         print(f"note: {studio.demo_message}", file=sys.stderr)
     return 0
+
+
+def _print_step(_job: object, info: StepInfo) -> None:
+    print(f"\rstep {info.step}/{info.total}", end="", file=sys.stderr, flush=True)
