@@ -6,6 +6,7 @@ own job (A1111 has one global job), and features we lack answer 422 instead of b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -64,19 +65,20 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
         job = ctx.jobs.current(caller_of(request.state))
         return _progress(ctx, job, skip_current_image)
 
-    @router.post("/interrupt", summary="Stop the caller's current job, keeping finished images")
-    def interrupt(request: Request) -> dict[str, Any]:
+    def on_current_job(request: Request, act: Callable[[Job], object]) -> dict[str, Any]:
+        """A1111 has one global job; here interrupt and skip reach only the caller's own."""
         job = ctx.jobs.current(caller_of(request.state))
         if job is not None:
-            ctx.jobs.interrupt(job)
+            act(job)
         return {}
+
+    @router.post("/interrupt", summary="Stop the caller's current job, keeping finished images")
+    def interrupt(request: Request) -> dict[str, Any]:
+        return on_current_job(request, ctx.jobs.interrupt)
 
     @router.post("/skip", summary="End the current batch of the caller's running job")
     def skip(request: Request) -> dict[str, Any]:
-        job = ctx.jobs.current(caller_of(request.state))
-        if job is not None:
-            ctx.jobs.skip(job)
-        return {}
+        return on_current_job(request, ctx.jobs.skip)
 
     @router.get("/options", summary="Server options by A1111 key")
     def get_options() -> dict[str, Any]:
