@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 from PIL import Image
@@ -20,6 +22,22 @@ def txt2img(server: LiveServer, user: str = "bob", **fields: object) -> dict:
         response = client.post("/sdapi/v1/txt2img", json={"prompt": "a lighthouse", **SMALL, **fields})
     assert response.status_code == 200, response.text
     return response.json()
+
+
+@contextmanager
+def held_txt2img(server: LiveServer, user: str, **fields: object) -> Iterator[dict]:
+    """Send a txt2img from another thread and hold it at its first step; the answer dict fills
+    once the block ends and the job is let go."""
+    server.gate.close()
+    answer: dict = {}
+    worker = threading.Thread(target=lambda: answer.update(txt2img(server, user, **fields)))
+    worker.start()
+    try:
+        assert server.gate.reached.wait(30)
+        yield answer
+    finally:
+        server.gate.open()
+        worker.join(60)
 
 
 def test_txt2img_answers_like_a1111_with_the_infotext_inside_each_png(server: LiveServer) -> None:
@@ -101,19 +119,11 @@ def test_a_transparent_init_image_without_a_mask_is_flattened_as_in_a1111(server
 
 
 def test_progress_shows_the_running_job_with_a_live_preview(server: LiveServer) -> None:
-    server.gate.close()
-    answer: dict = {}
-    worker = threading.Thread(target=lambda: answer.update(txt2img(server, "carol", steps=4, seed=9)))
-    worker.start()
-    try:
-        assert server.gate.reached.wait(30)
+    with held_txt2img(server, "carol", steps=4, seed=9) as answer:
         with server.client("carol") as client:
             progress = client.get("/sdapi/v1/progress").json()
         with server.client("bob") as client:
             other = client.get("/sdapi/v1/progress").json()
-    finally:
-        server.gate.open()
-        worker.join(60)
     assert progress["state"]["sampling_step"] == 1 and progress["state"]["sampling_steps"] == 4
     assert progress["state"]["job_count"] == 1 and 0 < progress["progress"] < 1
     assert decode_png(progress["current_image"]).size == (8, 8)
@@ -122,20 +132,12 @@ def test_progress_shows_the_running_job_with_a_live_preview(server: LiveServer) 
 
 
 def test_interrupt_stops_the_callers_own_job_and_no_one_elses(server: LiveServer) -> None:
-    server.gate.close()
-    answer: dict = {}
-    worker = threading.Thread(target=lambda: answer.update(txt2img(server, "carol", steps=5, n_iter=3)))
-    worker.start()
-    try:
-        assert server.gate.reached.wait(30)
+    with held_txt2img(server, "carol", steps=5, n_iter=3) as answer:
         with server.client("bob") as bob:
             assert bob.post("/sdapi/v1/interrupt").status_code == 200
         assert not server.gate.held_job.control.interrupted
         with server.client("carol") as carol:
             assert carol.post("/sdapi/v1/interrupt").status_code == 200
-    finally:
-        server.gate.open()
-        worker.join(60)
     # Interrupted during the first of three batches: that batch's image comes back, no more.
     assert len(answer["images"]) == 1
 

@@ -153,24 +153,14 @@ def app_parser() -> argparse.ArgumentParser:
         metavar="WxH",
         help="largest width x height in pixels (default 2048x2048)",
     )
-    for flag, default, what in (
-        ("--max-batch-size", defaults.max_batch_size, "images sampled together"),
-        ("--max-batch-count", defaults.max_batch_count, "batches in one job"),
-        ("--max-steps", defaults.max_steps, "sampling steps"),
+    for flag, kind, default, metavar, what in (
+        ("--max-batch-size", int, defaults.max_batch_size, "N", "images sampled together"),
+        ("--max-batch-count", int, defaults.max_batch_count, "N", "batches in one job"),
+        ("--max-steps", int, defaults.max_steps, "N", "sampling steps"),
+        ("--max-body-mb", float, defaults.max_body_mb, "MB", "largest request body"),
+        ("--max-queued", int, defaults.max_queued_per_user, "N", "waiting jobs per user"),
     ):
-        limits.add_argument(flag, type=int, default=default, metavar="N", help=f"{what} (default {default})")
-    limits.add_argument(
-        "--max-body-mb",
-        type=float,
-        default=defaults.max_body_mb,
-        metavar="MB",
-        help=f"largest request body (default {defaults.max_body_mb:g})",
-    )
-    limits.add_argument(
-        "--max-queued",
-        type=int,
-        default=defaults.max_queued_per_user,
-        metavar="N",
-        help=f"waiting jobs per user (default {defaults.max_queued_per_user})",
-    )
+        limits.add_argument(
+            flag, type=kind, default=default, metavar=metavar, help=f"{what} (default {default:g})"
+        )
     return parser

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from webui import __version__
@@ -153,7 +152,7 @@ def response_info(job: Job, body: Txt2ImgBody) -> str:
         "index_of_first_image": 0,
         "infotexts": infotexts,
         "styles": list(body.styles),
-        "job_timestamp": datetime.fromtimestamp(job.created).strftime("%Y%m%d%H%M%S"),
+        "job_timestamp": job.timestamp,
         "clip_skip": request.clip_skip,
         "is_using_inpainting_conditioning": request.is_inpaint,
         "version": __version__,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -63,10 +64,7 @@ class ServerOptions:
             (VAE_OPTION, self.studio.check_vae),
         ):
             if key in values:
-                try:
-                    check(values[key])
-                except CheckpointError as error:
-                    raise ApiError(422, f"{key}: {error}", key) from error
+                _by_name(key, check, values[key])
 
     def write(self, values: dict[str, Any], caller: Caller) -> None:
         """Apply the known keys; a bad value is a 422 naming its key and changes nothing after it."""
@@ -79,9 +77,10 @@ class ServerOptions:
         if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 1 <= clip_skip <= 12:
             raise ApiError(422, f"{CLIP_SKIP_OPTION}: expected a whole number from 1 to 12", CLIP_SKIP_OPTION)
         checked = {key: _limit_value(key, value) for key, value in limit_changes.items()}
+        limits = self.jobs.limits
         if checked:
             try:
-                replace(self.jobs.limits, **checked)
+                limits = replace(limits, **checked)
             except ValueError as error:
                 raise ApiError(422, str(error), next(iter(checked))) from error
         self._check_names(values)
@@ -91,13 +90,17 @@ class ServerOptions:
                 (VAE_OPTION, self.studio.select_vae),
             ):
                 if key in values:
-                    try:
-                        apply(values[key])
-                    except CheckpointError as error:
-                        raise ApiError(422, f"{key}: {error}", key) from error
+                    _by_name(key, apply, values[key])
             self.clip_skip = clip_skip
-            if checked:
-                self.jobs.set_limits(**checked)
+            self.jobs.limits = limits
+
+
+def _by_name(key: str, act: Callable[[str], object], name: str) -> None:
+    """Look up or switch to a checkpoint or VAE; an unknown name is a 422 naming the option."""
+    try:
+        act(name)
+    except CheckpointError as error:
+        raise ApiError(422, f"{key}: {error}", key) from error
 
 
 def _limit_value(key: str, value: Any) -> int | float:

@@ -7,7 +7,6 @@ own job (A1111 has one global job), and features we lack answer 422 instead of b
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -279,7 +278,7 @@ def _state(job: Job | None, status: Any) -> dict[str, Any]:
         "stopping_generation": False,
         "job": job.id,
         "job_count": status.batches,
-        "job_timestamp": datetime.fromtimestamp(job.created).strftime("%Y%m%d%H%M%S"),
+        "job_timestamp": job.timestamp,
         "job_no": status.batch,
         "sampling_step": status.step,
         "sampling_steps": status.steps,

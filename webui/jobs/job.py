@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import torch
 from PIL import Image
@@ -148,6 +149,11 @@ class Job:
                 log.exception("a callback for job %s failed", self.id)
 
     # -- read by anyone ------------------------------------------------------------------------
+    @property
+    def timestamp(self) -> str:
+        """When the job was submitted, as A1111's `job_timestamp` writes it."""
+        return datetime.fromtimestamp(self.created).strftime("%Y%m%d%H%M%S")
+
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
 
