@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import webui  # noqa: F401  (sets the offline environment before torch, diffusers and gradio load)
-from webui.settings import Settings, app_parser
+from webui.settings import Settings, app_parser, flags_given
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,11 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     from webui.api.auth import Credentials
     from webui.jobs import JobQueue
     from webui.model_manager.state_dict import CheckpointError
+    from webui.live_settings import LiveSettings
     from webui.server import create_app, uvicorn_config
+    from webui.settings_file import settings_from_args
     from webui.studio import Studio
 
     try:
-        settings = Settings.from_args(args)
+        settings, settings_file = settings_from_args(args)
         credentials = Credentials.from_flags(
             args.auth, Path(args.auth_file) if args.auth_file else None, args.admin
         )
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     if studio.demo_mode:
         print(f"\n*** {studio.demo_message}\n", file=sys.stderr)
     jobs = JobQueue(studio, settings.limits)
-    app = create_app(studio, jobs, credentials=credentials, cmd_flags=vars(args))
+    live = LiveSettings(studio, jobs, settings_file, pinned=frozenset(flags_given(args)))
+    app = create_app(studio, jobs, credentials=credentials, cmd_flags=vars(args), live_settings=live)
     host = "0.0.0.0" if settings.listen else "127.0.0.1"
     scheme = "https" if tls else "http"
     print(

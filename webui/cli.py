@@ -192,13 +192,13 @@ def _run_locally(args: argparse.Namespace) -> int:
     # torch loads here, after the arguments are known to be sane
     from webui.jobs import LOCAL_CALLER, JobQueue, JobState, Limits
     from webui.model_manager.state_dict import CheckpointError
-    from webui.settings import Settings
+    from webui.settings_file import settings_from_args
     from webui.studio import Studio
 
     try:
         request = request_from_args(args)
         request.validate()
-        studio = Studio(Settings.from_args(args))
+        studio = Studio(settings_from_args(args)[0])
     except (GenerationError, CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

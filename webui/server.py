@@ -21,6 +21,7 @@ from webui.api.options import ServerOptions
 from webui.api.sdapi import sdapi_router
 from webui.api.v1 import v1_router
 from webui.jobs import LOCAL_CALLER, Caller, JobQueue
+from webui.live_settings import LiveSettings
 
 if TYPE_CHECKING:
     import uvicorn
@@ -37,8 +38,12 @@ def create_app(
     credentials: Credentials | None = None,
     cmd_flags: dict[str, Any] | None = None,
     with_ui: bool = True,
+    live_settings: LiveSettings | None = None,
 ) -> FastAPI:
-    """The whole server as an ASGI app; `jobs` must be started by the caller."""
+    """The whole server as an ASGI app; `jobs` must be started by the caller.
+
+    Without `live_settings`, changed settings apply but are not saved to a settings file."""
+    live = live_settings or LiveSettings(studio, jobs)
     app = FastAPIOffline(
         title="Stable Diffusion studio API",
         version=__version__,
@@ -50,33 +55,34 @@ def create_app(
         redoc_url=None,
     )
     install_error_handlers(app)
-    ctx = ApiContext(studio, jobs, ServerOptions(studio, jobs), redact(cmd_flags or {}, credentials))
+    ctx = ApiContext(studio, jobs, ServerOptions(studio, jobs, live), redact(cmd_flags or {}, credentials))
     app.include_router(sdapi_router(ctx))
     app.include_router(v1_router(ctx))
     if with_ui:
-        _mount_ui(app, studio, jobs, credentials)
+        _mount_ui(app, live, credentials)
     # Added last = outermost: the login runs before anything reads the body or routes the request.
     app.add_middleware(BodySizeMiddleware, limit_bytes=lambda: jobs.limits.max_body_bytes)
     app.add_middleware(LoginMiddleware, credentials=credentials)
     return app
 
 
-def _mount_ui(app: FastAPI, studio: Studio, jobs: JobQueue, credentials: Credentials | None) -> None:
+def _mount_ui(app: FastAPI, live: LiveSettings, credentials: Credentials | None) -> None:
     import gradio as gr
 
     from webui.ui.app import build_ui, launch_options
+    from webui.ui.context import UiContext
 
     def caller_named(name: str | None) -> Caller:
         if credentials is None or name is None:
             return LOCAL_CALLER
         return Caller(name, admin=name in credentials.admins)
 
-    blocks = build_ui(studio, jobs, caller_named).queue()
+    blocks = build_ui(UiContext(live.studio, live.jobs, live, caller_named)).queue()
     extra: dict[str, Any] = {}
     if credentials is not None:
         # Gradio asks this for the user name of each event, so handlers see `request.username`.
         extra["auth_dependency"] = lambda request: caller_of(request.state).name
-    gr.mount_gradio_app(app, blocks, path="", **launch_options(studio), **extra)
+    gr.mount_gradio_app(app, blocks, path="", **launch_options(live.studio), **extra)
 
 
 _SECRET_FLAGS = ("auth",)

@@ -1,16 +1,20 @@
-"""One typed settings object, built from command-line flags."""
+"""One typed settings object, built from command-line flags and the saved settings file."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from webui.engine.devices import DEVICES, PRECISIONS
 from webui.jobs.limits import Limits, parse_size
+from webui.outputs.naming import DEFAULT_PATTERN, check_pattern
 
 MEMORY_MODES = ("auto", "normal", "medvram", "lowvram")
 VAE_TILING = ("auto", "on", "off")
+# Live previews: a linear map of the latent (free), TAESD from models/VAE-approx, the full VAE, or none.
+PREVIEW_METHODS = ("linear", "taesd", "vae", "none")
 
 DEFAULT_PORT = 7860
 
@@ -29,11 +33,28 @@ class Settings:
     device: str = "auto"
     precision: str = "auto"
     watermark: bool = True
+    filename_pattern: str = DEFAULT_PATTERN  # after the number: "00012-<pattern>.png"
+    preview_method: str = "linear"
+    preview_period: int = 1  # a preview every this many steps
     port: int = DEFAULT_PORT
     listen: bool = False
     tls_keyfile: Path | None = None  # with tls_certfile: serve HTTPS
     tls_certfile: Path | None = None
     limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        """Checked here, so flags, the settings file and the Settings tab are refused alike."""
+        check_pattern(self.filename_pattern)
+        if self.preview_method not in PREVIEW_METHODS:
+            raise ValueError(f"preview method must be one of {', '.join(PREVIEW_METHODS)}")
+        if isinstance(self.preview_period, bool) or not isinstance(self.preview_period, int):
+            raise ValueError("the preview period must be a whole number of steps")
+        if not 1 <= self.preview_period <= 1000:
+            raise ValueError("the preview period must be from 1 to 1000 steps")
+        for name in ("vram_budget_gb", "ram_budget_gb"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1_000_000:
+                raise ValueError(f"{name.replace('_gb', '').replace('_', ' ')} must be 0 or more GB")
 
     @classmethod
     def for_data_dir(cls, data_dir: Path, **overrides: object) -> Settings:
@@ -48,44 +69,88 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Settings:
+    def from_args(cls, args: argparse.Namespace, saved: Mapping[str, object] | None = None) -> Settings:
+        """Flags given on the command line win over `saved` (the settings file), which wins over defaults."""
+        given = flags_given(args)
+        values = {key: value for key, value in (saved or {}).items() if key not in given}
+        limits = _limits(args, values.pop("limits", None))
+        flagged = {
+            "outputs_dir": _path(args.outputs_dir),
+            "vram_budget_gb": args.vram_budget,
+            "ram_budget_gb": args.ram_budget,
+            "watermark": False if args.no_watermark else None,
+            "preview_method": getattr(args, "preview_method", None),
+            "preview_period": getattr(args, "preview_period", None),
+        }
+        values.update({key: value for key, value in flagged.items() if value is not None})
         return cls.for_data_dir(
             Path(args.data_dir),
             ckpt_dir=Path(args.ckpt_dir) if args.ckpt_dir else None,
-            outputs_dir=Path(args.outputs_dir) if args.outputs_dir else None,
             ckpt=args.ckpt,
             vae=args.vae,
-            vram_budget_gb=args.vram_budget,
-            ram_budget_gb=args.ram_budget,
             memory_mode=_memory_mode(args),
             vae_tiling=args.vae_tiling,
             device=args.device,
             precision=args.precision,
-            watermark=not args.no_watermark,
             port=getattr(args, "port", DEFAULT_PORT),
             listen=getattr(args, "listen", False),
             tls_keyfile=_path(getattr(args, "tls_keyfile", None)),
             tls_certfile=_path(getattr(args, "tls_certfile", None)),
-            limits=_limits(args),
+            limits=limits,
+            **values,
         )
+
+
+# The settings a user may change while the app runs (the Settings tab), kept in the settings file.
+EDITABLE_FIELDS = (
+    "outputs_dir",
+    "filename_pattern",
+    "watermark",
+    "preview_method",
+    "preview_period",
+    "vram_budget_gb",
+    "ram_budget_gb",
+    "limits",
+)
+_FLAG_OF_FIELD = {
+    "outputs_dir": "outputs_dir",
+    "watermark": "no_watermark",
+    "preview_method": "preview_method",
+    "preview_period": "preview_period",
+    "vram_budget_gb": "vram_budget",
+    "ram_budget_gb": "ram_budget",
+}
+_LIMIT_FLAGS = {
+    "max_pixels": "max_size",
+    "max_batch_size": "max_batch_size",
+    "max_batch_count": "max_batch_count",
+    "max_steps": "max_steps",
+    "max_body_mb": "max_body_mb",
+    "max_queued_per_user": "max_queued",
+}
+
+
+def flags_given(args: argparse.Namespace) -> set[str]:
+    """Editable fields set by a flag this run (the Settings tab says a restart would undo a change)."""
+    given = {name for name, flag in _FLAG_OF_FIELD.items() if getattr(args, flag, None) not in (None, False)}
+    if any(getattr(args, flag, None) is not None for flag in _LIMIT_FLAGS.values()):
+        given.add("limits")
+    return given
+
+
+def settings_field_names() -> set[str]:
+    return {item.name for item in fields(Settings)}
 
 
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
-def _limits(args: argparse.Namespace) -> Limits | None:
-    """Limits from the app's flags; None (the defaults) for commands that have no such flags."""
-    if not hasattr(args, "max_steps"):
-        return None
-    return Limits(
-        max_pixels=args.max_size,
-        max_batch_size=args.max_batch_size,
-        max_batch_count=args.max_batch_count,
-        max_steps=args.max_steps,
-        max_body_mb=args.max_body_mb,
-        max_queued_per_user=args.max_queued,
-    )
+def _limits(args: argparse.Namespace, saved: object = None) -> Limits:
+    """Limit flags given win, one by one, over saved limits, which win over the defaults."""
+    base = saved if isinstance(saved, Limits) else Limits()
+    flagged = {name: getattr(args, flag, None) for name, flag in _LIMIT_FLAGS.items()}
+    return replace(base, **{name: value for name, value in flagged.items() if value is not None})
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +167,12 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         "--precision", choices=PRECISIONS, default="auto", help="auto: fp16 on CUDA, fp32 on CPU"
     )
     parser.add_argument("--no-watermark", action="store_true", help="do not embed the invisible watermark")
+    parser.add_argument(
+        "--preview-method", choices=PREVIEW_METHODS, help="live previews: linear (default), taesd, vae, none"
+    )
+    parser.add_argument(
+        "--preview-period", type=int, metavar="STEPS", help="a preview every N steps (default 1)"
+    )
     memory = parser.add_argument_group("memory")
     memory.add_argument("--vram-budget", type=float, metavar="GB", help="GPU memory for cached models")
     memory.add_argument("--ram-budget", type=float, metavar="GB", help="RAM for models kept warm")
@@ -146,10 +217,10 @@ def app_parser() -> argparse.ArgumentParser:
     server.add_argument("--tls-certfile", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
     defaults = Limits()
     limits = parser.add_argument_group("limits on one request")
+    # No flag defaults: an unset flag leaves the value saved from the Settings tab in place.
     limits.add_argument(
         "--max-size",
         type=parse_size,
-        default=defaults.max_pixels,
         metavar="WxH",
         help="largest width x height in pixels (default 2048x2048)",
     )
@@ -160,7 +231,5 @@ def app_parser() -> argparse.ArgumentParser:
         ("--max-body-mb", float, defaults.max_body_mb, "MB", "largest request body"),
         ("--max-queued", int, defaults.max_queued_per_user, "N", "waiting jobs per user"),
     ):
-        limits.add_argument(
-            flag, type=kind, default=default, metavar=metavar, help=f"{what} (default {default:g})"
-        )
+        limits.add_argument(flag, type=kind, metavar=metavar, help=f"{what} (default {default:g})")
     return parser

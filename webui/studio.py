@@ -8,15 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderTiny
 from PIL import Image
 
 from webui import __version__
 from webui.engine.devices import resolve_device, resolve_dtype
 from webui.engine.generate import Engine, GenerationResult
+from webui.engine.preview import PreviewRenderer, full_preview, with_previews
 from webui.engine.request import GenerationRequest
 from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.steps import JobControl, StepHook
 from webui.model_manager.cache import MemoryBudgets, ModelCache, ModelEvent, Placement, Tier
+from webui.model_manager.detect import Arch
 from webui.model_manager.facts import FileFactsCache
 from webui.model_manager.load import LoadedModel, load_model
 from webui.model_manager.merge import MergeRecipe, merge_checkpoints
@@ -24,6 +27,7 @@ from webui.model_manager.offload import MemoryMode
 from webui.model_manager.placement import HOST
 from webui.model_manager.registry import ModelFile, ModelFolders, ModelKind, ModelRegistry
 from webui.model_manager.state_dict import CheckpointError
+from webui.model_manager.taesd import find_taesd, load_taesd, taesd_preview
 from webui.model_manager.vae import AUTOMATIC, BUILT_IN, resolve_vae_file, swap_vae
 from webui.outputs import ImageSaver, format_infotext
 from webui.settings import Settings
@@ -62,7 +66,7 @@ class Studio:
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(self.device, settings.precision)
         self.facts = FileFactsCache(settings.data_dir / "cache.json")
-        self.saver = ImageSaver(settings.outputs_dir, watermark=settings.watermark)
+        self.saver = self._saver(settings)
         self.registry = ModelRegistry(ModelFolders.under(settings.data_dir, [settings.ckpt_dir]), self.facts)
         self.cache = ModelCache(
             self._load_to_host,
@@ -71,6 +75,8 @@ class Studio:
             MemoryMode(settings.memory_mode),
         )
         self._generation = threading.Lock()
+        self._taesd: dict[Path, AutoencoderTiny | None] = {}  # loaded on first use, per file
+        self._taesd_missing: set[Arch] = set()
         self._vae_choice = settings.vae
         self.demo_mode = not self.checkpoints() and settings.ckpt is None
         if self.demo_mode:
@@ -85,6 +91,26 @@ class Studio:
             f"({DEMO_CHECKPOINT}) is loaded: its images are noise. Put a Stable Diffusion checkpoint "
             f"(.safetensors) in {self.settings.ckpt_dir} and restart to make real images."
         )
+
+    @staticmethod
+    def _saver(settings: Settings) -> ImageSaver:
+        return ImageSaver(
+            settings.outputs_dir, watermark=settings.watermark, pattern=settings.filename_pattern
+        )
+
+    def apply_settings(self, new: Settings) -> None:
+        """Take on changed editable settings (see LiveSettings): outputs, naming, previews, budgets."""
+        old, self.settings = self.settings, new
+        if (old.outputs_dir, old.watermark, old.filename_pattern) != (
+            new.outputs_dir,
+            new.watermark,
+            new.filename_pattern,
+        ):
+            self.saver = self._saver(new)
+        if (old.vram_budget_gb, old.ram_budget_gb) != (new.vram_budget_gb, new.ram_budget_gb):
+            self.cache.set_budgets(
+                MemoryBudgets.for_machine(self.device, new.vram_budget_gb, new.ram_budget_gb)
+            )
 
     def _write_demo_checkpoint(self) -> None:
         from webui.tools.tiny_checkpoint import write_tiny_checkpoint
@@ -159,9 +185,13 @@ class Studio:
         """The selected model, on the compute device (loading it if needed)."""
         return self._activate(self._selected)
 
-    def unload_checkpoint(self) -> None:
-        """Free GPU memory: models go to RAM (or disk, past the RAM budget)."""
-        self.cache.unload()
+    def unload_checkpoint(self, title: str | None = None) -> None:
+        """Free GPU memory: models (or just `title`) go to RAM (or disk, past the RAM budget)."""
+        self.cache.unload(self.find_checkpoint(title).path if title else None)
+
+    def evict_checkpoint(self, title: str) -> None:
+        """Drop `title` from memory altogether (unless a job is using it); the next use loads it."""
+        self.cache.evict(self.find_checkpoint(title).path)
 
     def reload_checkpoint(self) -> LoadedModel:
         return self.model()
@@ -295,6 +325,10 @@ class Studio:
             engine = Engine(
                 model, loras=self._paths(ModelKind.LORA), embeddings=self._paths(ModelKind.EMBEDDING)
             )
+            if on_step is not None:
+                on_step = with_previews(
+                    on_step, self._preview_period(), self._preview_renderer(model, file.arch)
+                )
             result = engine.generate(request, on_step=on_step, control=control)
             vae_file = model.vae_path
         shared = self._infotext_extras(file, vae_file, result)
@@ -309,6 +343,38 @@ class Studio:
             if save:
                 paths.append(self.saver.save(image, mode=request.mode, seed=seed, infotext=infotext))
         return StudioResult(result.images, paths, infotexts, result.seeds, result.interrupted)
+
+    # -- live previews ------------------------------------------------------------------------
+    def _preview_period(self) -> int:
+        return 0 if self.settings.preview_method == "none" else self.settings.preview_period
+
+    def _preview_renderer(self, model: LoadedModel, arch: Arch | None) -> PreviewRenderer | None:
+        """None for the linear preview (drawn lazily by whoever looks); else a decoder on this device."""
+        method = self.settings.preview_method
+        if method == "vae":
+            return lambda latent: full_preview(model, latent)[0]
+        if method == "taesd":
+            decoder = self._taesd_decoder(arch or Arch.SD1)
+            if decoder is not None:
+                return lambda latent: taesd_preview(decoder, latent)[0]
+        return None
+
+    def _taesd_decoder(self, arch: Arch) -> AutoencoderTiny | None:
+        """The TAESD decoder for `arch` from models/VAE-approx, loaded once; None (linear previews,
+        logged once) when there is none or it cannot be read."""
+        path = find_taesd(self.settings.data_dir / "models" / "VAE-approx", arch)
+        if path is None:
+            if arch not in self._taesd_missing:
+                self._taesd_missing.add(arch)
+                log.warning("no TAESD decoder for %s in models/VAE-approx: using linear previews", arch.value)
+            return None
+        if path not in self._taesd:
+            try:
+                self._taesd[path] = load_taesd(path, self.device, self.dtype)
+            except CheckpointError as error:
+                log.warning("%s; using linear previews", error)
+                self._taesd[path] = None
+        return self._taesd[path]
 
     def _paths(self, kind: ModelKind) -> dict[str, Path]:
         return {file.name: file.path for file in self.registry.files(kind)}

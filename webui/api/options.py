@@ -13,6 +13,7 @@ from webui.jobs import Caller, JobQueue
 from webui.model_manager.state_dict import CheckpointError
 
 if TYPE_CHECKING:
+    from webui.live_settings import LiveSettings
     from webui.studio import Studio
 
 # Limits are options too, but only an admin may change them.
@@ -29,9 +30,10 @@ _LIMIT_OPTIONS: dict[str, type] = {
 class ServerOptions:
     """Reads and writes the options that mean something here; other keys are ignored, as in A1111."""
 
-    def __init__(self, studio: Studio, jobs: JobQueue, clip_skip: int = 1) -> None:
+    def __init__(self, studio: Studio, jobs: JobQueue, live: LiveSettings, clip_skip: int = 1) -> None:
         self.studio = studio
         self.jobs = jobs
+        self.live = live
         self.clip_skip = clip_skip
         self._writing = threading.Lock()
 
@@ -92,7 +94,8 @@ class ServerOptions:
                 if key in values:
                     _by_name(key, apply, values[key])
             self.clip_skip = clip_skip
-            self.jobs.limits = limits
+            if checked:
+                self.live.update(limits=limits)  # saved, like a change in the Settings tab
 
 
 def _by_name(key: str, act: Callable[[str], object], name: str) -> None:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
+
 import torch
 from PIL import Image
 
+from webui.engine.steps import StepHook, StepInfo
 from webui.model_manager.detect import Arch
 from webui.model_manager.load import LoadedModel
+
+PreviewRenderer = Callable[[torch.Tensor], Image.Image]
 
 # Rows: latent channels; columns: R, G, B (see DESIGN.md section 7).
 _SD_FACTORS = (
@@ -54,3 +60,15 @@ def tensor_to_images(pixels: torch.Tensor) -> list[Image.Image]:
     unit = (pixels.detach().float().cpu() / 2 + 0.5).clamp(0, 1)
     array = (unit * 255).round().to(torch.uint8)
     return [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in array]
+
+
+def with_previews(on_step: StepHook, period: int, render: PreviewRenderer | None = None) -> StepHook:
+    """Mark every `period`-th step as a preview step; with `render`, draw it here on the worker
+    (TAESD, full VAE). Without, readers draw the cheap linear preview from the latent when they ask."""
+
+    def hook(info: StepInfo) -> None:
+        due = period > 0 and info.step % period == 0
+        image = render(info.preview_latent) if due and render is not None else None
+        on_step(replace(info, preview_due=due, preview=image))
+
+    return hook

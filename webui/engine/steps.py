@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 
 
 class Interrupted(Exception):
@@ -20,6 +21,13 @@ class StepInfo:
     latents: torch.Tensor
     denoised: torch.Tensor | None  # the scheduler's estimate of the clean latent, when it gives one
     batch_index: int  # which batch of the job (0-based, of `n_iter`)
+    preview_due: bool = True  # whether this step is one to preview (see `with_previews`)
+    preview: Image.Image | None = None  # already rendered on the worker; None: render from the latent
+
+    @property
+    def preview_latent(self) -> torch.Tensor:
+        """The first image's latent to preview: the predicted clean one when the scheduler gives it."""
+        return (self.denoised if self.denoised is not None else self.latents)[:1]
 
 
 StepHook = Callable[[StepInfo], None]

@@ -115,9 +115,12 @@ class Job:
     def on_step(self, info: StepInfo) -> None:
         with self._lock:
             self._step, self._steps, self._batch = info.step, info.total, info.batch_index
-            # The predicted clean latent previews better than the noisy one; both are fresh tensors.
-            self._latest = (info.denoised if info.denoised is not None else info.latents)[:1].detach()
-            self._preview_step += 1
+            if info.preview_due:
+                self._preview_step += 1
+                if info.preview is not None:
+                    self._latest, self._preview = None, (self._preview_step, info.preview)
+                else:
+                    self._latest = info.preview_latent.detach()  # a fresh tensor each step
             if self._sampling_began is None:
                 self._sampling_began = (time.monotonic(), self._fraction())
 
@@ -193,7 +196,8 @@ class Job:
             )
 
     def preview(self) -> tuple[int, Image.Image] | None:
-        """(preview_step, image) of the latest step: a cheap linear map of the latent, made on demand."""
+        """(preview_step, image) of the latest preview step: rendered on the worker (TAESD, VAE),
+        or else a cheap linear map of the latent, made on demand."""
         with self._lock:
             latest, step, cached = self._latest, self._preview_step, self._preview
         if cached is not None and cached[0] == step:

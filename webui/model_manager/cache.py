@@ -189,6 +189,13 @@ class ModelCache:
             if offloader is not None:
                 entry.offloader = attach_offload(entry.model, offloader.mode, self.device)
 
+    def set_budgets(self, budgets: MemoryBudgets) -> None:
+        """New budgets apply at once: models over them move down a tier (those in use stay)."""
+        with self._lock:
+            self.budgets = budgets
+            self._make_room(Tier.VRAM, 0)
+            self._make_room(Tier.RAM, 0)
+
     def unload(self, path: Path | None = None) -> None:
         """Free VRAM: demote `path` (or every unused model) to RAM, or to disk if RAM is full."""
         with self._lock:

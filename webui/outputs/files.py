@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from webui.outputs.naming import DEFAULT_PATTERN, check_pattern, expand_pattern
 from webui.outputs.watermark import embed_watermark
 
 PARAMETERS_KEY = "parameters"
@@ -25,17 +26,22 @@ _USER_COMMENT = 0x9286
 
 
 class ImageSaver:
-    """Writes `root/<mode>-images/<YYYY-MM-DD>/<NNNNN>-<seed>.png`, numbered per day folder."""
+    """Writes `root/<mode>-images/<YYYY-MM-DD>/<NNNNN>-<pattern>.png`, numbered per day folder.
+
+    The pattern (default `[seed]`) is filled from the image's infotext; see `naming.TOKENS`.
+    """
 
     def __init__(
         self,
         root: Path,
         *,
         watermark: bool = True,
+        pattern: str = DEFAULT_PATTERN,
         clock: Callable[[], datetime] = datetime.now,
     ) -> None:
         self.root = Path(root)
         self.watermark = watermark
+        self.pattern = check_pattern(pattern)
         self._clock = clock
         # Held from picking the number until the file is in place, so two saves cannot pick
         # the same number (the folder listing is the only record of numbers in use).
@@ -44,19 +50,23 @@ class ImageSaver:
     def save(self, image: Image.Image, *, mode: str, seed: int, infotext: str) -> Path:
         """Write one image; the result is what `encode_png` gives for the same arguments."""
         image, pnginfo = _png_ready(image, infotext, self.watermark)  # outside the lock: the slow part
-        return self._write(mode, seed, lambda stream: image.save(stream, format="PNG", pnginfo=pnginfo))
+        return self._write(
+            mode, seed, infotext, lambda stream: image.save(stream, format="PNG", pnginfo=pnginfo)
+        )
 
-    def save_encoded(self, png: bytes, *, mode: str, seed: int) -> Path:
+    def save_encoded(self, png: bytes, *, mode: str, seed: int, infotext: str = "") -> Path:
         """Write a finished PNG file as it is (e.g. one a server sent, infotext and watermark inside)."""
-        return self._write(mode, seed, lambda stream: stream.write(png))
+        return self._write(mode, seed, infotext, lambda stream: stream.write(png))
 
-    def _write(self, mode: str, seed: int, write: Callable[[BinaryIO], object]) -> Path:
+    def _write(self, mode: str, seed: int, infotext: str, write: Callable[[BinaryIO], object]) -> Path:
         if not _MODE_NAME.match(mode):
             raise ValueError(f"mode must be a plain folder name, got {mode!r}")
-        folder = self.root / f"{mode}-images" / self._clock().strftime("%Y-%m-%d")
+        now = self._clock()
+        folder = self.root / f"{mode}-images" / now.strftime("%Y-%m-%d")
+        stem = expand_pattern(self.pattern, seed, infotext, now)
         with self._lock:
             folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"{_next_number(folder):05d}-{seed}.png"
+            path = folder / f"{_next_number(folder):05d}-{stem}.png"
             _write_atomically(path, write)
         return path
 

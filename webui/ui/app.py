@@ -1,19 +1,37 @@
-"""The first page: txt2img with checkpoint switching, built over an injected Studio."""
+"""The page: a header with the checkpoint, then one tab per job to do. Each tab is its own module;
+this one lays them out and wires what crosses tabs (send-to buttons, PNG Info, the header)."""
 
 from __future__ import annotations
 
 import logging
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 from PIL import Image
 
-from webui.engine.request import MAX_STEPS, GenerationRequest
-from webui.engine.samplers import SCHEDULE_TYPES, sampler_names
-from webui.jobs import Caller, JobQueue, JobState
+from webui.model_manager.registry import ModelKind
+from webui.model_manager.state_dict import CheckpointError
+from webui.outputs import parse_infotext
+from webui.ui.context import UiContext
+from webui.ui.controls import fill_values
+from webui.ui.generation_tab import GenerationTab
+from webui.ui.history import build_history_tab
+from webui.ui.img2img import build_img2img
+from webui.ui.inpaint import build_inpaint
+from webui.ui.masks import editor_value
+from webui.ui.models_tab import (
+    INSERT_TARGETS,
+    build_models_tab,
+    checkpoint_rows,
+    insert_tag,
+    prompt_tag,
+    refresh_outputs,
+)
+from webui.ui.pnginfo import build_pnginfo_tab
+from webui.ui.results import error_box, hide_error, selected_item, show_error
+from webui.ui.settings_tab import build_settings_tab
+from webui.ui.txt2img import build_txt2img
 
 if TYPE_CHECKING:
     from webui.studio import Studio
@@ -21,23 +39,42 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TITLE = "Stable Diffusion studio"
-MAX_UI_STEPS = min(150, MAX_STEPS)
-MAX_UI_SIDE = 2048
-SEED_MAX = 2**32 - 1
-_PROGRESS_POLL_S = 0.2
+_PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
-# Gradio 6 takes css at launch()/mount_gradio_app(), not in Blocks(): see launch_options().
+# Gradio 6 takes css and head at launch()/mount_gradio_app(), not in Blocks(): see launch_options().
 APP_CSS = """
 #header { align-items: center; }
-#header h1 { margin: 0; font-size: 1.6rem; }
+#header h1 { margin: 0; font-size: 1.5rem; white-space: nowrap; }
 #demo-banner { background: #fff7e6; border: 1px solid #f0b64d; border-radius: 8px; padding: 8px 14px; }
 .dark #demo-banner { background: #3a2c10; border-color: #a4761f; }
-#error { background: #fdecec; border: 1px solid #e5484d; border-radius: 8px; padding: 8px 14px; }
-.dark #error { background: #3b1214; border-color: #b3262b; }
-#error p { margin: 0; }
-#generate { min-height: 96px; font-size: 1.15rem; }
-#refresh-checkpoints { align-self: center; max-width: 44px; min-width: 44px; font-size: 1.1rem; }
-#infotext textarea { font-family: var(--font-mono); font-size: 0.85rem; }
+.error-box { background: #fdecec; border: 1px solid #e5484d; border-radius: 8px; padding: 8px 14px; }
+.dark .error-box { background: #3b1214; border-color: #b3262b; }
+.error-box p { margin: 0; }
+.generate { min-height: 88px; font-size: 1.15rem; }
+.tool-button { align-self: center; max-width: 44px; min-width: 44px; font-size: 1.1rem; }
+.infotext textarea { font-family: var(--font-mono); font-size: 0.85rem; }
+.live-progress { position: relative; height: 26px; border-radius: 6px; overflow: hidden;
+  background: var(--block-background-fill); border: 1px solid var(--border-color-primary); }
+.live-bar { position: absolute; inset: 0 auto 0 0; background: var(--color-accent-soft, #c7d2fe);
+  transition: width 0.15s linear; }
+.live-text { position: relative; padding: 0 10px; line-height: 26px; font-size: 0.9rem; }
+.live-preview { display: block; width: 100%; max-width: 512px; margin: 8px auto 0; border-radius: 6px;
+  image-rendering: auto; }
+.pnginfo-table th { text-align: left; padding-right: 12px; vertical-align: top; white-space: nowrap; }
+"""
+
+# Ctrl+Enter (Cmd+Enter on a Mac) in a prompt box clicks that tab's Generate button.
+KEYS_HEAD = """
+<script>
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
+  const box = event.target.closest && event.target.closest('[id$="-prompt"]');
+  if (!box) return;
+  const tab = box.id.replace(/-(negative-)?prompt$/, "");
+  const button = document.getElementById(tab + "-generate");
+  if (button) { event.preventDefault(); button.click(); }
+});
+</script>
 """
 
 
@@ -46,224 +83,222 @@ def launch_options(studio: Studio) -> dict[str, Any]:
     # Serving saved files as they are keeps the PNG infotext in what the user downloads.
     return {
         "css": APP_CSS,
+        "head": KEYS_HEAD,
         "allowed_paths": [str(Path(studio.settings.outputs_dir).resolve())],
         # Gradio's own "Use via API" page would be empty: its events are private, the API is webui/api.
         "footer_links": ["gradio", "settings"],
     }
 
 
-def build_ui(studio: Studio, jobs: JobQueue, caller_named: Callable[[str | None], Caller]) -> gr.Blocks:
-    """The txt2img page over `studio`, generating through the shared `jobs` queue.
-
-    `caller_named` turns the logged-in user name (None without a login) into the job owner.
-    Every handler is a closure, so no state is module-level.
-    """
+def build_ui(ctx: UiContext) -> gr.Blocks:
+    """The whole page over the injected services; every handler is a closure, nothing is global."""
+    studio = ctx.studio
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+
+        def allowed_roots() -> list[Path]:
+            return [Path(path) for path in (demo.allowed_paths or [])]
+
         with gr.Row(elem_id="header", equal_height=True):
-            gr.Markdown(f"# {TITLE}", elem_id="title")
+            gr.Markdown(f"# {TITLE}", elem_id="title", min_width=330)
             checkpoint = gr.Dropdown(
                 choices=studio.checkpoint_titles(),
                 value=studio.current_checkpoint(),
                 label="Checkpoint",
                 elem_id="checkpoint",
-                scale=2,
+                scale=3,
             )
-            refresh = gr.Button("↻", elem_id="refresh-checkpoints", size="sm", scale=0, min_width=44)
-            vae = gr.Dropdown(
-                choices=studio.vae_choices(), value=studio.vae_choice, label="VAE", elem_id="vae", scale=1
+            refresh = gr.Button(
+                "↻", elem_id="refresh-checkpoints", elem_classes=["tool-button"], scale=0, min_width=44
             )
-        model_status = gr.Markdown(_model_status(studio), elem_id="model-status")
+            model_status = gr.Markdown(_model_status(studio), elem_id="model-status")
         gr.Markdown(studio.demo_message, elem_id="demo-banner", visible=studio.demo_mode)
+        header_error = error_box("header")
 
-        with gr.Row():
-            with gr.Column(scale=5):
-                prompt = gr.Textbox(
-                    label="Prompt",
-                    lines=3,
-                    placeholder="a lighthouse at dusk, oil painting",
-                    elem_id="prompt",
-                    autofocus=True,
-                )
-                negative_prompt = gr.Textbox(label="Negative prompt", lines=2, elem_id="negative-prompt")
-            with gr.Column(scale=1, min_width=160):
-                generate = gr.Button("Generate", variant="primary", size="lg", elem_id="generate")
-                interrupt = gr.Button("Interrupt", size="sm", elem_id="interrupt")
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab-txt2img"):
+                txt2img = build_txt2img(ctx, allowed_roots)
+            with gr.Tab("img2img", id="img2img", elem_id="tab-img2img"):
+                img2img = build_img2img(ctx, allowed_roots)
+            with gr.Tab("Inpaint", id="inpaint", elem_id="tab-inpaint"):
+                inpaint = build_inpaint(ctx, allowed_roots)
+            with gr.Tab("Models", id="models", elem_id="tab-models") as models_page:
+                models = build_models_tab(ctx)
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo"):
+                pnginfo = build_pnginfo_tab()
+            with gr.Tab("History", id="history", elem_id="tab-history") as history_page:
+                history = build_history_tab(ctx, allowed_roots)
+            with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
+                build_settings_tab(ctx)
 
-        error = gr.Markdown(visible=False, elem_id="error")
+        generation_tabs = {tab.name: tab for tab in (txt2img, img2img, inpaint)}
 
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1):
-                with gr.Row():
-                    sampler = gr.Dropdown(
-                        choices=sampler_names(), value="Euler a", label="Sampling method", elem_id="sampler"
-                    )
-                    scheduler = gr.Dropdown(
-                        choices=list(SCHEDULE_TYPES),
-                        value="Automatic",
-                        label="Schedule type",
-                        elem_id="scheduler",
-                    )
-                steps = gr.Slider(
-                    1,
-                    min(MAX_UI_STEPS, jobs.limits.max_steps),
-                    value=20,
-                    step=1,
-                    precision=0,
-                    label="Sampling steps",
-                    elem_id="steps",
-                )
-                with gr.Row():
-                    width = gr.Slider(
-                        64, MAX_UI_SIDE, value=512, step=8, precision=0, label="Width", elem_id="width"
-                    )
-                    height = gr.Slider(
-                        64, MAX_UI_SIDE, value=512, step=8, precision=0, label="Height", elem_id="height"
-                    )
-                cfg_scale = gr.Slider(1, 30, value=7, step=0.5, label="CFG scale", elem_id="cfg-scale")
-                # Shown in the seed box's toolbar, where Gradio drops elem_id: find them by label in #seed.
-                random_seed = gr.Button("Random", size="sm")
-                reuse_seed = gr.Button("Reuse last", size="sm")
-                seed = gr.Number(
-                    value=-1,
-                    precision=0,
-                    minimum=-1,
-                    maximum=SEED_MAX,
-                    label="Seed (-1 = random)",
-                    elem_id="seed",
-                    buttons=[random_seed, reuse_seed],
-                )
-            with gr.Column(scale=1):
-                result = gr.Image(
-                    label="Result",
-                    type="filepath",
-                    interactive=False,
-                    format="png",
-                    elem_id="result",
-                    height=512,
-                )
-                infotext = gr.Textbox(
-                    label="Generation parameters",
-                    lines=3,
-                    interactive=False,
-                    buttons=["copy"],
-                    elem_id="infotext",
-                )
-        last_seed = gr.State(-1)
-
-        def run_generate(
-            prompt_text: str,
-            negative_text: str,
-            sampler_name: str,
-            schedule_type: str,
-            step_count: float,
-            cfg: float,
-            image_width: float,
-            image_height: float,
-            seed_value: float | None,
-            http: gr.Request,
-            progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio injects progress by default value
-        ) -> tuple[Any, Any, Any, Any]:
-            request = GenerationRequest(
-                prompt=prompt_text or "",
-                negative_prompt=negative_text or "",
-                sampler_name=sampler_name,
-                scheduler=schedule_type,
-                steps=int(step_count),
-                cfg_scale=float(cfg),
-                width=int(image_width),
-                height=int(image_height),
-                seed=-1 if seed_value is None else int(seed_value),
-            )
-
+        # -- the header's checkpoint ---------------------------------------------------------------
+        def run_select(title: str) -> tuple[Any, Any, Any, Any]:
             try:
-                job = jobs.submit(request, caller_named(http.username))
-            # GenerationError and CheckpointError are ValueErrors: the user can fix these.
-            except ValueError as exc:
-                return gr.skip(), gr.skip(), _show_error(str(exc)), gr.skip()
-            while not job.wait(_PROGRESS_POLL_S):
-                status = jobs.status(job)
-                if status.position is not None:
-                    progress(0, desc=f"Waiting in the queue: position {status.position}")
-                else:
-                    progress((status.step, status.steps), desc="Sampling")
-            outcome = job.result
-            if job.state is JobState.FAILED or outcome is None or not outcome.images:
-                message = job.error or "the job was stopped before any image was finished"
-                prefix = "" if job.user_error else "Generation failed: "
-                return gr.skip(), gr.skip(), _show_error(prefix + message), gr.skip()
-            image = _displayable(outcome.paths[0], demo) if outcome.paths else outcome.images[0]
-            return image, outcome.infotexts[0], _hide_error(), outcome.seeds[0]
+                studio.select_checkpoint(title)
+            except Exception as exc:  # a broken file must not take the page down
+                if not isinstance(exc, CheckpointError | ValueError):
+                    log.exception("loading checkpoint %s failed", title)
+                message = f"Could not use checkpoint {title!r}: {exc}"
+                return (
+                    gr.Dropdown(value=studio.current_checkpoint()),
+                    show_error(message),
+                    gr.skip(),
+                    gr.skip(),
+                )
+            return gr.skip(), hide_error(), _model_status(studio), checkpoint_rows(studio)
 
-        def run_interrupt(http: gr.Request) -> None:
-            job = jobs.current(caller_named(http.username))
-            if job is not None:
-                jobs.interrupt(job)
-
-        def switch(apply: Callable[[str], object], value: str, current: Callable[[], str], what: str):
-            """Apply a checkpoint or VAE choice; on failure the dropdown returns to what is in use."""
-            try:
-                apply(value)
-            except Exception as exc:
-                if not isinstance(exc, ValueError):
-                    log.exception("loading %s %s failed", what, value)
-                message = f"Could not use {what} {value!r}: {exc}"
-                return gr.Dropdown(value=current()), _show_error(message), gr.skip()
-            return gr.skip(), _hide_error(), _model_status(studio)
-
-        def run_select(title: str) -> tuple[Any, Any, Any]:
-            return switch(studio.select_checkpoint, title, studio.current_checkpoint, "checkpoint")
-
-        def run_select_vae(choice: str) -> tuple[Any, Any, Any]:
-            return switch(studio.select_vae, choice, lambda: studio.vae_choice, "VAE")
-
-        def run_refresh() -> tuple[Any, Any]:
-            titles = studio.refresh_checkpoints()
-            return (
-                gr.Dropdown(choices=titles, value=studio.current_checkpoint()),
-                gr.Dropdown(choices=studio.vae_choices(), value=studio.vae_choice),
-            )
-
-        generate.click(
-            run_generate,
-            inputs=[prompt, negative_prompt, sampler, scheduler, steps, cfg_scale, width, height, seed],
-            outputs=[result, infotext, error, last_seed],
-            api_visibility="private",  # the HTTP API lives in webui/api, not in Gradio's endpoints
-            # Our job queue orders the work; Gradio's own queue would hide the queue position.
-            concurrency_limit=None,
-        )
-        interrupt.click(run_interrupt, api_visibility="private", queue=False)
         # `.input` fires only for user changes, so resetting the value after a failure does not loop.
         checkpoint.input(
-            run_select, inputs=checkpoint, outputs=[checkpoint, error, model_status], api_visibility="private"
+            run_select,
+            inputs=checkpoint,
+            outputs=[checkpoint, header_error, model_status, models.table],
+            **_PRIVATE,
         )
-        vae.input(run_select_vae, inputs=vae, outputs=[vae, error, model_status], api_visibility="private")
-        refresh.click(run_refresh, outputs=[checkpoint, vae], api_visibility="private")
-        random_seed.click(lambda: -1, outputs=seed, api_visibility="private", queue=False)
-        reuse_seed.click(
-            lambda value: value, inputs=last_seed, outputs=seed, api_visibility="private", queue=False
-        )
+
+        def run_refresh() -> tuple[Any, ...]:
+            table, choice, vae, loras, embeddings = refresh_outputs(studio)
+            header = gr.Dropdown(choices=studio.checkpoint_titles(), value=studio.current_checkpoint())
+            return header, table, choice, vae, loras, embeddings
+
+        refresh_targets = [
+            checkpoint,
+            models.table,
+            models.choice,
+            models.vae,
+            models.loras,
+            models.embeddings,
+        ]
+        refresh.click(run_refresh, outputs=refresh_targets, **_PRIVATE)
+        models.refresh.click(run_refresh, outputs=refresh_targets, **_PRIVATE)
+
+        def sync_header() -> tuple[Any, Any]:
+            return gr.Dropdown(value=studio.current_checkpoint()), _model_status(studio)
+
+        models_page.select(lambda: checkpoint_rows(studio), outputs=models.table, **_PRIVATE)
+        for button in (models.switch, models.unload, models.evict):
+            button.click(sync_header, outputs=[checkpoint, model_status], **_PRIVATE)
+        history_page.select(history.load, outputs=history.outputs, **_PRIVATE)
+
+        # -- LoRA and embedding lists insert into a prompt -----------------------------------------
+        prompts = [generation_tabs[name].controls.prompt for name in INSERT_TARGETS]
+        for dataset, kind in ((models.loras, ModelKind.LORA), (models.embeddings, ModelKind.EMBEDDING)):
+
+            def insert(sample: list[str], target: str, *texts: str, kind: ModelKind = kind) -> list[Any]:
+                tag = prompt_tag(kind, sample[0])
+                return [
+                    insert_tag(text, tag) if name == target else gr.skip()
+                    for name, text in zip(INSERT_TARGETS, texts)
+                ]
+
+            dataset.click(insert, inputs=[dataset, models.insert_into, *prompts], outputs=prompts, **_PRIVATE)
+
+        # -- send a result, or an image from PNG Info, to another tab ---------------------------
+        def image_input(tab: GenerationTab) -> list[Any]:
+            if tab.name == "img2img":
+                return [tab.extra.image]
+            if tab.name == "inpaint":
+                return [tab.extra.editor]
+            return []
+
+        def as_input(tab: GenerationTab, path: str | None) -> list[Any]:
+            if tab.name == "txt2img":
+                return []
+            if not path:
+                return [gr.skip()]
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+            return [image if tab.name == "img2img" else editor_value(image)]
+
+        for source in generation_tabs.values():
+            for button, target in (
+                (source.panel.send_img2img, img2img),
+                (source.panel.send_inpaint, inpaint),
+            ):
+
+                def send(
+                    items: list[dict[str, Any]], index: int, target: GenerationTab = target
+                ) -> list[Any]:
+                    item = selected_item(items, index)
+                    if item is None:
+                        return [gr.skip()] * (len(image_input(target)) + 10)
+                    fills = fill_values(item["infotext"])
+                    return [*as_input(target, item["path"]), *fills, gr.Tabs(selected=target.name)]
+
+                button.click(
+                    send,
+                    inputs=[source.panel.items, source.panel.selected],
+                    outputs=[*image_input(target), *target.controls.fill_targets(), tabs],
+                    **_PRIVATE,
+                )
+
+        for button, target in (
+            (pnginfo.send_txt2img, txt2img),
+            (pnginfo.send_img2img, img2img),
+            (pnginfo.send_inpaint, inpaint),
+        ):
+
+            def paste(path: str | None, infotext: str, target: GenerationTab = target) -> list[Any]:
+                if not infotext:
+                    return [gr.skip()] * (len(image_input(target)) + 9) + [
+                        show_error("drop an image with generation parameters into PNG Info first"),
+                        gr.skip(),
+                        gr.skip(),
+                        gr.skip(),
+                    ]
+                header, error, status = _use_model_of(studio, infotext)
+                return [
+                    *as_input(target, path),
+                    *fill_values(infotext),
+                    error,
+                    header,
+                    status,
+                    gr.Tabs(selected=target.name),
+                ]
+
+            button.click(
+                paste,
+                inputs=[pnginfo.image, pnginfo.infotext],
+                outputs=[
+                    *image_input(target),
+                    *target.controls.fill_targets(),
+                    header_error,
+                    checkpoint,
+                    model_status,
+                    tabs,
+                ],
+                **_PRIVATE,
+            )
     return demo
+
+
+def _use_model_of(studio: Studio, infotext: str) -> tuple[Any, Any, Any]:
+    """Switch to the checkpoint an infotext names (by hash, else by name): header, error, status."""
+    params = parse_infotext(infotext).params
+    wanted = [value for value in (params.get("Model hash"), params.get("Model")) if value]
+    if not wanted:
+        return gr.skip(), hide_error(), gr.skip()
+    for title in wanted:
+        try:
+            file = studio.find_checkpoint(title)
+        except CheckpointError:
+            continue
+        if file.name == studio.current_checkpoint():
+            return gr.skip(), hide_error(), gr.skip()
+        try:
+            studio.select_checkpoint(file.name)
+        except Exception as exc:
+            log.exception("loading checkpoint %s failed", file.name)
+            return gr.skip(), show_error(f"Could not use checkpoint {file.name!r}: {exc}"), gr.skip()
+        return gr.Dropdown(value=studio.current_checkpoint()), hide_error(), _model_status(studio)
+    message = (
+        f"The image was made with checkpoint {' / '.join(wanted)!r}, which is not in the checkpoint folder; "
+        f"the other parameters were filled in and {studio.current_checkpoint()!r} stays selected."
+    )
+    return gr.skip(), show_error(message), gr.skip()
 
 
 def _model_status(studio: Studio) -> str:
     """The latest load, move or eviction, e.g. "moved sd_xl_base from RAM to cuda: 6.94 GB in 0.31 s"."""
     events = studio.model_events()
     return events[-1].describe() if events else ""
-
-
-def _show_error(message: str) -> gr.Markdown:
-    return gr.Markdown(value=f"**Error:** {message}", visible=True)
-
-
-def _hide_error() -> gr.Markdown:
-    return gr.Markdown(value="", visible=False)
-
-
-def _displayable(path: Path, demo: gr.Blocks) -> str | Image.Image:
-    """The saved file when Gradio may serve it (keeps its metadata), else the decoded image."""
-    resolved = Path(path).resolve()
-    roots = [Path.cwd(), Path(tempfile.gettempdir()), *(Path(root) for root in demo.allowed_paths)]
-    if any(resolved.is_relative_to(root.resolve()) for root in roots):
-        return str(resolved)
-    with Image.open(resolved) as image:
-        return image.copy()

@@ -1,0 +1,92 @@
+"""The img2img tab: an uploaded or pasted image redrawn from a prompt."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from webui.engine.request import GenerationError, ResizeMode
+from webui.ui.context import UiContext
+from webui.ui.controls import MAX_UI_SIDE, GenerationControls
+from webui.ui.generation_tab import GenerationTab, build_generation_tab
+from webui.ui.results import wire_generation
+
+RESIZE_MODES = {
+    "Just resize": ResizeMode.JUST_RESIZE,
+    "Crop and resize": ResizeMode.CROP_AND_RESIZE,
+    "Resize and fill": ResizeMode.RESIZE_AND_FILL,
+}
+
+
+@dataclass
+class Img2ImgInputs:
+    image: gr.Image
+    resize_mode: gr.Radio
+    denoising_strength: gr.Slider
+
+
+def build_resize_and_strength(name: str) -> tuple[gr.Radio, gr.Slider]:
+    resize_mode = gr.Radio(
+        list(RESIZE_MODES), value="Just resize", label="Resize mode", elem_id=f"{name}-resize-mode"
+    )
+    strength = gr.Slider(
+        0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id=f"{name}-denoising-strength"
+    )
+    return resize_mode, strength
+
+
+def fitted_size(image: Image.Image | None) -> tuple[Any, Any]:
+    """The image's size in multiples of 8 within the sliders, so a new upload keeps its shape."""
+    if image is None:
+        return gr.skip(), gr.skip()
+    scale = min(1.0, MAX_UI_SIDE / max(image.width, image.height))
+    return tuple(max(64, int(side * scale) // 8 * 8) for side in image.size)  # type: ignore[return-value]
+
+
+def build_img2img(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> GenerationTab:
+    def inputs() -> Img2ImgInputs:
+        image = gr.Image(
+            label="Image",
+            type="pil",
+            image_mode="RGB",
+            sources=["upload", "clipboard"],
+            elem_id="img2img-image",
+            height=360,
+        )
+        return Img2ImgInputs(image, *build_resize_and_strength("img2img"))
+
+    tab = build_generation_tab(ctx, "img2img", inputs)
+    extra: Img2ImgInputs = tab.extra
+
+    def make_request(values: list[Any], extra_values: list[Any]) -> Any:
+        image, resize_label, strength = extra_values
+        if image is None:
+            raise GenerationError("drop, paste or send an image to img2img first", "init_image")
+        return GenerationControls.to_request(
+            values,
+            init_image=image,
+            resize_mode=RESIZE_MODES[resize_label],
+            denoising_strength=float(strength),
+        )
+
+    wire_generation(
+        ctx,
+        buttons=tab.buttons,
+        controls=tab.controls,
+        panel=tab.panel,
+        extra_inputs=[extra.image, extra.resize_mode, extra.denoising_strength],
+        make_request=make_request,
+        allowed_roots=allowed_roots,
+    )
+    extra.image.upload(
+        fitted_size,
+        inputs=extra.image,
+        outputs=[tab.controls.width, tab.controls.height],
+        api_visibility="private",
+    )
+    return tab

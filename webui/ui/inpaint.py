@@ -1,0 +1,157 @@
+"""The inpaint tab: paint a mask on the image in the browser (or upload one) and redraw under it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from webui.engine.request import MaskedContent
+from webui.ui.context import UiContext
+from webui.ui.controls import GenerationControls
+from webui.ui.generation_tab import GenerationTab, build_generation_tab
+from webui.ui.img2img import RESIZE_MODES, build_resize_and_strength, fitted_size
+from webui.ui.masks import editor_value, image_and_mask
+from webui.ui.results import wire_generation
+
+MASKED_CONTENT = {
+    "fill": MaskedContent.FILL,
+    "original": MaskedContent.ORIGINAL,
+    "latent noise": MaskedContent.LATENT_NOISE,
+    "latent nothing": MaskedContent.LATENT_NOTHING,
+}
+MASK_MODES = ("Inpaint masked", "Inpaint not masked")
+AREAS = ("Whole picture", "Only masked")
+
+
+@dataclass
+class InpaintInputs:
+    editor: gr.ImageEditor
+    clear_mask: gr.Button
+    mask_upload: gr.Image
+    mask_blur: gr.Slider
+    mask_mode: gr.Radio
+    masked_content: gr.Radio
+    area: gr.Radio
+    padding: gr.Slider
+    resize_mode: gr.Radio
+    denoising_strength: gr.Slider
+
+    @property
+    def request_inputs(self) -> list[gr.components.Component]:
+        return [
+            self.editor,
+            self.mask_upload,
+            self.mask_blur,
+            self.mask_mode,
+            self.masked_content,
+            self.area,
+            self.padding,
+            self.resize_mode,
+            self.denoising_strength,
+        ]
+
+
+def build_inpaint(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> GenerationTab:
+    def inputs() -> InpaintInputs:
+        editor = gr.ImageEditor(
+            label="Image and mask: paint over what to change",
+            type="pil",
+            image_mode="RGBA",
+            sources=["upload", "clipboard"],
+            brush=gr.Brush(default_size=32, colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
+            eraser=gr.Eraser(default_size=32),
+            layers=False,
+            transforms=(),
+            format="png",
+            height=420,
+            elem_id="inpaint-editor",
+        )
+        clear_mask = gr.Button("Clear mask", size="sm", elem_id="inpaint-clear-mask")
+        with gr.Accordion("Upload a mask instead (white = change)", open=False):
+            mask_upload = gr.Image(
+                label="Mask",
+                type="pil",
+                image_mode="L",
+                sources=["upload", "clipboard"],
+                elem_id="inpaint-mask",
+            )
+        with gr.Row():
+            mask_blur = gr.Slider(
+                0, 64, value=4, step=1, precision=0, label="Mask blur", elem_id="inpaint-mask-blur"
+            )
+            padding = gr.Slider(
+                0,
+                256,
+                value=32,
+                step=4,
+                precision=0,
+                label="Only masked padding, pixels",
+                elem_id="inpaint-padding",
+            )
+        mask_mode = gr.Radio(
+            list(MASK_MODES), value=MASK_MODES[0], label="Mask mode", elem_id="inpaint-mask-mode"
+        )
+        masked_content = gr.Radio(
+            list(MASKED_CONTENT), value="original", label="Masked content", elem_id="inpaint-masked-content"
+        )
+        area = gr.Radio(list(AREAS), value=AREAS[0], label="Inpaint area", elem_id="inpaint-area")
+        resize_mode, strength = build_resize_and_strength("inpaint")
+        return InpaintInputs(
+            editor,
+            clear_mask,
+            mask_upload,
+            mask_blur,
+            mask_mode,
+            masked_content,
+            area,
+            padding,
+            resize_mode,
+            strength,
+        )
+
+    tab = build_generation_tab(ctx, "inpaint", inputs)
+    extra: InpaintInputs = tab.extra
+
+    def make_request(values: list[Any], extra_values: list[Any]) -> Any:
+        editor, uploaded, blur, mode, content, area, padding, resize_label, strength = extra_values
+        image, mask = image_and_mask(editor, uploaded)
+        return GenerationControls.to_request(
+            values,
+            init_image=image,
+            mask=mask,
+            mask_blur=int(blur),
+            inpainting_mask_invert=mode == MASK_MODES[1],
+            inpainting_fill=MASKED_CONTENT[content],
+            inpaint_full_res=area == AREAS[1],
+            inpaint_full_res_padding=int(padding),
+            resize_mode=RESIZE_MODES[resize_label],
+            denoising_strength=float(strength),
+        )
+
+    wire_generation(
+        ctx,
+        buttons=tab.buttons,
+        controls=tab.controls,
+        panel=tab.panel,
+        extra_inputs=extra.request_inputs,
+        make_request=make_request,
+        allowed_roots=allowed_roots,
+    )
+    private: dict[str, Any] = {"api_visibility": "private"}
+    extra.clear_mask.click(
+        lambda value: editor_value((value or {}).get("background")),
+        inputs=extra.editor,
+        outputs=extra.editor,
+        **private,
+    )
+    extra.editor.upload(
+        lambda value: fitted_size((value or {}).get("background")),
+        inputs=extra.editor,
+        outputs=[tab.controls.width, tab.controls.height],
+        **private,
+    )
+    return tab

@@ -1,0 +1,228 @@
+"""A generation tab's right-hand side (live progress and preview, gallery, infotext) and the
+handlers that run a job through the shared queue and stream its progress into it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from webui.engine.request import GenerationRequest
+from webui.jobs import Job, JobState
+from webui.jobs.queue import JobNotFound, QueueFull
+from webui.ui.context import UiContext
+from webui.ui.controls import GenerationControls
+from webui.ui.progress import image_data_url, live_html
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.15  # how often a tab looks at its job; a step of a real model takes longer
+_PRIVATE: dict[str, Any] = {"api_visibility": "private"}
+
+
+@dataclass
+class ResultsPanel:
+    live: gr.HTML
+    gallery: gr.Gallery
+    infotext: gr.Textbox
+    error: gr.Markdown
+    items: gr.State  # [{"path", "infotext", "seed"}] of the last job, in gallery order
+    selected: gr.State  # the gallery index shown in `infotext`
+    job_id: gr.State  # this browser tab's latest job: what Interrupt and Skip act on
+    send_img2img: gr.Button
+    send_inpaint: gr.Button
+
+
+def build_results(tab: str) -> ResultsPanel:
+    live = gr.HTML("", elem_id=f"{tab}-live", elem_classes=["live"], visible=False)
+    gallery = gr.Gallery(
+        label="Results",
+        elem_id=f"{tab}-gallery",
+        columns=2,
+        height=520,
+        format="png",
+        object_fit="contain",
+        buttons=["download", "fullscreen"],
+        interactive=False,
+    )
+    infotext = gr.Textbox(
+        label="Generation parameters",
+        lines=4,
+        interactive=False,
+        buttons=["copy"],
+        elem_id=f"{tab}-infotext",
+        elem_classes=["infotext"],
+    )
+    with gr.Row():
+        send_img2img = gr.Button("➜ img2img", size="sm", elem_id=f"{tab}-send-img2img")
+        send_inpaint = gr.Button("➜ Inpaint", size="sm", elem_id=f"{tab}-send-inpaint")
+    return ResultsPanel(
+        live,
+        gallery,
+        infotext,
+        error_box(tab),
+        gr.State([]),
+        gr.State(0),
+        gr.State(None),
+        send_img2img,
+        send_inpaint,
+    )
+
+
+def error_box(prefix: str) -> gr.Markdown:
+    return gr.Markdown(visible=False, elem_id=f"{prefix}-error", elem_classes=["error-box"])
+
+
+def show_error(message: str) -> gr.Markdown:
+    return gr.Markdown(value=f"**Error:** {message}", visible=True)
+
+
+def hide_error() -> gr.Markdown:
+    return gr.Markdown(value="", visible=False)
+
+
+def selected_item(items: list[dict[str, Any]], index: int | None) -> dict[str, Any] | None:
+    if not items:
+        return None
+    return items[index if index is not None and 0 <= index < len(items) else 0]
+
+
+def wire_generation(
+    ctx: UiContext,
+    *,
+    buttons: tuple[gr.Button, gr.Button, gr.Button],
+    controls: GenerationControls,
+    panel: ResultsPanel,
+    extra_inputs: list[gr.components.Component],
+    make_request: Callable[[list[Any], list[Any]], GenerationRequest],
+    allowed_roots: Callable[[], list[Path]],
+) -> None:
+    """Generate, Interrupt and Skip for one tab. `make_request(control_values, extra_values)`."""
+    generate, interrupt, skip = buttons
+    count = len(controls.inputs)
+
+    def run(request: gr.Request, *values: Any) -> Iterator[dict[Any, Any]]:
+        try:
+            job = ctx.jobs.submit(
+                make_request(list(values[:count]), list(values[count:])), ctx.caller(request)
+            )
+        # GenerationError, CheckpointError and LimitError are ValueErrors: the user can fix them.
+        except (ValueError, QueueFull) as error:
+            yield {panel.error: show_error(str(error))}
+            return
+        yield {panel.job_id: job.id, panel.error: hide_error()}
+        yield from _follow(ctx, job, panel)
+        yield _finished(job, panel, allowed_roots())
+
+    def act(job_id: str | None, request: gr.Request, action: Callable[[Job], object]) -> None:
+        if not job_id:
+            return
+        with contextlib.suppress(JobNotFound):  # finished and forgotten long ago: nothing to stop
+            action(ctx.jobs.get(job_id, ctx.caller(request)))
+
+    def run_interrupt(job_id: str | None, request: gr.Request) -> None:
+        act(job_id, request, ctx.jobs.interrupt)
+
+    def run_skip(job_id: str | None, request: gr.Request) -> None:
+        act(job_id, request, ctx.jobs.skip)
+
+    outputs = {
+        panel.live,
+        panel.gallery,
+        panel.infotext,
+        panel.error,
+        panel.items,
+        panel.selected,
+        panel.job_id,
+    }
+    # Ctrl+Enter in a prompt box clicks this button (see KEYS_JS in app.py).
+    generate.click(
+        run,
+        inputs=[*controls.inputs, *extra_inputs],
+        outputs=outputs,  # type: ignore[arg-type]
+        # Our job queue orders the work; Gradio's own queue would hide the queue position.
+        concurrency_limit=None,
+        **_PRIVATE,
+    )
+    interrupt.click(run_interrupt, inputs=panel.job_id, queue=False, **_PRIVATE)
+    skip.click(run_skip, inputs=panel.job_id, queue=False, **_PRIVATE)
+    panel.gallery.select(_select, inputs=panel.items, outputs=[panel.infotext, panel.selected], **_PRIVATE)
+    controls.reuse_seed.click(
+        _reuse_seed, inputs=[panel.items, panel.selected], outputs=controls.seed, queue=False, **_PRIVATE
+    )
+
+
+def _follow(ctx: UiContext, job: Job, panel: ResultsPanel) -> Iterator[dict[Any, Any]]:
+    """Stream the job's progress and newest preview until it ends; only changes are sent."""
+    seen_preview, preview_url, last = 0, None, None
+    while not job.wait(POLL_S):
+        status = ctx.jobs.status(job)
+        if status.preview_step != seen_preview:
+            latest = job.preview()
+            if latest is not None:
+                seen_preview, preview_url = latest[0], image_data_url(latest[1])
+        running, _waiting = ctx.jobs.counts()
+        text = live_html(status, preview_url, running if status.state is JobState.QUEUED else 0)
+        if text != last:
+            last = text
+            yield {panel.live: gr.HTML(text, visible=True)}
+
+
+def _finished(job: Job, panel: ResultsPanel, roots: list[Path]) -> dict[Any, Any]:
+    outcome = job.result
+    done: dict[Any, Any] = {panel.live: gr.HTML("", visible=False)}
+    if job.state is JobState.INTERRUPTED and (outcome is None or not outcome.images):
+        done[panel.error] = show_error(job.error or "Interrupted before any image was finished.")
+        return done
+    if job.state is JobState.FAILED or outcome is None or not outcome.images:
+        message = job.error or "the job ended without an image"
+        done[panel.error] = show_error(message if job.user_error else f"Generation failed: {message}")
+        return done
+    items = [
+        {"path": str(path), "infotext": infotext, "seed": seed}
+        for path, infotext, seed in zip(outcome.paths, outcome.infotexts, outcome.seeds)
+    ]
+    gallery = gallery_entries(items, roots)
+    done.update(
+        {
+            panel.gallery: gr.Gallery(value=gallery, selected_index=0 if len(gallery) > 1 else None),
+            panel.infotext: items[0]["infotext"],
+            panel.items: items,
+            panel.selected: 0,
+            panel.error: hide_error()
+            if job.state is JobState.DONE
+            else show_error("Interrupted: showing the images finished before the stop."),
+        }
+    )
+    return done
+
+
+def _select(items: list[dict[str, Any]], event: gr.SelectData) -> tuple[Any, int]:
+    item = selected_item(items, event.index)
+    return (item["infotext"] if item else gr.skip()), event.index
+
+
+def _reuse_seed(items: list[dict[str, Any]], index: int) -> Any:
+    item = selected_item(items, index)
+    return item["seed"] if item else gr.skip()
+
+
+def gallery_entries(items: list[dict[str, Any]], roots: list[Path]) -> list[tuple[Any, str]]:
+    return [(_displayable(Path(item["path"]), roots), f"Seed {item['seed']}") for item in items]
+
+
+def _displayable(path: Path, roots: list[Path]) -> str | Image.Image:
+    """The saved file when Gradio may serve it (the download keeps its infotext), else the pixels."""
+    resolved = path.resolve()
+    allowed = [Path.cwd(), Path(tempfile.gettempdir()), *roots]
+    if any(resolved.is_relative_to(root.resolve()) for root in allowed):
+        return str(resolved)
+    with Image.open(resolved) as image:
+        return image.copy()
