@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from tests.conftest import CPU
+from webui.engine.request import GenerationRequest
 from webui.model_manager.detect import Arch
 from webui.model_manager.state_dict import CheckpointError
 from webui.model_manager.taesd import find_taesd, load_taesd, taesd_preview
@@ -190,3 +191,36 @@ def test_a_diffusers_folder_with_other_weights_is_refused(tmp_path: Path) -> Non
     save_file({"decoder.conv_in.weight": torch.zeros(8, 4, 3, 3)}, str(weights))
     with pytest.raises(CheckpointError, match=r"taesd: not a TAESD decoder: missing keys \['decoder\.layers"):
         load_taesd(folder, CPU, torch.float32)
+
+
+@pytest.mark.parametrize("method", ["taesd", "vae", "missing-taesd"])
+def test_the_studio_renders_previews_on_the_worker(tmp_path: Path, method: str) -> None:
+    """TAESD and full-VAE previews are image-sized and drawn on preview steps only; without a TAESD
+    file the studio falls back to the linear preview (latent-sized)."""
+    from webui.jobs import LOCAL_CALLER, JobQueue
+    from webui.settings import Settings
+    from webui.studio import Studio
+    from webui.tools.tiny_checkpoint import write_tiny_checkpoint
+
+    if method == "taesd":
+        _write("diffusers folder", _tiny_taesd(), tmp_path / "models" / "VAE-approx")
+    settings = Settings.for_data_dir(
+        tmp_path,
+        device="cpu",
+        ckpt="tiny",
+        preview_method="taesd" if method == "missing-taesd" else method,
+        preview_period=2,
+    )
+    write_tiny_checkpoint("sd15", settings.ckpt_dir / "tiny.safetensors")
+    sizes: list[tuple[int, int] | None] = []
+
+    def look(job, info) -> None:
+        preview = job.preview()
+        sizes.append(preview[1].size if preview and info.preview_due else None)
+
+    jobs = JobQueue(Studio(settings), step_hooks=[look])
+    job = jobs.submit(GenerationRequest(steps=4, width=64, height=64, seed=1), LOCAL_CALLER)
+    jobs.run(until=lambda: job.state.finished)
+    assert job.error is None
+    expected = (8, 8) if method == "missing-taesd" else (64, 64)
+    assert sizes == [None, expected, None, expected]

@@ -268,9 +268,7 @@ def test_live_preview_queue_position_and_interrupt(app: App, page: Page) -> None
     assert app.steps.held.wait(30)
     _small_job(page, "txt2img", "a slow one", steps="8")
     page.locator("#txt2img-generate").click()
-    page.wait_for_function(
-        "() => (document.querySelector('#txt2img-live')?.innerText || '').includes('Waiting in the queue: position 1')"
-    )
+    _wait_for_text(page, "txt2img-live", "Waiting in the queue: position 1")
     _screenshot(page, "ui-txt2img-queued")
 
     # Released, it runs slowly: the progress text counts steps and the preview image changes.

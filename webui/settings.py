@@ -71,7 +71,7 @@ class Settings:
     @classmethod
     def from_args(cls, args: argparse.Namespace, saved: Mapping[str, object] | None = None) -> Settings:
         """Flags given on the command line win over `saved` (the settings file), which wins over defaults."""
-        given = flags_given(args)
+        given = flags_given(args) - {"limits"}  # limit flags win one by one, in _limits
         values = {key: value for key, value in (saved or {}).items() if key not in given}
         limits = _limits(args, values.pop("limits", None))
         flagged = {

@@ -44,7 +44,7 @@ _PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 # Gradio 6 takes css and head at launch()/mount_gradio_app(), not in Blocks(): see launch_options().
 APP_CSS = """
 #header { align-items: center; }
-#header h1 { margin: 0; font-size: 1.5rem; white-space: nowrap; }
+#header h1 { margin: 0; font-size: 1.2rem; white-space: nowrap; }
 #demo-banner { background: #fff7e6; border: 1px solid #f0b64d; border-radius: 8px; padding: 8px 14px; }
 .dark #demo-banner { background: #3a2c10; border-color: #a4761f; }
 .error-box { background: #fdecec; border: 1px solid #e5484d; border-radius: 8px; padding: 8px 14px; }
