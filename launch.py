@@ -17,8 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from webui.api.auth import Credentials
     from webui.jobs import JobQueue
-    from webui.model_manager.state_dict import CheckpointError
     from webui.live_settings import LiveSettings
+    from webui.model_manager.state_dict import CheckpointError
     from webui.server import create_app, uvicorn_config
     from webui.settings_file import settings_from_args
     from webui.studio import Studio

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from webui.engine.devices import DEVICES, PRECISIONS
@@ -136,10 +136,6 @@ def flags_given(args: argparse.Namespace) -> set[str]:
     if any(getattr(args, flag, None) is not None for flag in _LIMIT_FLAGS.values()):
         given.add("limits")
     return given
-
-
-def settings_field_names() -> set[str]:
-    return {item.name for item in fields(Settings)}
 
 
 def _path(value: str | None) -> Path | None:
