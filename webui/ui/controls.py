@@ -73,18 +73,8 @@ class GenerationControls:
         )
 
     def fill_targets(self) -> list[gr.components.Component]:
-        """What `fill_values` updates, in its order."""
-        return [
-            self.prompt,
-            self.negative_prompt,
-            self.sampler,
-            self.scheduler,
-            self.steps,
-            self.width,
-            self.height,
-            self.cfg_scale,
-            self.seed,
-        ]
+        """What `fill_values` updates, in its order: `inputs` without the batch settings."""
+        return [c for c in self.inputs if c is not self.batch_count and c is not self.batch_size]
 
 
 def build_prompts(tab: str) -> tuple[gr.Textbox, gr.Textbox]:

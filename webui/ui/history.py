@@ -11,7 +11,7 @@ import gradio as gr
 
 from webui.jobs import JobState
 from webui.ui.context import UiContext
-from webui.ui.results import gallery_entries, selected_item
+from webui.ui.results import gallery_entries, image_gallery, infotext_box, selected_item
 
 MAX_IMAGES = 200
 _PRIVATE: dict[str, Any] = {"api_visibility": "private"}
@@ -39,23 +39,8 @@ def build_history_tab(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -
     with gr.Row():
         refresh = gr.Button("↻ Refresh", size="sm", elem_id="history-refresh", scale=0, min_width=120)
         summary = gr.Markdown(elem_id="history-summary")
-    gallery = gr.Gallery(
-        label="Your recent images (newest first)",
-        columns=5,
-        height=560,
-        format="png",
-        object_fit="contain",
-        buttons=["download", "fullscreen"],
-        interactive=False,
-        elem_id="history-gallery",
-    )
-    infotext = gr.Textbox(
-        label="Generation parameters",
-        lines=4,
-        interactive=False,
-        buttons=["copy"],
-        elem_id="history-infotext",
-    )
+    gallery = image_gallery("Your recent images (newest first)", "history-gallery", columns=5, height=560)
+    infotext = infotext_box("history-infotext")
     items = gr.State([])
 
     def load(request: gr.Request) -> tuple[Any, Any, Any, Any]:

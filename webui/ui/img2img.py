@@ -76,9 +76,7 @@ def build_img2img(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> Ge
 
     wire_generation(
         ctx,
-        buttons=tab.buttons,
-        controls=tab.controls,
-        panel=tab.panel,
+        tab,
         extra_inputs=[extra.image, extra.resize_mode, extra.denoising_strength],
         make_request=make_request,
         allowed_roots=allowed_roots,

@@ -134,9 +134,7 @@ def build_inpaint(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> Ge
 
     wire_generation(
         ctx,
-        buttons=tab.buttons,
-        controls=tab.controls,
-        panel=tab.panel,
+        tab,
         extra_inputs=extra.request_inputs,
         make_request=make_request,
         allowed_roots=allowed_roots,

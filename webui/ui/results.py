@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 from PIL import Image
@@ -18,8 +18,10 @@ from webui.engine.request import GenerationRequest
 from webui.jobs import Job, JobState
 from webui.jobs.queue import JobNotFound, QueueFull
 from webui.ui.context import UiContext
-from webui.ui.controls import GenerationControls
 from webui.ui.progress import image_data_url, live_html
+
+if TYPE_CHECKING:
+    from webui.ui.generation_tab import GenerationTab
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +44,8 @@ class ResultsPanel:
 
 def build_results(tab: str) -> ResultsPanel:
     live = gr.HTML("", elem_id=f"{tab}-live", elem_classes=["live"], visible=False)
-    gallery = gr.Gallery(
-        label="Results",
-        elem_id=f"{tab}-gallery",
-        columns=2,
-        height=520,
-        format="png",
-        object_fit="contain",
-        buttons=["download", "fullscreen"],
-        interactive=False,
-    )
-    infotext = gr.Textbox(
-        label="Generation parameters",
-        lines=4,
-        interactive=False,
-        buttons=["copy"],
-        elem_id=f"{tab}-infotext",
-        elem_classes=["infotext"],
-    )
+    gallery = image_gallery("Results", f"{tab}-gallery", columns=2, height=520)
+    infotext = infotext_box(f"{tab}-infotext")
     with gr.Row():
         send_img2img = gr.Button("➜ img2img", size="sm", elem_id=f"{tab}-send-img2img")
         send_inpaint = gr.Button("➜ Inpaint", size="sm", elem_id=f"{tab}-send-inpaint")
@@ -73,6 +59,31 @@ def build_results(tab: str) -> ResultsPanel:
         gr.State(None),
         send_img2img,
         send_inpaint,
+    )
+
+
+def image_gallery(label: str, elem_id: str, *, columns: int, height: int) -> gr.Gallery:
+    """Saved images as PNG (their infotext kept in downloads), with download and full screen."""
+    return gr.Gallery(
+        label=label,
+        elem_id=elem_id,
+        columns=columns,
+        height=height,
+        format="png",
+        object_fit="contain",
+        buttons=["download", "fullscreen"],
+        interactive=False,
+    )
+
+
+def infotext_box(elem_id: str) -> gr.Textbox:
+    return gr.Textbox(
+        label="Generation parameters",
+        lines=4,
+        interactive=False,
+        buttons=["copy"],
+        elem_id=elem_id,
+        elem_classes=["infotext"],
     )
 
 
@@ -96,16 +107,15 @@ def selected_item(items: list[dict[str, Any]], index: int | None) -> dict[str, A
 
 def wire_generation(
     ctx: UiContext,
+    tab: GenerationTab,
     *,
-    buttons: tuple[gr.Button, gr.Button, gr.Button],
-    controls: GenerationControls,
-    panel: ResultsPanel,
     extra_inputs: list[gr.components.Component],
     make_request: Callable[[list[Any], list[Any]], GenerationRequest],
     allowed_roots: Callable[[], list[Path]],
 ) -> None:
     """Generate, Interrupt and Skip for one tab. `make_request(control_values, extra_values)`."""
-    generate, interrupt, skip = buttons
+    generate, interrupt, skip = tab.buttons
+    controls, panel = tab.controls, tab.panel
     count = len(controls.inputs)
 
     def run(request: gr.Request, *values: Any) -> Iterator[dict[Any, Any]]:

@@ -15,9 +15,7 @@ def build_txt2img(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> Ge
     tab = build_generation_tab(ctx, "txt2img")
     wire_generation(
         ctx,
-        buttons=tab.buttons,
-        controls=tab.controls,
-        panel=tab.panel,
+        tab,
         extra_inputs=[],
         make_request=lambda values, _extra: GenerationControls.to_request(values),
         allowed_roots=allowed_roots,
