@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderTiny
-from PIL import Image
 
 from webui import __version__
 from webui.engine.devices import resolve_device, resolve_dtype
@@ -30,6 +28,7 @@ from webui.model_manager.state_dict import CheckpointError
 from webui.model_manager.taesd import find_taesd, load_taesd, taesd_preview
 from webui.model_manager.vae import AUTOMATIC, BUILT_IN, resolve_vae_file, swap_vae
 from webui.outputs import ImageSaver, format_infotext
+from webui.results import StudioResult
 from webui.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,15 +42,6 @@ _TILING_PIXELS = {
 }
 # A1111 writes 12 hex digits of sha256 for LoRAs and embeddings ("Lora hashes", "TI hashes").
 _NETWORK_HASH_LENGTH = 12
-
-
-@dataclass
-class StudioResult:
-    images: list[Image.Image]
-    paths: list[Path]  # empty when the job was not saved
-    infotexts: list[str]
-    seeds: list[int]
-    interrupted: bool = False
 
 
 class Studio:

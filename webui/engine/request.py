@@ -69,6 +69,25 @@ class GenerationRequest:
     inpainting_fill: MaskedContent = MaskedContent.ORIGINAL
     inpaint_full_res: bool = False
     inpaint_full_res_padding: int = 32
+    # variation seeds: noise slerped from `seed` towards `subseed` by `subseed_strength`
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = (
+        0  # > 0: draw the noise as if the image were this size (A1111's "resize seed from")
+    )
+    seed_resize_from_h: int = 0
+    tiling: bool = False  # seamless: opposite edges continue each other
+    # hires fix (txt2img): a first pass, an upscale, then an img2img pass at `denoising_strength`
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0  # 0: as many as the first pass
+    hr_resize_x: int = 0  # > 0 with hr_resize_y: an explicit target size instead of hr_scale
+    hr_resize_y: int = 0
+    hr_sampler_name: str = ""  # "": the first pass's sampler
+    hr_scheduler: str = ""
+    hr_prompt: str = ""  # "": the first pass's prompt
+    hr_negative_prompt: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -79,6 +98,18 @@ class GenerationRequest:
     @property
     def is_inpaint(self) -> bool:
         return self.init_image is not None and (self.mask is not None or _has_alpha_mask(self.init_image))
+
+    @property
+    def hr_size(self) -> tuple[int, int]:
+        """The hires pass's width and height: the explicit size, else the first pass scaled (multiples of 8)."""
+        if self.hr_resize_x > 0 and self.hr_resize_y > 0:
+            return self.hr_resize_x, self.hr_resize_y
+        if self.hr_resize_x > 0 or self.hr_resize_y > 0:
+            # A1111: one given side sets the scale and the other follows the aspect ratio.
+            scale = self.hr_resize_x / self.width if self.hr_resize_x > 0 else self.hr_resize_y / self.height
+        else:
+            scale = self.hr_scale
+        return _multiple_of_8(self.width * scale), _multiple_of_8(self.height * scale)
 
     def validate(self) -> None:
         """Raise GenerationError naming the first field that cannot work."""
@@ -112,6 +143,20 @@ class GenerationRequest:
                 "mask_blur and inpaint_full_res_padding must not be negative",
                 "mask_blur" if self.mask_blur < 0 else "inpaint_full_res_padding",
             )
+        if not isinstance(self.subseed, int) or self.subseed < -1 or self.subseed >= 2**32:
+            raise GenerationError(
+                f"subseed must be -1 or between 0 and {2**32 - 1}, got {self.subseed!r}", "subseed"
+            )
+        if not 0.0 <= self.subseed_strength <= 1.0:
+            raise GenerationError(
+                f"subseed_strength must be between 0 and 1, got {self.subseed_strength}", "subseed_strength"
+            )
+        for name in ("seed_resize_from_w", "seed_resize_from_h"):
+            value = getattr(self, name)
+            if value > MAX_SIDE:
+                raise GenerationError(f"{name} must be at most {MAX_SIDE}, got {value}", name)
+        if self.enable_hr:
+            self._validate_hires()
         if self.mask is not None:
             if self.init_image is None:
                 raise GenerationError("a mask needs an init image", "mask")
@@ -121,6 +166,36 @@ class GenerationRequest:
                     f"{self.init_image.size[0]}x{self.init_image.size[1]}",
                     "mask",
                 )
+
+    def _validate_hires(self) -> None:
+        if self.init_image is not None:
+            raise GenerationError(
+                "hires fix is for txt2img; img2img already takes a target size", "enable_hr"
+            )
+        if not 0.0 <= self.denoising_strength <= 1.0:
+            raise GenerationError(
+                f"denoising_strength must be between 0 and 1, got {self.denoising_strength}",
+                "denoising_strength",
+            )
+        if not isinstance(self.hr_second_pass_steps, int) or not 0 <= self.hr_second_pass_steps <= MAX_STEPS:
+            raise GenerationError(
+                f"hr_second_pass_steps must be between 0 and {MAX_STEPS}, got {self.hr_second_pass_steps!r}",
+                "hr_second_pass_steps",
+            )
+        if self.hr_resize_x <= 0 and self.hr_resize_y <= 0 and not 1.0 <= self.hr_scale <= 8.0:
+            raise GenerationError(f"hr_scale must be between 1 and 8, got {self.hr_scale}", "hr_scale")
+        width, height = self.hr_size
+        for name, value in (("hr_resize_x", width), ("hr_resize_y", height)):
+            if not MIN_SIDE <= value <= MAX_SIDE:
+                raise GenerationError(
+                    f"the hires size would be {width}x{height}; each side must be between "
+                    f"{MIN_SIDE} and {MAX_SIDE}",
+                    name,
+                )
+
+
+def _multiple_of_8(value: float) -> int:
+    return max(8, int(value) // 8 * 8)
 
 
 def _has_alpha_mask(image: Image.Image) -> bool:

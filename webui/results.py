@@ -1,0 +1,17 @@
+"""What a finished job hands back to the UI, the API and the CLI: images, files and infotexts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+
+@dataclass
+class StudioResult:
+    images: list[Image.Image]
+    paths: list[Path]  # empty when the job was not saved
+    infotexts: list[str]
+    seeds: list[int]
+    interrupted: bool = False
