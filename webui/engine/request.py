@@ -101,7 +101,7 @@ class GenerationRequest:
 
     @property
     def hr_size(self) -> tuple[int, int]:
-        """The hires pass's width and height: the explicit size, else the first pass scaled (multiples of 8)."""
+        """The hires pass size: the explicit one, else the first pass scaled (multiples of 8)."""
         if self.hr_resize_x > 0 and self.hr_resize_y > 0:
             return self.hr_resize_x, self.hr_resize_y
         if self.hr_resize_x > 0 or self.hr_resize_y > 0:
