@@ -88,6 +88,9 @@ class GenerationRequest:
     hr_scheduler: str = ""
     hr_prompt: str = ""  # "": the first pass's prompt
     hr_negative_prompt: str = ""
+    styles: list[str] = field(default_factory=list)  # styles.csv names, applied to the prompts
+    script_name: str = ""  # a script's title ("X/Y/Z plot", ...): the job runs the script instead
+    script_args: list[object] = field(default_factory=list)  # the script's positional arguments
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
