@@ -8,14 +8,17 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderTiny
+from PIL import Image
 
 from webui import __version__
 from webui.engine.devices import resolve_device, resolve_dtype
 from webui.engine.generate import Engine, GenerationResult
+from webui.engine.latent_upscale import LATENT_UPSCALE_MODES
 from webui.engine.preview import PreviewRenderer, full_preview, with_previews
 from webui.engine.request import GenerationRequest
 from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.steps import JobControl, StepHook
+from webui.engine.upscale import blend_upscalers, upscaler_names
 from webui.model_manager.cache import MemoryBudgets, ModelCache, ModelEvent, Placement, Tier
 from webui.model_manager.detect import Arch
 from webui.model_manager.facts import FileFactsCache
@@ -30,6 +33,7 @@ from webui.model_manager.vae import AUTOMATIC, BUILT_IN, resolve_vae_file, swap_
 from webui.outputs import ImageSaver, format_infotext
 from webui.results import StudioResult
 from webui.settings import Settings
+from webui.styles import StyleBook
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ class Studio:
         self._taesd: dict[Path, AutoencoderTiny | None] = {}  # loaded on first use, per file
         self._taesd_missing: set[Arch] = set()
         self._vae_choice = settings.vae
+        self.styles = StyleBook(settings.data_dir / "styles.csv")
         self.demo_mode = not self.checkpoints() and settings.ckpt is None
         if self.demo_mode:
             self._write_demo_checkpoint()
@@ -268,6 +273,29 @@ class Studio:
                 "budget": self.cache.budgets.vram_bytes,
             }
         return report
+
+    # -- upscalers ----------------------------------------------------------------------------
+    def upscaler_names(self) -> list[str]:
+        """Pixel upscalers for Extras, hires fix and SD upscale: resamplers, then models/ESRGAN files."""
+        return upscaler_names()
+
+    def hires_upscaler_names(self) -> list[str]:
+        """Hires fix upscalers: the latent modes first (A1111's order), then the pixel upscalers."""
+        return [*LATENT_UPSCALE_MODES, *(name for name in self.upscaler_names() if name != "None")]
+
+    def upscale_image(
+        self,
+        image: Image.Image,
+        upscaler: str,
+        *,
+        scale: float | None = None,
+        size: tuple[int, int] | None = None,
+        crop: bool = True,
+        second: str = "None",
+        second_visibility: float = 0.0,
+    ) -> Image.Image:
+        """Extras: resize by `scale` or to `size`, optionally blending a second upscaler's result."""
+        return blend_upscalers(image, upscaler, second, second_visibility, scale=scale, size=size, crop=crop)
 
     # -- merging ------------------------------------------------------------------------------
     def merge_checkpoints(self, recipe: MergeRecipe) -> ModelFile:

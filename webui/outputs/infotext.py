@@ -97,9 +97,12 @@ def request_fields_from_params(params: Mapping[str, str]) -> dict[str, object]:
             value = convert(params[key])
             if value is not None:
                 fields[field_name] = value
-    size = _to_size(params.get("Size"))
-    if size is not None:
-        fields["width"], fields["height"] = size
+    for key, (width_field, height_field) in _SIZE_KEYS.items():
+        size = _to_size(params.get(key))
+        if size is not None:
+            fields[width_field], fields[height_field] = size
+    if "Hires upscale" in params or "Hires resize" in params:
+        fields["enable_hr"] = True
     return fields
 
 
@@ -115,6 +118,11 @@ def _to_int(value: object) -> int | None:
         pass
     number = _to_float(text)  # "20.0" from hand-edited or foreign infotexts
     return int(number) if number is not None and number.is_integer() else None
+
+
+def _to_bool(value: object) -> bool | None:
+    text = str(value).strip().lower()
+    return {"true": True, "false": False}.get(text)
 
 
 def _to_float(value: object) -> float | None:
@@ -152,4 +160,20 @@ _FIELD_CONVERSIONS: tuple[tuple[str, str, Callable[[str], object | None]], ...] 
     ("Eta", "eta", _to_float),
     ("Model", "model", _to_text),
     ("Model hash", "model_hash", _to_text),
+    ("Variation seed", "subseed", _to_int),
+    ("Variation seed strength", "subseed_strength", _to_float),
+    ("Tiling", "tiling", _to_bool),
+    ("Hires upscale", "hr_scale", _to_float),
+    ("Hires steps", "hr_second_pass_steps", _to_int),
+    ("Hires upscaler", "hr_upscaler", _to_text),
+    ("Hires sampler", "hr_sampler_name", _to_text),
+    ("Hires schedule type", "hr_scheduler", _to_text),
+    ("Hires prompt", "hr_prompt", _to_text),
+    ("Hires negative prompt", "hr_negative_prompt", _to_text),
 )
+# Keys whose value is `WxH`, and the request's (width, height) fields for them.
+_SIZE_KEYS = {
+    "Size": ("width", "height"),
+    "Seed resize from": ("seed_resize_from_w", "seed_resize_from_h"),
+    "Hires resize": ("hr_resize_x", "hr_resize_y"),
+}
