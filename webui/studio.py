@@ -351,12 +351,11 @@ class Studio:
             vae_file = model.vae_path
         shared = self._infotext_extras(file, vae_file, result)
         infotexts, paths = [], []
-        for image, seed in zip(result.images, result.seeds):
-            infotext = format_infotext(
-                request.prompt,
-                request.negative_prompt,
-                self._infotext_params(result.params, seed, file, shared),
-            )
+        for index, (image, seed) in enumerate(zip(result.images, result.seeds)):
+            params = self._infotext_params(result.params, seed, file, shared)
+            if result.subseeds:
+                params["Variation seed"] = result.subseeds[index]
+            infotext = format_infotext(request.prompt, request.negative_prompt, params)
             infotexts.append(infotext)
             if save:
                 paths.append(self.saver.save(image, mode=request.mode, seed=seed, infotext=infotext))

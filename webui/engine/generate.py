@@ -5,10 +5,10 @@ from __future__ import annotations
 import inspect
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -17,10 +17,14 @@ from PIL import Image
 from webui.engine import images as pix
 from webui.engine.conditioning import Conditioning, encode_prompts
 from webui.engine.extra_networks import LoraTag, parse_lora_tags
+from webui.engine.latent_upscale import is_latent_mode, upscale_latent
+from webui.engine.noise import image_noise
 from webui.engine.preview import tensor_to_images, vae_decode
 from webui.engine.request import GenerationError, GenerationRequest, MaskedContent
 from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.steps import Interrupted, JobControl, StepHook, StepInfo
+from webui.engine.tiling import circular_padding
+from webui.engine.upscale import upscale
 from webui.model_manager.detect import Arch
 from webui.model_manager.embeddings import apply_embeddings
 from webui.model_manager.load import LoadedModel
@@ -41,6 +45,7 @@ class GenerationResult:
     interrupted: bool = False
     loras: list[tuple[str, float]] = field(default_factory=list)  # (name, weight) applied from prompt tags
     embeddings: list[str] = field(default_factory=list)  # names of the embeddings the prompts used
+    subseeds: list[int] = field(default_factory=list)  # per image, when variation seeds were used
 
 
 @dataclass
@@ -64,6 +69,46 @@ class _BatchInputs:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# (image, upscaler name, (width, height)) -> the image at exactly that size
+PixelUpscale = Callable[[Image.Image, str, tuple[int, int]], Image.Image]
+
+
+class ConditioningSchedule(Protocol):
+    def at(self, step: int) -> tuple[Conditioning, list[tuple[Conditioning, float]]]: ...
+
+
+@dataclass
+class _FixedPrompts:
+    negative: Conditioning
+    positive: Conditioning
+
+    def at(self, step: int) -> tuple[Conditioning, list[tuple[Conditioning, float]]]:
+        return self.negative, [(self.positive, 1.0)]
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """What one sampling pass of a batch runs at: the first pass, or hires fix's second."""
+
+    width: int
+    height: int
+    steps: int
+    sampler: str
+    scheduler: str
+
+
+class _Progress:
+    """Numbers steps across a batch's passes, so hires fix's steps continue the first pass's count."""
+
+    def __init__(self, on_step: StepHook | None, batch_index: int, total: int) -> None:
+        self.on_step, self.batch_index, self.total, self.done = on_step, batch_index, total, 0
+
+    def report(self, latents: torch.Tensor, denoised: torch.Tensor | None) -> None:
+        self.done += 1
+        if self.on_step is not None:
+            self.on_step(StepInfo(self.done, max(self.total, self.done), latents, denoised, self.batch_index))
+
+
 class Engine:
     """Runs generation requests on one loaded model. Not thread-safe: one job at a time.
 
@@ -76,8 +121,11 @@ class Engine:
         model: LoadedModel,
         loras: Mapping[str, Path] | None = None,
         embeddings: Mapping[str, Path] | None = None,
+        upscale_image: PixelUpscale | None = None,
     ) -> None:
         self.model = model
+        # Hires fix's pixel upscalers (ESRGAN models live with the caller); resamplers by default.
+        self.upscale_image: PixelUpscale = upscale_image or _resample
         self.loras: Mapping[str, Path] = loras if loras is not None else {}
         self.embeddings: Mapping[str, Path] = embeddings if embeddings is not None else {}
 
@@ -90,8 +138,14 @@ class Engine:
         request.validate()
         sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
         make_scheduler(sampler.name, schedule, self.model.spec.scheduler_config)  # fail before any work
+        if request.enable_hr:
+            hires = _hires_pass(request)
+            make_scheduler(hires.sampler, hires.scheduler, self.model.spec.scheduler_config)
         base_seed = request.seed if request.seed != -1 else random.randrange(2**32)
-        seeds = [(base_seed + i) % 2**32 for i in range(request.batch_size * request.n_iter)]
+        total = request.batch_size * request.n_iter
+        seeds = [(base_seed + i) % 2**32 for i in range(total)]
+        base_subseed = request.subseed if request.subseed != -1 else random.randrange(2**32)
+        subseeds = [(base_subseed + i) % 2**32 for i in range(total)]
         control = control or JobControl()
         inpaint = pix.prepare_inpaint(request) if request.is_inpaint else None
         init_image = (
@@ -102,14 +156,24 @@ class Engine:
         images: list[Image.Image] = []
         interrupted = False
         for batch_index in range(request.n_iter):
-            batch_seeds = seeds[batch_index * request.batch_size : (batch_index + 1) * request.batch_size]
+            batch = slice(batch_index * request.batch_size, (batch_index + 1) * request.batch_size)
             try:
-                latents = self._run_batch(
-                    request, prompts, batch_seeds, batch_index, init_image, inpaint, on_step, control
-                )
+                with circular_padding(self.model.unet, self.model.vae, enabled=request.tiling):
+                    latents = self._run_batch(
+                        request,
+                        prompts,
+                        seeds[batch],
+                        subseeds[batch],
+                        batch_index,
+                        init_image,
+                        inpaint,
+                        on_step,
+                        control,
+                    )
             except Interrupted as stop:
                 latents, interrupted = stop.args[0], True
-            decoded = tensor_to_images(vae_decode(self.model, latents))
+            with circular_padding(self.model.vae, enabled=request.tiling):
+                decoded = tensor_to_images(vae_decode(self.model, latents))
             images += [pix.composite(image, inpaint) for image in decoded] if inpaint else decoded
             if interrupted:
                 break
@@ -120,6 +184,7 @@ class Engine:
             interrupted,
             prompts.loras,
             prompts.embeddings,
+            subseeds[: len(images)] if request.subseed_strength > 0 else [],
         )
 
     def _prepare_networks(self, request: GenerationRequest) -> _Prompts:
@@ -163,74 +228,227 @@ class Engine:
         request: GenerationRequest,
         prompts: _Prompts,
         seeds: list[int],
+        subseeds: list[int],
         batch_index: int,
         init_image: Image.Image | None,
         inpaint: pix.InpaintInputs | None,
         on_step: StepHook | None,
         control: JobControl,
     ) -> torch.Tensor:
-        model, count = self.model, len(seeds)
-        scheduler = make_scheduler(
-            request.sampler_name, request.scheduler, model.spec.scheduler_config, seed=seeds[0]
+        """The batch's latents after the first pass and, when asked, hires fix's second pass."""
+        count = len(seeds)
+        first = _Pass(request.width, request.height, request.steps, request.sampler_name, request.scheduler)
+        first_scheduler = make_scheduler(
+            first.sampler, first.scheduler, self.model.spec.scheduler_config, seed=seeds[0]
         )
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        use_cfg = request.cfg_scale > 1.0
-        cond = encode_prompts(model, [prompts.positive] * count, request.clip_skip)
-        if use_cfg:
-            uncond = encode_prompts(model, [prompts.negative] * count, request.clip_skip)
-            cond = Conditioning.concat([uncond, cond])
-        height, width = request.height // LATENT_SCALE, request.width // LATENT_SCALE
-        noise = torch.cat(
-            [
-                torch.randn((1, LATENT_CHANNELS, height, width), generator=g, dtype=torch.float32)
-                for g in generators
-            ]
-        ).to(model.device, model.dtype)
-
-        scheduler.set_timesteps(request.steps, device=model.device)
-        timesteps = scheduler.timesteps
+        noise, generators = self._noise(request, seeds, subseeds, first)
         batch = self._batch_inputs(request, init_image, inpaint, count, noise)
-        if batch.init_latents is None:
+        strength = None if batch.init_latents is None else request.denoising_strength
+        first_timesteps = _pass_timesteps(first_scheduler, first.steps, strength, self.model.device)
+        hires = _hires_pass(request) if request.enable_hr else None
+        hires_scheduler = hires_timesteps = None
+        if hires is not None:
+            hires_scheduler = make_scheduler(
+                hires.sampler, hires.scheduler, self.model.spec.scheduler_config, seed=seeds[0]
+            )
+            hires_timesteps = _pass_timesteps(
+                hires_scheduler, hires.steps, request.denoising_strength, self.model.device
+            )
+        progress = _Progress(
+            on_step,
+            batch_index,
+            len(first_timesteps) + (len(hires_timesteps) if hires_timesteps is not None else 0),
+        )
+        conditioning = self._conditioning(prompts.positive, prompts.negative, first.steps, request.clip_skip)
+        latents, finished = self._denoise(
+            request,
+            first,
+            first_scheduler,
+            first_timesteps,
+            noise,
+            generators,
+            batch,
+            conditioning,
+            progress,
+            control,
+        )
+        if hires is None or not finished:
+            return latents
+        assert hires_scheduler is not None and hires_timesteps is not None
+        if len(hires_timesteps) == 0:
+            return latents  # a strength of 0 keeps the first pass; upscaling alone is Extras' job
+        hires_noise, hires_generators = self._noise(request, seeds, subseeds, hires)
+        upscaled = self._upscale_for_hires(latents, request.hr_upscaler, hires)
+        hires_batch = _BatchInputs(init_latents=upscaled)
+        if self.model.spec.is_inpainting:
+            ones = torch.ones(
+                (count, 1, *hires_noise.shape[2:]), device=upscaled.device, dtype=upscaled.dtype
+            )
+            hires_batch.inpaint_cond = torch.cat([ones, torch.zeros_like(upscaled)], dim=1)
+        positive, negative = self._hires_prompts(request, prompts)
+        hires_conditioning = (
+            conditioning
+            if (positive, negative) == (prompts.positive, prompts.negative) and hires.steps == first.steps
+            else self._conditioning(positive, negative, hires.steps, request.clip_skip)
+        )
+        latents, _ = self._denoise(
+            request,
+            hires,
+            hires_scheduler,
+            hires_timesteps,
+            hires_noise,
+            hires_generators,
+            hires_batch,
+            hires_conditioning,
+            progress,
+            control,
+            strength=request.denoising_strength,
+        )
+        return latents
+
+    def _denoise(
+        self,
+        request: GenerationRequest,
+        spec: _Pass,
+        scheduler: SchedulerMixin,
+        timesteps: torch.Tensor,
+        noise: torch.Tensor,
+        generators: list[torch.Generator],
+        batch: _BatchInputs,
+        conditioning: ConditioningSchedule,
+        progress: _Progress,
+        control: JobControl,
+        strength: float | None = None,
+    ) -> tuple[torch.Tensor, bool]:
+        """One sampling pass; returns the latents and False when a skip cut it short."""
+        count = len(noise)
+        strength = (
+            request.denoising_strength if strength is None and batch.init_latents is not None else strength
+        )
+        if batch.init_latents is None or strength is None:
+            latents = noise * scheduler.init_noise_sigma
+        elif len(timesteps) == 0:
+            return batch.init_latents, True
+        elif strength >= 1.0:
             latents = noise * scheduler.init_noise_sigma
         else:
-            timesteps = _img2img_timesteps(scheduler, request.steps, request.denoising_strength)
-            if len(timesteps) == 0:
-                return batch.init_latents
-            if request.denoising_strength >= 1.0:
-                latents = noise * scheduler.init_noise_sigma
-            else:
-                latents = scheduler.add_noise(batch.init_latents, noise, timesteps[:1].repeat(count))
-
+            latents = scheduler.add_noise(batch.init_latents, noise, timesteps[:1].repeat(count))
         step_kwargs = _step_kwargs(scheduler, generators, request.eta)
-        added = self._added_conditioning(cond, request, use_cfg)
         for index, timestep in enumerate(timesteps):
             if control.interrupted:
                 raise Interrupted(latents)
             if control.take_skip():
-                break
-            model_input = torch.cat([latents] * 2) if use_cfg else latents
-            model_input = scheduler.scale_model_input(model_input, timestep)
-            if batch.inpaint_cond is not None:
-                extra = torch.cat([batch.inpaint_cond] * 2) if use_cfg else batch.inpaint_cond
-                model_input = torch.cat([model_input, extra], dim=1)
-            prediction = model.unet(
-                model_input,
+                return latents, False
+            negative, parts = conditioning.at(min(index, spec.steps - 1))
+            prediction = self._predict(
+                scheduler.scale_model_input(latents, timestep),
                 timestep,
-                encoder_hidden_states=cond.embeds,
-                added_cond_kwargs=added,
-                return_dict=False,
-            )[0]
-            if use_cfg:
-                negative, positive = prediction.chunk(2)
-                prediction = negative + request.cfg_scale * (positive - negative)
+                negative,
+                parts,
+                request.cfg_scale,
+                batch,
+                spec,
+            )
             output = scheduler.step(prediction, timestep, latents, **step_kwargs, return_dict=True)
             latents = output.prev_sample
             if batch.latent_mask is not None and batch.inpaint_cond is None:
                 latents = _keep_unmasked(scheduler, batch, noise, latents, timesteps, index)
-            if on_step is not None:
-                denoised = getattr(output, "pred_original_sample", None)
-                on_step(StepInfo(index + 1, len(timesteps), latents, denoised, batch_index))
-        return latents
+            progress.report(latents, getattr(output, "pred_original_sample", None))
+        return latents, True
+
+    def _predict(
+        self,
+        model_input: torch.Tensor,
+        timestep: torch.Tensor,
+        negative: Conditioning,
+        parts: list[tuple[Conditioning, float]],
+        cfg_scale: float,
+        batch: _BatchInputs,
+        spec: _Pass,
+    ) -> torch.Tensor:
+        """The guided noise prediction: classifier-free guidance over the prompt's AND-parts.
+
+        Conditionings of equal token length share one UNet call; a long prompt beside a short
+        negative one gets its own call rather than padding that would change the result.
+        """
+        count = len(model_input)
+        use_cfg = cfg_scale > 1.0
+        conds = ([negative] if use_cfg else []) + [cond for cond, _ in parts]
+        if batch.inpaint_cond is not None:
+            model_input = torch.cat([model_input, batch.inpaint_cond], dim=1)
+        predictions: list[torch.Tensor | None] = [None] * len(conds)
+        for indices in _groups_by_length(conds):
+            group = Conditioning.concat([_repeat(conds[i], count) for i in indices])
+            output = self.model.unet(
+                torch.cat([model_input] * len(indices)),
+                timestep,
+                encoder_hidden_states=group.embeds,
+                added_cond_kwargs=self._added_conditioning(group, spec),
+                return_dict=False,
+            )[0]
+            for position, chunk in zip(indices, output.chunk(len(indices))):
+                predictions[position] = chunk
+        weights = [weight for _, weight in parts]
+        if not use_cfg:
+            conditional = predictions
+            if len(conditional) == 1 and weights[0] == 1.0:
+                return conditional[0]  # type: ignore[return-value]
+            total = sum(weights) or 1.0
+            return sum(w * p for w, p in zip(weights, conditional)) / total  # type: ignore[operator,return-value]
+        uncond, guided = predictions[0], predictions[0]
+        for weight, prediction in zip(weights, predictions[1:]):
+            guided = guided + (weight * cfg_scale) * (prediction - uncond)  # type: ignore[operator]
+        return guided  # type: ignore[return-value]
+
+    def _noise(
+        self, request: GenerationRequest, seeds: list[int], subseeds: list[int], spec: _Pass
+    ) -> tuple[torch.Tensor, list[torch.Generator]]:
+        """Each image's starting noise, and its seed's generator for the sampler to continue."""
+        height, width = spec.height // LATENT_SCALE, spec.width // LATENT_SCALE
+        resize_from = None
+        if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
+            resize_from = (
+                max(request.seed_resize_from_h // LATENT_SCALE, 1),
+                max(request.seed_resize_from_w // LATENT_SCALE, 1),
+            )
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        noise = [
+            image_noise(
+                seed,
+                height,
+                width,
+                subseed=subseed,
+                subseed_strength=request.subseed_strength,
+                resize_from=resize_from,
+                generator=generator,
+            )
+            for seed, subseed, generator in zip(seeds, subseeds, generators)
+        ]
+        return torch.cat(noise).to(self.model.device, self.model.dtype), generators
+
+    def _conditioning(self, positive: str, negative: str, steps: int, clip_skip: int) -> ConditioningSchedule:
+        return _FixedPrompts(
+            encode_prompts(self.model, [negative], clip_skip),
+            encode_prompts(self.model, [positive], clip_skip),
+        )
+
+    def _hires_prompts(self, request: GenerationRequest, prompts: _Prompts) -> tuple[str, str]:
+        """Hires fix's own prompts (LoRA tags dropped: the first pass's LoRAs stay active)."""
+        positive = parse_lora_tags(request.hr_prompt)[0] if request.hr_prompt else prompts.positive
+        negative = (
+            parse_lora_tags(request.hr_negative_prompt)[0] if request.hr_negative_prompt else prompts.negative
+        )
+        if request.hr_prompt or request.hr_negative_prompt:
+            (positive, negative), _ = apply_embeddings(self.model, [positive, negative], self.embeddings)
+        return positive, negative
+
+    def _upscale_for_hires(self, latents: torch.Tensor, upscaler: str, spec: _Pass) -> torch.Tensor:
+        size = (spec.height // LATENT_SCALE, spec.width // LATENT_SCALE)
+        if is_latent_mode(upscaler):
+            return upscale_latent(latents, upscaler, size)
+        images = tensor_to_images(vae_decode(self.model, latents))
+        resized = [self.upscale_image(image, upscaler, (spec.width, spec.height)) for image in images]
+        return torch.cat([self._encode(pix.image_to_tensor(image)) for image in resized])
 
     def _batch_inputs(
         self,
@@ -271,14 +489,12 @@ class Engine:
         posterior = vae.encode(pixels.to(self.model.device, vae.dtype)).latent_dist
         return (posterior.mode() * vae.config.scaling_factor).to(self.model.dtype)
 
-    def _added_conditioning(
-        self, cond: Conditioning, request: GenerationRequest, use_cfg: bool
-    ) -> dict[str, torch.Tensor] | None:
+    def _added_conditioning(self, cond: Conditioning, spec: _Pass) -> dict[str, torch.Tensor] | None:
         if self.model.arch is not Arch.SDXL:
             return None
         # SDXL micro-conditioning: original size, crop top-left, target size.
         time_ids = torch.tensor(
-            [[request.height, request.width, 0, 0, request.height, request.width]],
+            [[spec.height, spec.width, 0, 0, spec.height, spec.width]],
             device=self.model.device,
             dtype=self.model.dtype,
         ).repeat(cond.embeds.shape[0], 1)
@@ -300,6 +516,15 @@ class Engine:
             params["Denoising strength"] = request.denoising_strength
         if request.is_inpaint:
             params["Mask blur"] = request.mask_blur
+        if request.subseed_strength > 0:
+            params["Variation seed"] = None  # per image, filled in by the caller with the image's subseed
+            params["Variation seed strength"] = request.subseed_strength
+        if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
+            params["Seed resize from"] = f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
+        if request.tiling:
+            params["Tiling"] = True
+        if request.enable_hr:
+            params.update(_hires_params(request, sampler, schedule))
         return params
 
 
@@ -341,3 +566,70 @@ def _step_kwargs(
     if "eta" in accepted:
         kwargs["eta"] = 0.0 if eta is None else eta
     return kwargs
+
+
+def _hires_pass(request: GenerationRequest) -> _Pass:
+    width, height = request.hr_size
+    return _Pass(
+        width,
+        height,
+        request.hr_second_pass_steps or request.steps,
+        request.hr_sampler_name or request.sampler_name,
+        request.hr_scheduler or request.scheduler,
+    )
+
+
+def _hires_params(request: GenerationRequest, sampler: str, schedule: str) -> dict[str, object]:
+    """A1111's hires fix keys; a size given explicitly is written instead of the scale."""
+    params: dict[str, object] = {"Denoising strength": request.denoising_strength}
+    if request.hr_resize_x > 0 or request.hr_resize_y > 0:
+        width, height = request.hr_size
+        params["Hires resize"] = f"{width}x{height}"
+    else:
+        params["Hires upscale"] = request.hr_scale
+    if request.hr_second_pass_steps:
+        params["Hires steps"] = request.hr_second_pass_steps
+    params["Hires upscaler"] = request.hr_upscaler
+    if request.hr_sampler_name:
+        hires_sampler, hires_schedule = resolve_sampler(
+            request.hr_sampler_name, request.hr_scheduler or schedule
+        )
+        if hires_sampler.name != sampler:
+            params["Hires sampler"] = hires_sampler.name
+        if hires_schedule != schedule:
+            params["Hires schedule type"] = hires_schedule
+    elif request.hr_scheduler and request.hr_scheduler != schedule:
+        params["Hires schedule type"] = request.hr_scheduler
+    if request.hr_prompt and request.hr_prompt != request.prompt:
+        params["Hires prompt"] = request.hr_prompt
+    if request.hr_negative_prompt and request.hr_negative_prompt != request.negative_prompt:
+        params["Hires negative prompt"] = request.hr_negative_prompt
+    return params
+
+
+def _pass_timesteps(
+    scheduler: SchedulerMixin, steps: int, strength: float | None, device: torch.device
+) -> torch.Tensor:
+    """Set the scheduler up for `steps`; from noise (strength None) all timesteps, else img2img's tail."""
+    scheduler.set_timesteps(steps, device=device)
+    if strength is None:
+        return scheduler.timesteps
+    return _img2img_timesteps(scheduler, steps, strength)
+
+
+def _groups_by_length(conds: list[Conditioning]) -> list[list[int]]:
+    """Indices of `conds` grouped by token length, in first-seen order."""
+    groups: dict[int, list[int]] = {}
+    for index, cond in enumerate(conds):
+        groups.setdefault(cond.embeds.shape[1], []).append(index)
+    return list(groups.values())
+
+
+def _resample(image: Image.Image, upscaler: str, size: tuple[int, int]) -> Image.Image:
+    return upscale(image, upscaler, size=size, crop=False)
+
+
+def _repeat(cond: Conditioning, count: int) -> Conditioning:
+    """A batch-1 conditioning for `count` images."""
+    pooled = None if cond.pooled is None else cond.pooled.expand(count, -1)
+    return Conditioning(cond.embeds.expand(count, -1, -1), pooled)
