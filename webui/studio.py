@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from webui.engine.devices import resolve_device, resolve_dtype
 from webui.engine.generate import Engine, GenerationResult
 from webui.engine.latent_upscale import LATENT_UPSCALE_MODES
 from webui.engine.preview import PreviewRenderer, full_preview, with_previews
-from webui.engine.request import GenerationRequest
+from webui.engine.request import GenerationError, GenerationRequest
 from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.steps import JobControl, StepHook
 from webui.engine.upscale import blend_upscalers, upscaler_names
@@ -33,7 +34,7 @@ from webui.model_manager.vae import AUTOMATIC, BUILT_IN, resolve_vae_file, swap_
 from webui.outputs import ImageSaver, format_infotext
 from webui.results import StudioResult
 from webui.settings import Settings
-from webui.styles import StyleBook
+from webui.styles import StyleBook, StyleError
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +316,9 @@ class Studio:
         request.validate()
         sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
         make_scheduler(sampler.name, schedule, {})
+        self._with_styles(request)
+        if request.enable_hr:
+            self._check_hires(request)
         try:
             file = self.find_checkpoint(checkpoint) if checkpoint else self._selected
         except CheckpointError as error:
@@ -324,6 +328,31 @@ class Studio:
         except CheckpointError as error:
             raise CheckpointError(str(error), "vae") from error
         return file
+
+    def _with_styles(self, request: GenerationRequest) -> GenerationRequest:
+        """The request with its styles written into the prompts, as the infotext will show them."""
+        if not request.styles:
+            return request
+        try:
+            prompt, negative = self.styles.apply(request.styles, request.prompt, request.negative_prompt)
+        except StyleError as error:
+            raise GenerationError(str(error), "styles") from error
+        return replace(request, prompt=prompt, negative_prompt=negative, styles=[])
+
+    def _check_hires(self, request: GenerationRequest) -> None:
+        if request.hr_upscaler not in self.hires_upscaler_names():
+            raise GenerationError(
+                f"unknown hires upscaler {request.hr_upscaler!r}; choose one of: "
+                + ", ".join(self.hires_upscaler_names()),
+                "hr_upscaler",
+            )
+        if request.hr_sampler_name or request.hr_scheduler:
+            try:
+                resolve_sampler(
+                    request.hr_sampler_name or request.sampler_name, request.hr_scheduler or request.scheduler
+                )
+            except GenerationError as error:
+                raise GenerationError(str(error), "hr_sampler_name") from error
 
     def generate(
         self,
@@ -337,6 +366,7 @@ class Studio:
         """Run one job. `checkpoint` and `vae` pick a model and VAE for this job only (A1111's
         override_settings); `save=False` keeps the images out of the outputs folder."""
         file = self.preflight(request, checkpoint, vae)
+        request = self._with_styles(request)
         with self._generation, self.cache.use(file.path) as model:
             self._apply_vae(file, model, vae)
             self._configure_vae_tiling(file, model, request)

@@ -42,7 +42,27 @@ def txt2img_request(body: Txt2ImgBody, default_clip_skip: int) -> tuple[Generati
         n_iter=body.n_iter,
         clip_skip=_clip_skip(overrides, default_clip_skip),
         eta=body.eta,
+        styles=list(body.styles),
+        subseed=body.subseed,
+        subseed_strength=body.subseed_strength,
+        seed_resize_from_w=max(body.seed_resize_from_w, 0),
+        seed_resize_from_h=max(body.seed_resize_from_h, 0),
+        tiling=bool(body.tiling),
+        enable_hr=body.enable_hr,
+        hr_scale=body.hr_scale,
+        hr_upscaler=body.hr_upscaler or "Latent",
+        hr_second_pass_steps=body.hr_second_pass_steps,
+        hr_resize_x=body.hr_resize_x,
+        hr_resize_y=body.hr_resize_y,
+        hr_sampler_name=_same_as_first(body.hr_sampler_name),
+        hr_scheduler=_same_as_first(body.hr_scheduler),
+        hr_prompt=body.hr_prompt,
+        hr_negative_prompt=body.hr_negative_prompt,
+        script_name=body.script_name or "",
+        script_args=list(body.script_args),
     )
+    if body.denoising_strength is not None:
+        request.denoising_strength = body.denoising_strength
     save = body.save_images and not body.do_not_save_samples and overrides.get(SAVE_OPTION, True) is not False
     checkpoint = overrides.get(CHECKPOINT_OPTION)
     vae = overrides.get(VAE_OPTION)
@@ -80,13 +100,9 @@ def img2img_request(body: Img2ImgBody, default_clip_skip: int) -> tuple[Generati
 def _refuse_unsupported(body: Txt2ImgBody) -> None:
     """Features this server does not have yet fail loudly instead of being silently dropped."""
     unsupported = (
-        ("enable_hr", body.enable_hr, "hires fix is not available yet"),
         ("restore_faces", body.restore_faces, "no face restorer is installed"),
-        ("tiling", body.tiling, "tiling is not available yet"),
-        ("subseed_strength", body.subseed_strength > 0, "variation seeds are not available yet"),
-        ("styles", body.styles, f"unknown style {body.styles[0]!r}" if body.styles else ""),
-        ("script_name", body.script_name, f"unknown script {body.script_name!r}"),
         ("refiner_checkpoint", body.refiner_checkpoint, "a refiner is not available yet"),
+        ("hr_checkpoint_name", body.hr_checkpoint_name, "hires fix uses the job's checkpoint"),
     )
     for field, used, reason in unsupported:
         if used:
@@ -94,6 +110,11 @@ def _refuse_unsupported(body: Txt2ImgBody) -> None:
     if body.alwayson_scripts:
         name = next(iter(body.alwayson_scripts))
         raise ApiError(422, f"alwayson_scripts: unknown script {name!r}", f"alwayson_scripts.{name}")
+
+
+def _same_as_first(value: str | None) -> str:
+    """A1111 clients send "Use same sampler"/"Use same scheduler" (or nothing) for the first pass's."""
+    return "" if not value or value.lower().startswith("use same") else value
 
 
 def _clip_skip(overrides: dict[str, Any], default: int) -> int:
@@ -123,6 +144,11 @@ def response_info(job: Job, body: Txt2ImgBody) -> str:
     seeds = list(result.seeds) if result else []
     params = parse_infotext(infotexts[0]).params if infotexts else {}
     count = len(seeds)
+    subseeds = (
+        [int(parse_infotext(text).params.get("Variation seed", -1)) for text in infotexts]
+        if request.subseed_strength > 0
+        else []
+    )
     info = {
         "prompt": request.prompt,
         "all_prompts": [request.prompt] * count,
@@ -130,9 +156,9 @@ def response_info(job: Job, body: Txt2ImgBody) -> str:
         "all_negative_prompts": [request.negative_prompt] * count,
         "seed": seeds[0] if seeds else request.seed,
         "all_seeds": seeds,
-        "subseed": -1,
-        "all_subseeds": [-1] * count,
-        "subseed_strength": 0,
+        "subseed": subseeds[0] if subseeds else request.subseed,
+        "all_subseeds": subseeds or [-1] * count,
+        "subseed_strength": request.subseed_strength,
         "width": request.width,
         "height": request.height,
         "sampler_name": params.get("Sampler", request.sampler_name),
@@ -145,9 +171,11 @@ def response_info(job: Job, body: Txt2ImgBody) -> str:
         "sd_model_hash": params.get("Model hash"),
         "sd_vae_name": params.get("VAE"),
         "sd_vae_hash": params.get("VAE hash"),
-        "seed_resize_from_w": -1,
-        "seed_resize_from_h": -1,
-        "denoising_strength": request.denoising_strength if request.init_image is not None else 0,
+        "seed_resize_from_w": request.seed_resize_from_w or -1,
+        "seed_resize_from_h": request.seed_resize_from_h or -1,
+        "denoising_strength": (
+            request.denoising_strength if request.init_image is not None or request.enable_hr else 0
+        ),
         "extra_generation_params": {},
         "index_of_first_image": 0,
         "infotexts": infotexts,
