@@ -25,6 +25,7 @@ from webui.api.schemas import (
     PngInfoBody,
     Txt2ImgBody,
 )
+from webui.engine.latent_upscale import LATENT_UPSCALE_MODES
 from webui.engine.samplers import SAMPLERS, SCHEDULE_TYPES
 from webui.engine.upscale import blend_upscalers, upscaler_names
 from webui.jobs import Job, JobState
@@ -32,6 +33,7 @@ from webui.model_manager.embeddings import read_embedding
 from webui.model_manager.registry import ModelKind
 from webui.model_manager.state_dict import CheckpointError
 from webui.outputs import parse_infotext, read_infotext
+from webui.styles import StyleError
 
 
 def sdapi_router(ctx: ApiContext) -> APIRouter:
@@ -136,9 +138,17 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
             for name in upscaler_names()
         ]
 
-    @router.get("/latent-upscale-modes", summary="Latent upscale modes for hires fix (none yet)")
+    @router.get("/latent-upscale-modes", summary="Latent upscale modes for hires fix")
     def latent_upscale_modes() -> list[dict[str, Any]]:
-        return []
+        return [{"name": name} for name in LATENT_UPSCALE_MODES]
+
+    @router.get("/prompt-styles", summary="The styles in styles.csv")
+    def prompt_styles() -> list[dict[str, Any]]:
+        try:
+            styles = studio.styles.styles()
+        except StyleError as error:
+            raise ApiError(500, str(error)) from error
+        return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in styles]
 
     @router.get("/loras")
     def loras() -> list[dict[str, Any]]:
@@ -208,7 +218,7 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
     def nothing() -> list[Any]:
         return []
 
-    for path in ("/prompt-styles", "/hypernetworks", "/face-restorers", "/realesrgan-models", "/script-info"):
+    for path in ("/hypernetworks", "/face-restorers", "/realesrgan-models", "/script-info"):
         router.add_api_route(path, nothing, methods=["GET"], summary="Nothing of this kind is installed")
 
     @router.get("/scripts")
