@@ -15,7 +15,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from webui.engine import images as pix
-from webui.engine.conditioning import Conditioning, encode_prompts
+from webui.engine.conditioning import Conditioning, PromptSchedule
 from webui.engine.extra_networks import LoraTag, parse_lora_tags
 from webui.engine.latent_upscale import is_latent_mode, upscale_latent
 from webui.engine.noise import image_noise
@@ -75,15 +75,6 @@ PixelUpscale = Callable[[Image.Image, str, tuple[int, int]], Image.Image]
 
 class ConditioningSchedule(Protocol):
     def at(self, step: int) -> tuple[Conditioning, list[tuple[Conditioning, float]]]: ...
-
-
-@dataclass
-class _FixedPrompts:
-    negative: Conditioning
-    positive: Conditioning
-
-    def at(self, step: int) -> tuple[Conditioning, list[tuple[Conditioning, float]]]:
-        return self.negative, [(self.positive, 1.0)]
 
 
 @dataclass(frozen=True)
@@ -427,10 +418,7 @@ class Engine:
         return torch.cat(noise).to(self.model.device, self.model.dtype), generators
 
     def _conditioning(self, positive: str, negative: str, steps: int, clip_skip: int) -> ConditioningSchedule:
-        return _FixedPrompts(
-            encode_prompts(self.model, [negative], clip_skip),
-            encode_prompts(self.model, [positive], clip_skip),
-        )
+        return PromptSchedule.build(self.model, positive, negative, steps, clip_skip)
 
     def _hires_prompts(self, request: GenerationRequest, prompts: _Prompts) -> tuple[str, str]:
         """Hires fix's own prompts (LoRA tags dropped: the first pass's LoRAs stay active)."""
