@@ -19,7 +19,7 @@ from webui.engine.preview import PreviewRenderer, full_preview, with_previews
 from webui.engine.request import GenerationError, GenerationRequest
 from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.steps import JobControl, StepHook
-from webui.engine.upscale import blend_upscalers, upscaler_names
+from webui.engine.upscale import Upscalers
 from webui.model_manager.cache import MemoryBudgets, ModelCache, ModelEvent, Placement, Tier
 from webui.model_manager.detect import Arch
 from webui.model_manager.facts import FileFactsCache
@@ -33,6 +33,7 @@ from webui.model_manager.taesd import find_taesd, load_taesd, taesd_preview
 from webui.model_manager.vae import AUTOMATIC, BUILT_IN, resolve_vae_file, swap_vae
 from webui.outputs import ImageSaver, format_infotext
 from webui.results import StudioResult
+from webui.scripts.base import ScriptRun, find_script
 from webui.settings import Settings
 from webui.styles import StyleBook, StyleError
 
@@ -74,6 +75,8 @@ class Studio:
         self._taesd_missing: set[Arch] = set()
         self._vae_choice = settings.vae
         self.styles = StyleBook(settings.data_dir / "styles.csv")
+        # Upscaler models run in float32: half precision has no CPU kernels for some of their layers.
+        self.upscalers = Upscalers(settings.data_dir / "models" / "ESRGAN", device=self.device)
         self.demo_mode = not self.checkpoints() and settings.ckpt is None
         if self.demo_mode:
             self._write_demo_checkpoint()
@@ -158,6 +161,7 @@ class Studio:
 
     def refresh_checkpoints(self) -> list[str]:
         self.registry.refresh()
+        self.upscalers.refresh()
         return self.checkpoint_titles()
 
     def find_checkpoint(self, title: str) -> ModelFile:
@@ -278,7 +282,7 @@ class Studio:
     # -- upscalers ----------------------------------------------------------------------------
     def upscaler_names(self) -> list[str]:
         """Pixel upscalers for Extras, hires fix and SD upscale: resamplers, then models/ESRGAN files."""
-        return upscaler_names()
+        return self.upscalers.names()
 
     def hires_upscaler_names(self) -> list[str]:
         """Hires fix upscalers: the latent modes first (A1111's order), then the pixel upscalers."""
@@ -296,7 +300,12 @@ class Studio:
         second_visibility: float = 0.0,
     ) -> Image.Image:
         """Extras: resize by `scale` or to `size`, optionally blending a second upscaler's result."""
-        return blend_upscalers(image, upscaler, second, second_visibility, scale=scale, size=size, crop=crop)
+        return self.upscalers.blend(
+            image, upscaler, second, second_visibility, scale=scale, size=size, crop=crop
+        )
+
+    def _hires_upscale(self, image: Image.Image, upscaler: str, size: tuple[int, int]) -> Image.Image:
+        return self.upscalers.upscale(image, upscaler, size=size, crop=False, field="hr_upscaler")
 
     # -- merging ------------------------------------------------------------------------------
     def merge_checkpoints(self, recipe: MergeRecipe) -> ModelFile:
@@ -319,6 +328,8 @@ class Studio:
         self._with_styles(request)
         if request.enable_hr:
             self._check_hires(request)
+        if request.script_name:
+            find_script(request.script_name, request.mode).parse_args(request.script_args)
         try:
             file = self.find_checkpoint(checkpoint) if checkpoint else self._selected
         except CheckpointError as error:
@@ -367,11 +378,16 @@ class Studio:
         override_settings); `save=False` keeps the images out of the outputs folder."""
         file = self.preflight(request, checkpoint, vae)
         request = self._with_styles(request)
+        if request.script_name:
+            return self._run_script(request, on_step, control, checkpoint, vae, save)
         with self._generation, self.cache.use(file.path) as model:
             self._apply_vae(file, model, vae)
             self._configure_vae_tiling(file, model, request)
             engine = Engine(
-                model, loras=self._paths(ModelKind.LORA), embeddings=self._paths(ModelKind.EMBEDDING)
+                model,
+                loras=self._paths(ModelKind.LORA),
+                embeddings=self._paths(ModelKind.EMBEDDING),
+                upscale_image=self._hires_upscale,
             )
             if on_step is not None:
                 on_step = with_previews(
@@ -390,6 +406,21 @@ class Studio:
             if save:
                 paths.append(self.saver.save(image, mode=request.mode, seed=seed, infotext=infotext))
         return StudioResult(result.images, paths, infotexts, result.seeds, result.interrupted)
+
+    def _run_script(
+        self,
+        request: GenerationRequest,
+        on_step: StepHook | None,
+        control: JobControl | None,
+        checkpoint: str | None,
+        vae: str | None,
+        save: bool,
+    ) -> StudioResult:
+        """A script's job: it makes its own generations (each one a plain request) and any grid."""
+        script = find_script(request.script_name, request.mode)
+        args = script.parse_args(request.script_args)
+        run = ScriptRun.for_studio(self, request.mode, control, on_step, save, checkpoint, vae)
+        return script.run(replace(request, script_name="", script_args=[]), args, run)
 
     # -- live previews ------------------------------------------------------------------------
     def _preview_period(self) -> int:

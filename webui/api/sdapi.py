@@ -7,7 +7,7 @@ own job (A1111 has one global job), and features we lack answer 422 instead of b
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -27,13 +27,15 @@ from webui.api.schemas import (
 )
 from webui.engine.latent_upscale import LATENT_UPSCALE_MODES
 from webui.engine.samplers import SAMPLERS, SCHEDULE_TYPES
-from webui.engine.upscale import blend_upscalers, upscaler_names
 from webui.jobs import Job, JobState
 from webui.model_manager.embeddings import read_embedding
 from webui.model_manager.registry import ModelKind
 from webui.model_manager.state_dict import CheckpointError
 from webui.outputs import parse_infotext, read_infotext
 from webui.styles import StyleError
+
+if TYPE_CHECKING:
+    from webui.studio import Studio
 
 
 def sdapi_router(ctx: ApiContext) -> APIRouter:
@@ -133,9 +135,16 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
 
     @router.get("/upscalers")
     def upscalers() -> list[dict[str, Any]]:
+        files = studio.upscalers.model_files()
         return [
-            {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-            for name in upscaler_names()
+            {
+                "name": name,
+                "model_name": name if name in files else None,
+                "model_path": str(files[name]) if name in files else None,
+                "model_url": None,
+                "scale": 4,
+            }
+            for name in studio.upscaler_names()
         ]
 
     @router.get("/latent-upscale-modes", summary="Latent upscale modes for hires fix")
@@ -181,12 +190,15 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
     @router.post("/extra-single-image", summary="Upscale one image")
     def extra_single_image(body: ExtrasSingleBody) -> dict[str, Any]:
         image = decode_image(body.image, "image")
-        return {"html_info": "", "image": encode_base64(image_to_png(_extras(image, body)))}
+        return {"html_info": "", "image": encode_base64(image_to_png(_extras(studio, image, body)))}
 
     @router.post("/extra-batch-images", summary="Upscale several images")
     def extra_batch_images(body: ExtrasBatchBody) -> dict[str, Any]:
         images = [decode_image(item.data, f"imageList.{i}.data") for i, item in enumerate(body.imageList)]
-        return {"html_info": "", "images": [encode_base64(image_to_png(_extras(im, body))) for im in images]}
+        return {
+            "html_info": "",
+            "images": [encode_base64(image_to_png(_extras(studio, im, body))) for im in images],
+        }
 
     @router.post("/refresh-checkpoints")
     def refresh_checkpoints() -> None:
@@ -336,15 +348,15 @@ def _memory(ctx: ApiContext) -> dict[str, Any]:
     return answer
 
 
-def _extras(image: Any, options: ExtrasOptions) -> Any:
+def _extras(studio: Studio, image: Any, options: ExtrasOptions) -> Any:
     if options.resize_mode not in (0, 1):
         raise ApiError(422, "resize_mode: expected 0 (scale by) or 1 (scale to)", "resize_mode")
     size = (options.upscaling_resize_w, options.upscaling_resize_h) if options.resize_mode == 1 else None
-    return blend_upscalers(
+    return studio.upscale_image(
         image,
         options.upscaler_1,
-        options.upscaler_2,
-        options.extras_upscaler_2_visibility,
+        second=options.upscaler_2,
+        second_visibility=options.extras_upscaler_2_visibility,
         scale=None if size else options.upscaling_resize,
         size=size,
         crop=options.upscaling_crop,
