@@ -138,3 +138,61 @@ def test_hires_fix_with_an_esrgan_upscaler(server: LiveServer) -> None:
     image = decode_png(response.json()["images"][0])
     assert image.size == (96, 96)
     assert parse_infotext(read_infotext(image)).params["Hires upscaler"] == "tiny-hires-x2"
+
+
+def test_scripts_are_listed_with_their_arguments(server: LiveServer) -> None:
+    with server.client() as client:
+        titles = client.get("/sdapi/v1/scripts").json()
+        info = client.get("/sdapi/v1/script-info").json()
+    assert "x/y/z plot" in titles["txt2img"] and "sd upscale" in titles["img2img"]
+    assert "sd upscale" not in titles["txt2img"]
+    xyz = next(item for item in info if item["name"] == "x/y/z plot" and not item["is_img2img"])
+    assert xyz["args"][0]["label"] and len(xyz["args"]) == 11
+
+
+def test_xyz_plot_over_the_api_returns_the_grid_then_cells_with_their_infotexts(server: LiveServer) -> None:
+    script_args = ["Steps", "1, 2", "CFG Scale", "3, 7", "Nothing", "", True, True]
+    response = _post(server, "txt2img", {**SMALL, "script_name": "X/Y/Z plot", "script_args": script_args})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    info = json.loads(answer["info"])
+    images = [decode_png(data) for data in answer["images"]]
+    assert len(images) == 5  # the grid, then the four cells
+    assert images[0].width > 128 and images[0].height > 128  # two 64 px cells plus the label bands
+    cell_params = [parse_infotext(text).params for text in info["infotexts"][1:]]
+    assert sorted((p["Steps"], p["CFG scale"]) for p in cell_params) == [
+        ("1", "3"),
+        ("1", "7"),
+        ("2", "3"),
+        ("2", "7"),
+    ]
+
+
+def test_a_bad_script_request_is_refused_with_the_field(server: LiveServer) -> None:
+    unknown = _post(server, "txt2img", {**SMALL, "script_name": "Make it pretty"})
+    assert unknown.status_code == 422 and unknown.json()["field"] == "script_name"
+    assert "X/Y/Z plot" in unknown.json()["detail"]
+    img2img_only = _post(server, "txt2img", {**SMALL, "script_name": "SD upscale"})
+    assert img2img_only.status_code == 422
+    bad_axis = _post(
+        server, "txt2img", {**SMALL, "script_name": "X/Y/Z plot", "script_args": ["Sampler", "Euler, Nope"]}
+    )
+    assert bad_axis.status_code == 422 and "Nope" in bad_axis.json()["detail"]
+
+
+def test_outpainting_and_sd_upscale_over_img2img(server: LiveServer) -> None:
+    init = Image.new("RGB", (64, 64), (30, 120, 200))
+    body = {**SMALL, "init_images": [b64_png(init)], "denoising_strength": 0.5}
+    outpaint = _post(
+        server,
+        "img2img",
+        {**body, "script_name": "Poor man's outpainting", "script_args": [32, 4, "fill", ["left", "right"]]},
+    )
+    assert outpaint.status_code == 200, outpaint.text
+    wider = decode_png(outpaint.json()["images"][0])
+    assert wider.size == (128, 64)
+    upscale = _post(
+        server, "img2img", {**body, "script_name": "SD upscale", "script_args": [16, "Lanczos", 2]}
+    )
+    assert upscale.status_code == 200, upscale.text
+    assert decode_png(upscale.json()["images"][0]).size == (128, 128)

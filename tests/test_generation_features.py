@@ -181,3 +181,43 @@ def test_tiling_restores_the_model_afterwards(tiny_model) -> None:
     infos: list[StepInfo] = []
     result = engine.generate(_request(tiling=True, steps=1), on_step=infos.append)
     assert result.params["Tiling"] is True and len(infos) == 1
+
+
+def _latents_per_step(engine: Engine, prompt: str, steps: int = 4) -> list[torch.Tensor]:
+    seen: list[torch.Tensor] = []
+    engine.generate(
+        _request(prompt=prompt, steps=steps, sampler_name="DDIM"), on_step=lambda i: seen.append(i.latents)
+    )
+    return seen
+
+
+def test_prompt_editing_switches_the_conditioning_at_the_given_step(tiny_model) -> None:
+    engine = Engine(tiny_model("sd15"))
+    edited = _latents_per_step(engine, "[a red fox:a blue car:2]")
+    before = _latents_per_step(engine, "a red fox")
+    after = _latents_per_step(engine, "a blue car")
+    # Steps 1-2 use "a red fox" exactly; from step 3 on the other prompt drives the image.
+    assert torch.equal(edited[0], before[0]) and torch.equal(edited[1], before[1])
+    assert not torch.equal(edited[2], before[2])
+    fraction = _latents_per_step(engine, "[a red fox:a blue car:0.5]")
+    assert all(torch.equal(a, b) for a, b in zip(fraction, edited))
+    alternating = _latents_per_step(engine, "[a red fox|a blue car]")
+    assert torch.equal(alternating[0], before[0]) and not torch.equal(alternating[1], before[1])
+    assert not torch.equal(after[0], before[0])
+
+
+def test_composable_and_weights_reach_the_guidance(tiny_model) -> None:
+    engine = Engine(tiny_model("sd15"))
+    plain = _latents_per_step(engine, "a red fox", steps=2)
+    zero_weight = _latents_per_step(engine, "a red fox AND a blue car :0", steps=2)
+    both = _latents_per_step(engine, "a red fox AND a blue car", steps=2)
+    assert torch.equal(plain[-1], zero_weight[-1])  # a part with weight 0 adds nothing
+    assert not torch.equal(plain[-1], both[-1])
+
+
+def test_long_prompts_and_malformed_syntax_still_generate(tiny_model) -> None:
+    engine = Engine(tiny_model("sdxl"))
+    long_prompt = ", ".join(f"detail {n}" for n in range(60))  # well over 75 tokens: 3 chunks
+    assert engine.generate(_request(prompt=long_prompt, negative_prompt="", steps=1)).images
+    broken = engine.generate(_request(prompt="[a:b:c:d] (unclosed", steps=1))
+    assert len(broken.images) == 1

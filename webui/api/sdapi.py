@@ -32,6 +32,7 @@ from webui.model_manager.embeddings import read_embedding
 from webui.model_manager.registry import ModelKind
 from webui.model_manager.state_dict import CheckpointError
 from webui.outputs import parse_infotext, read_infotext
+from webui.scripts import ScriptArg, scripts_for
 from webui.styles import StyleError
 
 if TYPE_CHECKING:
@@ -230,12 +231,27 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
     def nothing() -> list[Any]:
         return []
 
-    for path in ("/hypernetworks", "/face-restorers", "/realesrgan-models", "/script-info"):
+    for path in ("/hypernetworks", "/face-restorers", "/realesrgan-models"):
         router.add_api_route(path, nothing, methods=["GET"], summary="Nothing of this kind is installed")
 
-    @router.get("/scripts")
+    @router.get("/scripts", summary="Script titles for `script_name`, per mode (lower case, as A1111)")
     def scripts() -> dict[str, list[str]]:
-        return {"txt2img": [], "img2img": []}
+        return {
+            mode: [script.title.lower() for script in scripts_for(mode)] for mode in ("txt2img", "img2img")
+        }
+
+    @router.get("/script-info", summary="Each script's positional `script_args`")
+    def script_info() -> list[dict[str, Any]]:
+        return [
+            {
+                "name": script.title.lower(),
+                "is_alwayson": False,
+                "is_img2img": mode == "img2img",
+                "args": [_script_arg_info(arg) for arg in script.args],
+            }
+            for mode in ("txt2img", "img2img")
+            for script in scripts_for(mode)
+        ]
 
     return router
 
@@ -346,6 +362,17 @@ def _memory(ctx: ApiContext) -> dict[str, Any]:
     else:
         answer["cuda"] = {"error": "no CUDA device in use"}
     return answer
+
+
+def _script_arg_info(arg: ScriptArg) -> dict[str, Any]:
+    return {
+        "label": arg.label,
+        "value": arg.default,
+        "minimum": arg.minimum,
+        "maximum": arg.maximum,
+        "step": None,
+        "choices": list(arg.choices) or None,
+    }
 
 
 def _extras(studio: Studio, image: Any, options: ExtrasOptions) -> Any:
