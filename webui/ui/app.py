@@ -14,7 +14,7 @@ from webui.model_manager.registry import ModelKind
 from webui.model_manager.state_dict import CheckpointError
 from webui.outputs import parse_infotext
 from webui.ui.context import UiContext
-from webui.ui.controls import fill_values
+from webui.ui.extras import SINGLE, build_extras_tab
 from webui.ui.generation_tab import GenerationTab
 from webui.ui.history import build_history_tab
 from webui.ui.img2img import build_img2img
@@ -31,6 +31,7 @@ from webui.ui.models_tab import (
 from webui.ui.pnginfo import build_pnginfo_tab
 from webui.ui.results import error_box, hide_error, selected_item, show_error
 from webui.ui.settings_tab import build_settings_tab
+from webui.ui.styles_controls import wire_styles
 from webui.ui.txt2img import build_txt2img
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ APP_CSS = """
 .live-text { position: relative; padding: 0 10px; line-height: 26px; font-size: 0.9rem; }
 .live-preview { display: block; width: 100%; max-width: 512px; margin: 8px auto 0; border-radius: 6px;
   image-rendering: auto; }
+.hr-size { padding: 6px 12px; }
 .pnginfo-table th { text-align: left; padding-right: 12px; vertical-align: top; white-space: nowrap; }
 """
 
@@ -70,7 +72,7 @@ document.addEventListener("keydown", (event) => {
   if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
   const box = event.target.closest && event.target.closest('[id$="-prompt"]');
   if (!box) return;
-  const tab = box.id.replace(/-(negative-)?prompt$/, "");
+  const tab = box.id.split("-")[0];  // also for the hires prompts: "txt2img-hr-prompt"
   const button = document.getElementById(tab + "-generate");
   if (button) { event.preventDefault(); button.click(); }
 });
@@ -121,6 +123,8 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
                 img2img = build_img2img(ctx, allowed_roots)
             with gr.Tab("Inpaint", id="inpaint", elem_id="tab-inpaint"):
                 inpaint = build_inpaint(ctx, allowed_roots)
+            with gr.Tab("Extras", id="extras", elem_id="tab-extras"):
+                extras = build_extras_tab(studio, allowed_roots)
             with gr.Tab("Models", id="models", elem_id="tab-models") as models_page:
                 models = build_models_tab(ctx)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo"):
@@ -131,6 +135,7 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
                 build_settings_tab(ctx)
 
         generation_tabs = {tab.name: tab for tab in (txt2img, img2img, inpaint)}
+        wire_styles(studio.styles, list(generation_tabs.values()))
 
         # -- the header's checkpoint ---------------------------------------------------------------
         def run_select(title: str) -> tuple[Any, Any, Any, Any]:
@@ -210,6 +215,10 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
                 image = opened.convert("RGB")
             return [image if tab.name == "img2img" else editor_value(image)]
 
+        def unchanged(tab: GenerationTab) -> list[Any]:
+            return [gr.skip()] * (len(image_input(tab)) + len(tab.controls.fill_targets()))
+
+        extras_targets = [extras.image, extras.sources, extras.source, tabs]
         for source in generation_tabs.values():
             for button, target in (
                 (source.panel.send_img2img, img2img),
@@ -221,8 +230,8 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
                 ) -> list[Any]:
                     item = selected_item(items, index)
                     if item is None:
-                        return [gr.skip()] * (len(image_input(target)) + 10)
-                    fills = fill_values(item["infotext"])
+                        return [*unchanged(target), gr.skip()]
+                    fills = target.controls.fill_values(item["infotext"])
                     return [*as_input(target, item["path"]), *fills, gr.Tabs(selected=target.name)]
 
                 button.click(
@@ -232,6 +241,17 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
                     **_PRIVATE,
                 )
 
+            def send_extras(items: list[dict[str, Any]], index: int) -> list[Any]:
+                item = selected_item(items, index)
+                return _to_extras(item["path"]) if item else [gr.skip()] * len(extras_targets)
+
+            source.panel.send_extras.click(
+                send_extras,
+                inputs=[source.panel.items, source.panel.selected],
+                outputs=extras_targets,
+                **_PRIVATE,
+            )
+
         for button, target in (
             (pnginfo.send_txt2img, txt2img),
             (pnginfo.send_img2img, img2img),
@@ -240,7 +260,8 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
 
             def paste(path: str | None, infotext: str, target: GenerationTab = target) -> list[Any]:
                 if not infotext:
-                    return [gr.skip()] * (len(image_input(target)) + 9) + [
+                    return [
+                        *unchanged(target),
                         show_error("drop an image with generation parameters into PNG Info first"),
                         gr.skip(),
                         gr.skip(),
@@ -249,7 +270,7 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
                 header, error, status = _use_model_of(studio, infotext)
                 return [
                     *as_input(target, path),
-                    *fill_values(infotext),
+                    *target.controls.fill_values(infotext),
                     error,
                     header,
                     status,
@@ -269,7 +290,21 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
                 ],
                 **_PRIVATE,
             )
+
+        def pnginfo_to_extras(path: str | None) -> list[Any]:
+            if not path:
+                return [show_error("drop an image into PNG Info first"), *[gr.skip()] * len(extras_targets)]
+            return [hide_error(), *_to_extras(path)]
+
+        pnginfo.send_extras.click(
+            pnginfo_to_extras, inputs=pnginfo.image, outputs=[header_error, *extras_targets], **_PRIVATE
+        )
     return demo
+
+
+def _to_extras(path: str) -> list[Any]:
+    """Updates for the Extras tab's image, its "Single image" sub-tab and the page's tabs."""
+    return [path, gr.Tabs(selected=SINGLE), SINGLE, gr.Tabs(selected="extras")]
 
 
 def _use_model_of(studio: Studio, infotext: str) -> tuple[Any, Any, Any]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gradio as gr
@@ -11,70 +12,92 @@ from webui.engine.request import MAX_BATCH, MAX_BATCH_COUNT, MAX_STEPS, Generati
 from webui.engine.samplers import SCHEDULE_TYPES, sampler_names
 from webui.jobs import Limits
 from webui.outputs import parse_infotext, request_fields_from_params
+from webui.ui.fields import Field, one_of, paste_targets, paste_values, request_values, whole, within
 
 MAX_UI_STEPS = min(150, MAX_STEPS)
 MAX_UI_SIDE = 2048
 SEED_MAX = 2**32 - 1
+SEED_EXTRAS = "seed_extras"  # the "Extra" switch: the variation fields count only while it is ticked
+_PRIVATE: dict[str, Any] = {"api_visibility": "private", "queue": False}
 
 
 @dataclass
 class GenerationControls:
-    """One tab's prompt and sampling controls; element ids are `<tab>-<name>`."""
+    """One tab's controls; element ids are `<tab>-<name>`.
+
+    `fields` is the one ordered list behind the event inputs, the request and the paste targets;
+    the named components are the ones other parts of the page wire to.
+    """
 
     prompt: gr.Textbox
     negative_prompt: gr.Textbox
-    sampler: gr.Dropdown
-    scheduler: gr.Dropdown
-    steps: gr.Slider
     width: gr.Slider
     height: gr.Slider
-    batch_count: gr.Slider
-    batch_size: gr.Slider
-    cfg_scale: gr.Slider
     seed: gr.Number
     random_seed: gr.Button
     reuse_seed: gr.Button
     swap_size: gr.Button
+    fields: list[Field]
+
+    def __post_init__(self) -> None:
+        names = [field.name for field in self.fields]
+        if len(names) != len(set(names)):
+            raise ValueError(f"two controls set the same field: {names}")
+
+    def with_fields(self, *more: Field) -> GenerationControls:
+        return replace(self, fields=[*self.fields, *more])
 
     @property
     def inputs(self) -> list[gr.components.Component]:
         """The components whose values `to_request` takes, in its order."""
-        return [
-            self.prompt,
-            self.negative_prompt,
-            self.sampler,
-            self.scheduler,
-            self.steps,
-            self.width,
-            self.height,
-            self.batch_count,
-            self.batch_size,
-            self.cfg_scale,
-            self.seed,
-        ]
+        return [field.component for field in self.fields]
 
-    @staticmethod
-    def to_request(values: list[Any] | tuple[Any, ...], **extra: Any) -> GenerationRequest:
-        """A request from the values of `inputs` (and mode-specific fields in `extra`)."""
-        prompt, negative, sampler, scheduler, steps, width, height, count, size, cfg, seed = values
-        return GenerationRequest(
-            prompt=prompt or "",
-            negative_prompt=negative or "",
-            sampler_name=sampler,
-            scheduler=scheduler,
-            steps=int(steps),
-            width=int(width),
-            height=int(height),
-            n_iter=int(count),
-            batch_size=int(size),
-            cfg_scale=float(cfg),
-            seed=-1 if seed is None else int(seed),
-            **extra,
-        )
+    def to_request(self, values: list[Any] | tuple[Any, ...], **extra: Any) -> GenerationRequest:
+        """A request from the values of `inputs` (and what only the tab knows, e.g. the image)."""
+        return GenerationRequest(**request_values(self.fields, values), **extra)
 
     def fill_targets(self) -> list[gr.components.Component]:
-        """What `fill_values` updates, in its order: `inputs` without the batch settings."""
-        return [c for c in self.inputs if c is not self.batch_count and c is not self.batch_size]
+        """What `fill_values` updates, in its order (batch settings and mask options are kept)."""
+        return paste_targets(self.fields)
+
+    def fill_values(self, infotext: str) -> list[Any]:
+        """Updates for `fill_targets()` from an A1111 infotext.
+
+        What the infotext lacks goes back to its default (variation seed, hires fix, ...) or, for the
+        basics such as the sampler, stays as it was; unknown samplers are never put into a dropdown.
+        """
+        found = infotext_fields(infotext)
+        if found.get("enable_hr") and not any(field.name == "enable_hr" for field in self.fields):
+            # The image this tab receives is the hires one: keep its size rather than the first pass's.
+            found["width"], found["height"] = hires_size(found)
+        return paste_values(self.fields, found)
+
+
+def infotext_fields(infotext: str) -> dict[str, object]:
+    """GenerationRequest field names and values an infotext sets, prompts included."""
+    info = parse_infotext(infotext)
+    return {
+        **request_fields_from_params(info.params),
+        "prompt": info.prompt,
+        "negative_prompt": info.negative_prompt,
+    }
+
+
+def hires_size(found: Mapping[str, object]) -> tuple[int, int]:
+    """The hires pass size the fields describe (the request's own rule, so the two cannot differ)."""
+
+    def number(name: str, default: float) -> Any:
+        value = found.get(name, default)
+        return value if isinstance(value, int | float) else default
+
+    request = GenerationRequest(
+        width=int(number("width", 512)),
+        height=int(number("height", 512)),
+        hr_scale=float(number("hr_scale", 2.0)),
+        hr_resize_x=int(number("hr_resize_x", 0)),
+        hr_resize_y=int(number("hr_resize_y", 0)),
+    )
+    return request.hr_size
 
 
 def build_prompts(tab: str) -> tuple[gr.Textbox, gr.Textbox]:
@@ -90,7 +113,7 @@ def build_prompts(tab: str) -> tuple[gr.Textbox, gr.Textbox]:
 
 
 def build_sampling(tab: str, prompts: tuple[gr.Textbox, gr.Textbox], limits: Limits) -> GenerationControls:
-    """Sampler, steps, size, batch, CFG and seed; wires the swap, random and reuse buttons' own parts."""
+    """Sampler, steps, size, batch, CFG, tiling and seed with its variation extras."""
     with gr.Row():
         sampler = gr.Dropdown(
             choices=sampler_names(), value="Euler a", label="Sampling method", elem_id=f"{tab}-sampler"
@@ -137,52 +160,98 @@ def build_sampling(tab: str, prompts: tuple[gr.Textbox, gr.Textbox], limits: Lim
                 label="Batch size",
                 elem_id=f"{tab}-batch-size",
             )
-    cfg_scale = gr.Slider(1, 30, value=7, step=0.5, label="CFG scale", elem_id=f"{tab}-cfg-scale")
+    with gr.Row(equal_height=True):
+        cfg_scale = gr.Slider(
+            1, 30, value=7, step=0.5, label="CFG scale", elem_id=f"{tab}-cfg-scale", scale=5
+        )
+        tiling = gr.Checkbox(label="Tiling", elem_id=f"{tab}-tiling", scale=1, min_width=100)
     # Shown in the seed box's toolbar, where Gradio drops elem_id: tests find them by name.
     random_seed = gr.Button("🎲 Random", size="sm")
     reuse_seed = gr.Button("♻ Reuse last", size="sm")
-    seed = gr.Number(
-        value=-1,
-        precision=0,
-        minimum=-1,
-        maximum=SEED_MAX,
-        label="Seed (-1 = random)",
-        elem_id=f"{tab}-seed",
-        buttons=[random_seed, reuse_seed],
-    )
+    with gr.Row(equal_height=True):
+        seed = gr.Number(
+            value=-1,
+            precision=0,
+            minimum=-1,
+            maximum=SEED_MAX,
+            label="Seed (-1 = random)",
+            elem_id=f"{tab}-seed",
+            buttons=[random_seed, reuse_seed],
+            scale=5,
+        )
+        seed_extras = gr.Checkbox(label="Extra", elem_id=f"{tab}-seed-extras", scale=1, min_width=100)
+    variation = build_variation(tab, seed_extras)
+
+    fields = [
+        Field("prompt", prompts[0], to_request=lambda text: text or "", default=""),
+        Field("negative_prompt", prompts[1], to_request=lambda text: text or "", default=""),
+        Field("sampler_name", sampler, to_ui=one_of(sampler_names)),
+        Field("scheduler", scheduler, to_ui=one_of(lambda: list(SCHEDULE_TYPES))),
+        Field("steps", steps, to_request=int),
+        Field("width", width, to_request=int),
+        Field("height", height, to_request=int),
+        Field("n_iter", batch_count, to_request=int, pasted=False),
+        Field("batch_size", batch_size, to_request=int, pasted=False),
+        Field("cfg_scale", cfg_scale, to_request=float),
+        Field("seed", seed, to_request=_seed),
+        Field("tiling", tiling, to_request=bool, default=False),
+        Field(SEED_EXTRAS, seed_extras, sent=False, from_fields=_uses_seed_extras),
+        *variation,
+    ]
     controls = GenerationControls(
-        prompts[0],
-        prompts[1],
-        sampler,
-        scheduler,
-        steps,
-        width,
-        height,
-        batch_count,
-        batch_size,
-        cfg_scale,
-        seed,
-        random_seed,
-        reuse_seed,
-        swap_size,
+        prompts[0], prompts[1], width, height, seed, random_seed, reuse_seed, swap_size, fields
     )
-    private = {"api_visibility": "private", "queue": False}
-    swap_size.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], **private)
-    random_seed.click(lambda: -1, outputs=seed, **private)
+    swap_size.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], **_PRIVATE)
+    random_seed.click(lambda: -1, outputs=seed, **_PRIVATE)
     return controls
 
 
-def fill_values(infotext: str, *, sampler_choices: list[str] | None = None) -> list[Any]:
-    """Updates for `GenerationControls.fill_targets()` from an A1111 infotext; what it lacks is skipped.
+def build_variation(tab: str, switch: gr.Checkbox) -> list[Field]:
+    """A1111's seed extras, shown while `switch` is ticked: the variation seed and "resize seed from"."""
+    random_subseed = gr.Button("🎲 Random", size="sm")
+    with gr.Group(visible=False) as group:
+        with gr.Row():
+            subseed = gr.Number(
+                value=-1,
+                precision=0,
+                minimum=-1,
+                maximum=SEED_MAX,
+                label="Variation seed (-1 = random)",
+                elem_id=f"{tab}-subseed",
+                buttons=[random_subseed],
+            )
+            strength = gr.Slider(
+                0, 1, value=0, step=0.01, label="Variation strength", elem_id=f"{tab}-subseed-strength"
+            )
+        with gr.Row():
+            resize_w, resize_h = (
+                gr.Slider(
+                    0,
+                    MAX_UI_SIDE,
+                    value=0,
+                    step=8,
+                    precision=0,
+                    label=f"Resize seed from {side} (0 = off)",
+                    elem_id=f"{tab}-seed-resize-{side[0]}",
+                )
+                for side in ("width", "height")
+            )
+    switch.change(lambda on: gr.Group(visible=on), inputs=switch, outputs=group, **_PRIVATE)
+    random_subseed.click(lambda: -1, outputs=subseed, **_PRIVATE)
+    gate, side = SEED_EXTRAS, within(0, MAX_UI_SIDE)
+    return [
+        Field("subseed", subseed, to_request=_seed, default=-1, gate=gate),
+        Field("subseed_strength", strength, to_request=float, to_ui=within(0, 1), default=0, gate=gate),
+        Field("seed_resize_from_w", resize_w, to_request=whole, to_ui=side, default=0, gate=gate),
+        Field("seed_resize_from_h", resize_h, to_request=whole, to_ui=side, default=0, gate=gate),
+    ]
 
-    An unknown sampler or schedule type is left as it was rather than put into the dropdown.
-    """
-    info = parse_infotext(infotext)
-    found = request_fields_from_params(info.params)
-    samplers = sampler_choices if sampler_choices is not None else sampler_names()
-    if found.get("sampler_name") not in samplers:
-        found.pop("sampler_name", None)
-    if found.get("scheduler") not in SCHEDULE_TYPES:
-        found.pop("scheduler", None)
-    order = ["sampler_name", "scheduler", "steps", "width", "height", "cfg_scale", "seed"]
-    return [info.prompt, info.negative_prompt] + [found.get(name, gr.skip()) for name in order]
+
+def _seed(value: Any) -> int:
+    return -1 if value is None else int(value)  # an emptied box means random
+
+
+def _uses_seed_extras(found: Mapping[str, object]) -> bool:
+    """A pasted infotext with a variation or a seed resize opens the extras, as in A1111."""
+    values = (found.get(name) for name in ("subseed_strength", "seed_resize_from_w", "seed_resize_from_h"))
+    return any(isinstance(value, int | float) and value > 0 for value in values)

@@ -1,17 +1,26 @@
-"""The layout txt2img, img2img and inpaint share: prompts and buttons on top, inputs and sampling
-controls on the left, live progress and results on the right."""
+"""The layout txt2img, img2img and inpaint share: prompts, styles and buttons on top, inputs and
+sampling controls on the left, live progress and results on the right."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import gradio as gr
 
 from webui.ui.context import UiContext
 from webui.ui.controls import GenerationControls, build_prompts, build_sampling
+from webui.ui.fields import Field
 from webui.ui.results import ResultsPanel, build_results
+from webui.ui.styles_controls import StyleControls, build_style_controls
+
+
+class TabPart(Protocol):
+    """A tab's own group of controls; its `fields` join the tab's request and infotext paste."""
+
+    @property
+    def fields(self) -> list[Field]: ...
 
 
 @dataclass
@@ -22,7 +31,9 @@ class GenerationTab:
     generate: gr.Button
     interrupt: gr.Button
     skip: gr.Button
-    extra: Any  # the tab's own inputs (an image, a mask editor), as its builder returned them
+    styles: StyleControls
+    extra: Any  # the tab's own inputs above the sampling controls (an image, a mask editor)
+    options: Any  # the tab's own options below them (txt2img's hires fix)
 
     @property
     def buttons(self) -> tuple[gr.Button, gr.Button, gr.Button]:
@@ -30,12 +41,15 @@ class GenerationTab:
 
 
 def build_generation_tab(
-    ctx: UiContext, name: str, build_inputs: Callable[[], Any] | None = None
+    ctx: UiContext,
+    name: str,
+    build_inputs: Callable[[], TabPart] | None = None,
+    build_options: Callable[[GenerationControls], TabPart] | None = None,
 ) -> GenerationTab:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
             prompts = build_prompts(name)
-        with gr.Column(scale=1, min_width=180):
+        with gr.Column(scale=1, min_width=200):
             generate = gr.Button(
                 "Generate",
                 variant="primary",
@@ -46,10 +60,14 @@ def build_generation_tab(
             with gr.Row():
                 interrupt = gr.Button("Interrupt", size="sm", elem_id=f"{name}-interrupt", min_width=60)
                 skip = gr.Button("Skip", size="sm", elem_id=f"{name}-skip", min_width=60)
+            styles = build_style_controls(name, ctx.studio.styles)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             extra = build_inputs() if build_inputs is not None else None
             controls = build_sampling(name, prompts, ctx.jobs.limits)
+            options = build_options(controls) if build_options is not None else None
         with gr.Column(scale=1):
             panel = build_results(name)
-    return GenerationTab(name, controls, panel, generate, interrupt, skip, extra)
+    parts = [part for part in (extra, options) if part is not None]
+    controls = controls.with_fields(styles.field, *(field for part in parts for field in part.fields))
+    return GenerationTab(name, controls, panel, generate, interrupt, skip, styles, extra, options)

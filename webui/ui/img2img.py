@@ -12,7 +12,8 @@ from PIL import Image
 
 from webui.engine.request import GenerationError, ResizeMode
 from webui.ui.context import UiContext
-from webui.ui.controls import MAX_UI_SIDE, GenerationControls
+from webui.ui.controls import MAX_UI_SIDE
+from webui.ui.fields import Field, within
 from webui.ui.generation_tab import GenerationTab, build_generation_tab
 from webui.ui.results import wire_generation
 
@@ -29,6 +30,10 @@ class Img2ImgInputs:
     resize_mode: gr.Radio
     denoising_strength: gr.Slider
 
+    @property
+    def fields(self) -> list[Field]:
+        return resize_and_strength_fields(self.resize_mode, self.denoising_strength)
+
 
 def build_resize_and_strength(name: str) -> tuple[gr.Radio, gr.Slider]:
     resize_mode = gr.Radio(
@@ -38,6 +43,13 @@ def build_resize_and_strength(name: str) -> tuple[gr.Radio, gr.Slider]:
         0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id=f"{name}-denoising-strength"
     )
     return resize_mode, strength
+
+
+def resize_and_strength_fields(resize_mode: gr.Radio, strength: gr.Slider) -> list[Field]:
+    return [
+        Field("resize_mode", resize_mode, to_request=RESIZE_MODES.__getitem__, pasted=False),
+        Field("denoising_strength", strength, to_request=float, to_ui=within(0, 1)),
+    ]
 
 
 def fitted_size(image: Image.Image | None) -> tuple[Any, Any]:
@@ -64,20 +76,15 @@ def build_img2img(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> Ge
     extra: Img2ImgInputs = tab.extra
 
     def make_request(values: list[Any], extra_values: list[Any]) -> Any:
-        image, resize_label, strength = extra_values
+        (image,) = extra_values
         if image is None:
             raise GenerationError("drop, paste or send an image to img2img first", "init_image")
-        return GenerationControls.to_request(
-            values,
-            init_image=image,
-            resize_mode=RESIZE_MODES[resize_label],
-            denoising_strength=float(strength),
-        )
+        return tab.controls.to_request(values, init_image=image)
 
     wire_generation(
         ctx,
         tab,
-        extra_inputs=[extra.image, extra.resize_mode, extra.denoising_strength],
+        extra_inputs=[extra.image],
         make_request=make_request,
         allowed_roots=allowed_roots,
     )

@@ -11,9 +11,9 @@ import gradio as gr
 
 from webui.engine.request import MaskedContent
 from webui.ui.context import UiContext
-from webui.ui.controls import GenerationControls
+from webui.ui.fields import Field, within
 from webui.ui.generation_tab import GenerationTab, build_generation_tab
-from webui.ui.img2img import RESIZE_MODES, build_resize_and_strength, fitted_size
+from webui.ui.img2img import build_resize_and_strength, fitted_size, resize_and_strength_fields
 from webui.ui.masks import editor_value, image_and_mask
 from webui.ui.results import wire_generation
 
@@ -42,16 +42,26 @@ class InpaintInputs:
 
     @property
     def request_inputs(self) -> list[gr.components.Component]:
+        """What only this tab reads (the picture and the uploaded mask); the rest are `fields`."""
+        return [self.editor, self.mask_upload]
+
+    @property
+    def fields(self) -> list[Field]:
+        # A1111's infotext carries the mask blur and denoising strength; the mask options stay as set.
         return [
-            self.editor,
-            self.mask_upload,
-            self.mask_blur,
-            self.mask_mode,
-            self.masked_content,
-            self.area,
-            self.padding,
-            self.resize_mode,
-            self.denoising_strength,
+            Field("mask_blur", self.mask_blur, to_request=int, to_ui=within(0, 64)),
+            Field(
+                "inpainting_mask_invert",
+                self.mask_mode,
+                to_request=lambda mode: mode == MASK_MODES[1],
+                pasted=False,
+            ),
+            Field(
+                "inpainting_fill", self.masked_content, to_request=MASKED_CONTENT.__getitem__, pasted=False
+            ),
+            Field("inpaint_full_res", self.area, to_request=lambda area: area == AREAS[1], pasted=False),
+            Field("inpaint_full_res_padding", self.padding, to_request=int, pasted=False),
+            *resize_and_strength_fields(self.resize_mode, self.denoising_strength),
         ]
 
 
@@ -117,20 +127,8 @@ def build_inpaint(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> Ge
     extra: InpaintInputs = tab.extra
 
     def make_request(values: list[Any], extra_values: list[Any]) -> Any:
-        editor, uploaded, blur, mode, content, area, padding, resize_label, strength = extra_values
-        image, mask = image_and_mask(editor, uploaded)
-        return GenerationControls.to_request(
-            values,
-            init_image=image,
-            mask=mask,
-            mask_blur=int(blur),
-            inpainting_mask_invert=mode == MASK_MODES[1],
-            inpainting_fill=MASKED_CONTENT[content],
-            inpaint_full_res=area == AREAS[1],
-            inpaint_full_res_padding=int(padding),
-            resize_mode=RESIZE_MODES[resize_label],
-            denoising_strength=float(strength),
-        )
+        image, mask = image_and_mask(*extra_values)
+        return tab.controls.to_request(values, init_image=image, mask=mask)
 
     wire_generation(
         ctx,

@@ -21,6 +21,7 @@ class PngInfoTab:
     send_txt2img: gr.Button
     send_img2img: gr.Button
     send_inpaint: gr.Button
+    send_extras: gr.Button
 
 
 def parameters_html(infotext: str) -> str:
@@ -68,6 +69,7 @@ def build_pnginfo_tab() -> PngInfoTab:
                 send_txt2img = gr.Button("➜ txt2img", elem_id="pnginfo-send-txt2img")
                 send_img2img = gr.Button("➜ img2img", elem_id="pnginfo-send-img2img")
                 send_inpaint = gr.Button("➜ Inpaint", elem_id="pnginfo-send-inpaint")
+                send_extras = gr.Button("➜ Extras", elem_id="pnginfo-send-extras")
     private: dict[str, Any] = {"api_visibility": "private"}
     image.change(read_parameters, inputs=image, outputs=[infotext, table], **private)
-    return PngInfoTab(image, infotext, table, send_txt2img, send_img2img, send_inpaint)
+    return PngInfoTab(image, infotext, table, send_txt2img, send_img2img, send_inpaint, send_extras)

@@ -40,6 +40,7 @@ class ResultsPanel:
     job_id: gr.State  # this browser tab's latest job: what Interrupt and Skip act on
     send_img2img: gr.Button
     send_inpaint: gr.Button
+    send_extras: gr.Button
 
 
 def build_results(tab: str) -> ResultsPanel:
@@ -49,6 +50,7 @@ def build_results(tab: str) -> ResultsPanel:
     with gr.Row():
         send_img2img = gr.Button("➜ img2img", size="sm", elem_id=f"{tab}-send-img2img")
         send_inpaint = gr.Button("➜ Inpaint", size="sm", elem_id=f"{tab}-send-inpaint")
+        send_extras = gr.Button("➜ Extras", size="sm", elem_id=f"{tab}-send-extras")
     return ResultsPanel(
         live,
         gallery,
@@ -59,6 +61,7 @@ def build_results(tab: str) -> ResultsPanel:
         gr.State(None),
         send_img2img,
         send_inpaint,
+        send_extras,
     )
 
 
@@ -225,10 +228,10 @@ def _reuse_seed(items: list[dict[str, Any]], index: int) -> Any:
 
 
 def gallery_entries(items: list[dict[str, Any]], roots: list[Path]) -> list[tuple[Any, str]]:
-    return [(_displayable(Path(item["path"]), roots), f"Seed {item['seed']}") for item in items]
+    return [(displayable_image(Path(item["path"]), roots), f"Seed {item['seed']}") for item in items]
 
 
-def _displayable(path: Path, roots: list[Path]) -> str | Image.Image:
+def displayable_image(path: Path, roots: list[Path]) -> str | Image.Image:
     """The saved file when Gradio may serve it (the download keeps its infotext), else the pixels."""
     resolved = path.resolve()
     allowed = [Path.cwd(), Path(tempfile.gettempdir()), *roots]

@@ -1,4 +1,4 @@
-"""The txt2img tab: a prompt in, images out."""
+"""The txt2img tab: a prompt in, images out (with hires fix for a second, larger pass)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,20 @@ from pathlib import Path
 from webui.ui.context import UiContext
 from webui.ui.controls import GenerationControls
 from webui.ui.generation_tab import GenerationTab, build_generation_tab
+from webui.ui.hires import HiresControls, build_hires
 from webui.ui.results import wire_generation
 
 
 def build_txt2img(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> GenerationTab:
-    tab = build_generation_tab(ctx, "txt2img")
+    def options(controls: GenerationControls) -> HiresControls:
+        return build_hires("txt2img", ctx.studio.hires_upscaler_names, controls)
+
+    tab = build_generation_tab(ctx, "txt2img", build_options=options)
     wire_generation(
         ctx,
         tab,
         extra_inputs=[],
-        make_request=lambda values, _extra: GenerationControls.to_request(values),
+        make_request=lambda values, _extra: tab.controls.to_request(values),
         allowed_roots=allowed_roots,
     )
     return tab

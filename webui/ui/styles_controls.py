@@ -1,0 +1,108 @@
+"""Prompt styles beside a tab's prompts: pick styles for the request, write them into the prompt
+boxes (A1111's ✎ button), save the current prompts as a new style."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from webui.styles import Style, StyleBook, StyleError
+from webui.ui.fields import Field
+from webui.ui.results import hide_error, show_error
+
+if TYPE_CHECKING:
+    from webui.ui.generation_tab import GenerationTab
+
+log = logging.getLogger(__name__)
+
+_PRIVATE: dict[str, Any] = {"api_visibility": "private"}
+
+
+@dataclass
+class StyleControls:
+    styles: gr.Dropdown
+    refresh: gr.Button
+    apply: gr.Button
+    name: gr.Textbox
+    save: gr.Button
+
+    @property
+    def field(self) -> Field:
+        # A pasted infotext already holds the styled prompt: keeping a selection would style it twice.
+        return Field("styles", self.styles, to_request=lambda names: list(names or []), default=[])
+
+
+def style_names(book: StyleBook) -> list[str]:
+    """The styles to list; an unreadable styles.csv lists none rather than breaking the page."""
+    try:
+        return book.names()
+    except StyleError as error:
+        log.warning("%s", error)
+        return []
+
+
+def build_style_controls(tab: str, book: StyleBook) -> StyleControls:
+    styles = gr.Dropdown(
+        choices=style_names(book),
+        value=[],
+        multiselect=True,
+        label="Styles",
+        elem_id=f"{tab}-styles",
+    )
+    with gr.Row():
+        refresh = gr.Button("↻", size="sm", elem_id=f"{tab}-styles-refresh", min_width=44)
+        apply = gr.Button("✎ Apply", size="sm", elem_id=f"{tab}-styles-apply", min_width=60)
+    with gr.Row(equal_height=True):
+        name = gr.Textbox(
+            placeholder="New style name",
+            show_label=False,
+            container=False,
+            max_lines=1,
+            elem_id=f"{tab}-style-name",
+            scale=3,
+            min_width=100,
+        )
+        save = gr.Button("💾", size="sm", elem_id=f"{tab}-style-save", scale=0, min_width=44)
+    return StyleControls(styles, refresh, apply, name, save)
+
+
+def wire_styles(book: StyleBook, tabs: Sequence[GenerationTab]) -> None:
+    """Apply works on its own tab; saving or refreshing updates the style list of every tab."""
+    dropdowns = [tab.styles.styles for tab in tabs]
+
+    def listings() -> list[Any]:
+        return [gr.Dropdown(choices=style_names(book))] * len(dropdowns)
+
+    for tab in tabs:
+        controls, error = tab.styles, tab.panel.error
+
+        def apply(names: list[str] | None, prompt: str, negative: str) -> tuple[Any, ...]:
+            try:
+                styled = book.apply(list(names or []), prompt or "", negative or "")
+            except StyleError as problem:
+                return gr.skip(), gr.skip(), gr.skip(), show_error(str(problem))
+            return *styled, [], hide_error()
+
+        def save(name: str, prompt: str, negative: str) -> list[Any]:
+            try:
+                book.save(Style((name or "").strip(), prompt or "", negative or ""))
+            except (StyleError, OSError) as problem:
+                unchanged = [gr.skip()] * (1 + len(dropdowns))
+                return [show_error(f"Could not save the style: {problem}"), *unchanged]
+            return [hide_error(), "", *listings()]
+
+        prompts = [tab.controls.prompt, tab.controls.negative_prompt]
+        controls.apply.click(
+            apply,
+            inputs=[controls.styles, *prompts],
+            outputs=[*prompts, controls.styles, error],
+            **_PRIVATE,
+        )
+        controls.save.click(
+            save, inputs=[controls.name, *prompts], outputs=[error, controls.name, *dropdowns], **_PRIVATE
+        )
+        controls.refresh.click(listings, outputs=dropdowns, **_PRIVATE)
