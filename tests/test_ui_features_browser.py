@@ -389,3 +389,21 @@ def test_send_a_result_to_extras(app: App, page: Page) -> None:
     page.locator("#extras-image img").wait_for()
     page.locator("#extras-run").click()
     _wait_for_text(page, "extras-sizes", "64x64 → 128x128")
+
+
+def test_xyz_plot_from_the_script_menu_shows_the_grid_first(app: App, page: Page) -> None:
+    _small_job(page, "a plotted fox", "5")
+    _pick(page, "txt2img-script", "X/Y/Z plot")
+    prefix = "txt2img-script-x-y-z-plot"
+    _pick(page, f"{prefix}-x_type", "Steps")
+    page.locator(f"#{prefix}-x_values textarea, #{prefix}-x_values input").first.fill("1, 2")
+    _generate_and_wait(page)
+    request = _last_request(app)
+    assert request.script_name == "X/Y/Z plot" and request.script_args[:2] == ["Steps", "1, 2"]
+    grids = sorted((app.studio.settings.outputs_dir / "txt2img-grids").rglob("*.png"))
+    assert grids, "the grid is saved to txt2img-grids"
+    with Image.open(grids[-1]) as grid:
+        assert grid.width >= 128 and grid.height > 64  # two 64 px cells and the label band
+    first = page.locator("#txt2img-gallery img").first
+    assert first.evaluate("img => img.naturalWidth") == grid.width
+    _pick(page, "txt2img-script", "None")

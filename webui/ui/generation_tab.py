@@ -9,10 +9,12 @@ from typing import Any, Protocol
 
 import gradio as gr
 
+from webui.engine.request import GenerationRequest
 from webui.ui.context import UiContext
 from webui.ui.controls import GenerationControls, build_prompts, build_sampling
 from webui.ui.fields import Field
 from webui.ui.results import ResultsPanel, build_results
+from webui.ui.scripts_panel import ScriptsPanel, build_scripts_panel
 from webui.ui.styles_controls import StyleControls, build_style_controls
 
 
@@ -34,6 +36,19 @@ class GenerationTab:
     styles: StyleControls
     extra: Any  # the tab's own inputs above the sampling controls (an image, a mask editor)
     options: Any  # the tab's own options below them (txt2img's hires fix)
+    scripts: ScriptsPanel | None = None  # the "Script" menu (txt2img and img2img)
+
+    def script_inputs(self) -> list[gr.components.Component]:
+        return self.scripts.inputs if self.scripts is not None else []
+
+    def with_script(self, request: GenerationRequest, script_values: list[Any]) -> GenerationRequest:
+        """`request` with the script chosen in the menu (if any) and its positional arguments."""
+        if self.scripts is None:
+            return request
+        title, args = self.scripts.choice(script_values)
+        if title is not None:
+            request.script_name, request.script_args = title, args
+        return request
 
     @property
     def buttons(self) -> tuple[gr.Button, gr.Button, gr.Button]:
@@ -45,7 +60,9 @@ def build_generation_tab(
     name: str,
     build_inputs: Callable[[], TabPart] | None = None,
     build_options: Callable[[GenerationControls], TabPart] | None = None,
+    script_mode: str | None = None,
 ) -> GenerationTab:
+    """`script_mode` ("txt2img"/"img2img") adds the Script menu with that mode's scripts."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
             prompts = build_prompts(name)
@@ -66,8 +83,13 @@ def build_generation_tab(
             extra = build_inputs() if build_inputs is not None else None
             controls = build_sampling(name, prompts, ctx.jobs.limits)
             options = build_options(controls) if build_options is not None else None
+            scripts = (
+                build_scripts_panel(name, script_mode, {"upscalers": ctx.studio.upscaler_names()})
+                if script_mode is not None
+                else None
+            )
         with gr.Column(scale=1):
             panel = build_results(name)
     parts = [part for part in (extra, options) if part is not None]
     controls = controls.with_fields(styles.field, *(field for part in parts for field in part.fields))
-    return GenerationTab(name, controls, panel, generate, interrupt, skip, styles, extra, options)
+    return GenerationTab(name, controls, panel, generate, interrupt, skip, styles, extra, options, scripts)

@@ -72,19 +72,19 @@ def build_img2img(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> Ge
         )
         return Img2ImgInputs(image, *build_resize_and_strength("img2img"))
 
-    tab = build_generation_tab(ctx, "img2img", inputs)
+    tab = build_generation_tab(ctx, "img2img", inputs, script_mode="img2img")
     extra: Img2ImgInputs = tab.extra
 
     def make_request(values: list[Any], extra_values: list[Any]) -> Any:
-        (image,) = extra_values
+        image, *script_values = extra_values
         if image is None:
             raise GenerationError("drop, paste or send an image to img2img first", "init_image")
-        return tab.controls.to_request(values, init_image=image)
+        return tab.with_script(tab.controls.to_request(values, init_image=image), script_values)
 
     wire_generation(
         ctx,
         tab,
-        extra_inputs=[extra.image],
+        extra_inputs=[extra.image, *tab.script_inputs()],
         make_request=make_request,
         allowed_roots=allowed_roots,
     )

@@ -16,12 +16,14 @@ def build_txt2img(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> Ge
     def options(controls: GenerationControls) -> HiresControls:
         return build_hires("txt2img", ctx.studio.hires_upscaler_names, controls)
 
-    tab = build_generation_tab(ctx, "txt2img", build_options=options)
+    tab = build_generation_tab(ctx, "txt2img", build_options=options, script_mode="txt2img")
     wire_generation(
         ctx,
         tab,
-        extra_inputs=[],
-        make_request=lambda values, _extra: tab.controls.to_request(values),
+        extra_inputs=tab.script_inputs(),
+        make_request=lambda values, script_values: tab.with_script(
+            tab.controls.to_request(values), script_values
+        ),
         allowed_roots=allowed_roots,
     )
     return tab
