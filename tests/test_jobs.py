@@ -159,6 +159,8 @@ def test_limits_name_the_field_and_the_flag(studio: Studio) -> None:
         ({"width": 256, "height": 128}, "width", "--max-size"),
         ({"steps": 11}, "steps", "--max-steps"),
         ({"batch_size": 3}, "batch_size", "--max-batch-size"),
+        ({"enable_hr": True, "hr_scale": 4.0}, "hr_scale", "--max-size"),  # 64x64 -> 256x256
+        ({"enable_hr": True, "hr_second_pass_steps": 11}, "hr_second_pass_steps", "--max-steps"),
     ):
         with pytest.raises(LimitError) as over:
             jobs.submit(small(**fields), BOB)

@@ -407,3 +407,12 @@ def test_script_modules_and_panel_do_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_xyz_plot_of_too_many_combinations_is_refused_before_it_starts() -> None:
+    from webui.scripts import find_script
+
+    script = find_script("X/Y/Z plot", "txt2img")
+    with pytest.raises(GenerationError) as refused:
+        script.parse_args(["Steps", "1-100", "CFG Scale", "1-20", "Seed", "1-2"])
+    assert refused.value.field == "script_args" and "4000" in str(refused.value)

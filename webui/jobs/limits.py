@@ -78,6 +78,22 @@ class Limits:
                 "width" if request.width >= request.height else "height",
                 "--max-size",
             )
+        if request.enable_hr:
+            width, height = request.hr_size
+            if width * height > self.max_pixels:
+                raise LimitError(
+                    f"hires fix would make {width}x{height}, {width * height} pixels, over this server's "
+                    f"limit of {self.max_pixels} pixels per image (--max-size)",
+                    "hr_scale",
+                    "--max-size",
+                )
+            if request.hr_second_pass_steps > self.max_steps:
+                raise LimitError(
+                    f"hr_second_pass_steps {request.hr_second_pass_steps} is over this server's limit of "
+                    f"{self.max_steps} (--max-steps)",
+                    "hr_second_pass_steps",
+                    "--max-steps",
+                )
         for field, value, ceiling, flag in (
             ("batch_size", request.batch_size, self.max_batch_size, "--max-batch-size"),
             ("n_iter", request.n_iter, self.max_batch_count, "--max-batch-count"),

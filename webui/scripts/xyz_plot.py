@@ -17,6 +17,7 @@ from webui.scripts.base import ResultParts, ScriptRun, fixed_seed
 from webui.scripts.xyz_axes import AXIS_NAMES, Axis, Cell, axis_type, parse_axis
 
 _LETTERS = ("X", "Y", "Z")
+MAX_CELLS = 1000  # each axis may have 1000 values, but one job must not make a billion images
 Position = tuple[int, int, int]  # (x index, y index, z index)
 
 
@@ -79,6 +80,12 @@ class XyzPlot:
             parse_axis(letter, axis_type(read[f"{key}_type"]), read[f"{key}_values"])
             for letter, key in zip(_LETTERS, ("x", "y", "z"))
         ]
+        cells = len(axes[0].values) * len(axes[1].values) * len(axes[2].values)
+        if cells > MAX_CELLS:
+            raise GenerationError(
+                f"X/Y/Z plot: {cells} combinations is more than the {MAX_CELLS} one plot may make",
+                "script_args",
+            )
         return XyzArgs(
             *axes,
             draw_legend=read["draw_legend"],
