@@ -69,6 +69,7 @@ def test_styles_are_listed_applied_and_unknown_ones_refused(server: LiveServer) 
     assert response.status_code == 200, response.text
     infotext = json.loads(response.json()["info"])["infotexts"][0]
     parsed = parse_infotext(infotext)
+    assert json.loads(response.json()["info"])["all_prompts"] == ["a lighthouse, dark, moody"]
     assert parsed.prompt == "a lighthouse, dark, moody"
     assert parsed.negative_prompt == "blurry, sunny"
     unknown = _post(server, "txt2img", {**SMALL, "styles": ["no such style"]})

@@ -142,18 +142,21 @@ def response_info(job: Job, body: Txt2ImgBody) -> str:
     request = job.request
     infotexts = list(result.infotexts) if result else []
     seeds = list(result.seeds) if result else []
-    params = parse_infotext(infotexts[0]).params if infotexts else {}
+    parsed_texts = [parse_infotext(text) for text in infotexts]
+    params = parsed_texts[0].params if parsed_texts else {}
     count = len(seeds)
     subseeds = (
-        [int(parse_infotext(text).params.get("Variation seed", -1)) for text in infotexts]
+        [int(parsed.params.get("Variation seed", -1)) for parsed in parsed_texts]
         if request.subseed_strength > 0
         else []
     )
     info = {
         "prompt": request.prompt,
-        "all_prompts": [request.prompt] * count,
+        # As A1111: the prompts each image was made from, styles applied.
+        "all_prompts": [parsed.prompt for parsed in parsed_texts] or [request.prompt] * count,
         "negative_prompt": request.negative_prompt,
-        "all_negative_prompts": [request.negative_prompt] * count,
+        "all_negative_prompts": [parsed.negative_prompt for parsed in parsed_texts]
+        or [request.negative_prompt] * count,
         "seed": seeds[0] if seeds else request.seed,
         "all_seeds": seeds,
         "subseed": subseeds[0] if subseeds else request.subseed,

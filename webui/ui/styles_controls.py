@@ -88,11 +88,15 @@ def wire_styles(book: StyleBook, tabs: Sequence[GenerationTab]) -> None:
             return *styled, [], hide_error()
 
         def save(name: str, prompt: str, negative: str) -> list[Any]:
+            name = (name or "").strip()
             try:
-                book.save(Style((name or "").strip(), prompt or "", negative or ""))
+                replacing = name in book.names()
+                book.save(Style(name, prompt or "", negative or ""))
             except (StyleError, OSError) as problem:
                 unchanged = [gr.skip()] * (1 + len(dropdowns))
                 return [show_error(f"Could not save the style: {problem}"), *unchanged]
+            if replacing:  # said out loud: the old text (and its {prompt} placeholder) is gone
+                gr.Info(f"Style '{name}' was replaced with the current prompts.")
             return [hide_error(), "", *listings()]
 
         prompts = [tab.controls.prompt, tab.controls.negative_prompt]
