@@ -59,3 +59,15 @@ def server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     checkpoints = [tiny_dir / "tiny-sd15.safetensors", tiny_dir / "tiny-sd15-inpaint.safetensors"]
     with live_server(tmp_path_factory.mktemp("server"), checkpoints) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium for the browser tests; one per test module."""
+    from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

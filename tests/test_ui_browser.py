@@ -12,29 +12,27 @@ from typing import TYPE_CHECKING
 import pytest
 from PIL import Image
 
+from tests.browser_helpers import (
+    BROWSER_MARKS,
+    LOGIN,
+    TIMEOUT_MS,
+    error_text,
+    generate_and_wait,
+    open_tab,
+    set_number,
+    small_job,
+    wait_for_text,
+)
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
     from webui.jobs import Job, JobQueue
     from webui.studio import Studio
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-TIMEOUT_MS = 30_000
-LOGIN = {"username": "artist", "password": "pa55-word"}
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)"),
-]
+pytestmark = BROWSER_MARKS
 
 
 class SlowSteps:
@@ -115,15 +113,6 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
         jobs.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
 def outside_requests() -> list[str]:
     """URLs the page asked for beyond this machine: the app must work offline."""
@@ -156,61 +145,11 @@ def _screenshot(page: Page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def _open_tab(page: Page, label: str) -> None:
-    page.locator("#tabs button[role=tab]", has_text=label).first.click()
-
-
-def _set_number(page: Page, elem_id: str, value: str) -> None:
-    """Type into a slider's or number's box; Enter commits it as a user would."""
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(value)
-    box.press("Enter")
-
-
-def _small_job(page: Page, tab: str, prompt: str, steps: str = "2", seed: str | None = "1234") -> None:
-    page.locator(f"#{tab}-prompt textarea").fill(prompt)
-    _set_number(page, f"{tab}-steps", steps)
-    _set_number(page, f"{tab}-width", "64")
-    _set_number(page, f"{tab}-height", "64")
-    if seed is not None:
-        _set_number(page, f"{tab}-seed", seed)
-
-
-def _infotext(page: Page, tab: str) -> str:
-    return page.locator(f"#{tab}-infotext textarea").input_value()
-
-
-def _generate_and_wait(page: Page, tab: str, click: bool = True) -> str:
-    """Click Generate (or not, when the caller pressed Ctrl+Enter) and return the new infotext."""
-    before = _infotext(page, tab)
-    if click:
-        page.locator(f"#{tab}-generate").click()
-    page.wait_for_function(
-        "([tab, before]) => { const box = document.querySelector(`#${tab}-infotext textarea`);"
-        " const img = document.querySelector(`#${tab}-gallery img`);"
-        " return box && box.value && box.value !== before && img && img.complete && img.naturalWidth > 0; }",
-        arg=[tab, before],
-    )
-    return _infotext(page, tab)
-
-
-def _wait_for_text(page: Page, elem_id: str, text: str) -> None:
-    page.wait_for_function(
-        "([id, text]) => (document.getElementById(id)?.innerText || '').includes(text)", arg=[elem_id, text]
-    )
-
-
-def _error_text(page: Page, elem_id: str) -> str:
-    error = page.locator(f"#{elem_id}")
-    error.wait_for(state="visible")
-    return error.inner_text()
-
-
 def test_txt2img_generate_error_and_recover(app: App, page: Page, browser: Browser) -> None:
     assert not page.locator("#demo-banner").is_visible()
     page.locator("#txt2img-negative-prompt textarea").fill("blurry")
-    _small_job(page, "txt2img", "a lighthouse at dusk")
-    infotext = _generate_and_wait(page, "txt2img")
+    small_job(page, "txt2img", "a lighthouse at dusk")
+    infotext = generate_and_wait(page, "txt2img")
     _screenshot(page, "ui-txt2img")
     assert "Steps: 2" in infotext and "Seed: 1234" in infotext and "Size: 64x64" in infotext
     assert "Negative prompt: blurry" in infotext and "Model: tiny" in infotext
@@ -218,9 +157,9 @@ def test_txt2img_generate_error_and_recover(app: App, page: Page, browser: Brows
     assert saved and Image.open(saved[-1]).info["parameters"] == infotext
 
     # Width 100 is inside the slider's range but not a multiple of 8: the engine refuses it.
-    _set_number(page, "txt2img-width", "100")
+    set_number(page, "txt2img-width", "100")
     page.locator("#txt2img-generate").click()
-    assert "multiple of 8" in _error_text(page, "txt2img-error")
+    assert "multiple of 8" in error_text(page, "txt2img-error")
     _screenshot(page, "ui-txt2img-error")
 
     # A checkpoint that fails to load: message shown, dropdown back on the loaded model.
@@ -232,18 +171,18 @@ def test_txt2img_generate_error_and_recover(app: App, page: Page, browser: Brows
     page.wait_for_function("() => document.querySelector('#checkpoint input').value === 'tiny'")
 
     # The page keeps working: fix the width, Ctrl+Enter in the prompt generates a random seed.
-    _set_number(page, "txt2img-width", "64")
+    set_number(page, "txt2img-width", "64")
     page.locator("#txt2img-seed").get_by_role("button", name="Random").click()
     page.wait_for_function("() => document.querySelector('#txt2img-seed input').value === '-1'")
     page.locator("#txt2img-prompt textarea").press("Control+Enter")
-    infotext = _generate_and_wait(page, "txt2img", click=False)
+    infotext = generate_and_wait(page, "txt2img", click=False)
     assert "Size: 64x64" in infotext and not page.locator("#txt2img-error").is_visible()
     seed = infotext.split("Seed: ")[1].split(",")[0]
     page.locator("#txt2img-seed").get_by_role("button", name="Reuse last").click()
     page.wait_for_function("seed => document.querySelector('#txt2img-seed input').value === seed", arg=seed)
 
     # Swapping the size: 64x128 becomes 128x64.
-    _set_number(page, "txt2img-height", "128")
+    set_number(page, "txt2img-height", "128")
     page.locator("#txt2img-swap-size").click()
     page.wait_for_function(
         "() => document.querySelector('#txt2img-width input[type=number]').value === '128'"
@@ -266,9 +205,9 @@ def test_live_preview_queue_position_and_interrupt(app: App, page: Page) -> None
     app.steps.hold()
     blocker = app.jobs.submit(GenerationRequest(steps=2, width=64, height=64), Caller("someone-else"))
     assert app.steps.held.wait(30)
-    _small_job(page, "txt2img", "a slow one", steps="8")
+    small_job(page, "txt2img", "a slow one", steps="8")
     page.locator("#txt2img-generate").click()
-    _wait_for_text(page, "txt2img-live", "Waiting in the queue: position 1")
+    wait_for_text(page, "txt2img-live", "Waiting in the queue: position 1")
     _screenshot(page, "ui-txt2img-queued")
 
     # Released, it runs slowly: the progress text counts steps and the preview image changes.
@@ -289,7 +228,7 @@ def test_live_preview_queue_position_and_interrupt(app: App, page: Page) -> None
     _screenshot(page, "ui-txt2img-live-preview")
     bar = page.locator("#txt2img-live .live-progress")
     assert bar.get_attribute("data-steps") == "8"
-    _generate_and_wait(page, "txt2img", click=False)
+    generate_and_wait(page, "txt2img", click=False)
     assert not page.locator("#txt2img-live").is_visible()
 
     # Interrupt stops this tab's own job; the page says so and keeps working.
@@ -299,30 +238,30 @@ def test_live_preview_queue_position_and_interrupt(app: App, page: Page) -> None
     assert app.steps.held.wait(30)
     page.locator("#txt2img-interrupt").click()
     app.steps.release()
-    assert "Interrupted" in _error_text(page, "txt2img-error")
+    assert "Interrupted" in error_text(page, "txt2img-error")
     states = [job.state.value for job in app.jobs.jobs(Caller(LOGIN["username"]))]
     assert states[-1] == "interrupted"
-    _set_number(page, "txt2img-seed", "5")
-    assert "Seed: 5" in _generate_and_wait(page, "txt2img")
+    set_number(page, "txt2img-seed", "5")
+    assert "Seed: 5" in generate_and_wait(page, "txt2img")
 
 
 def test_send_to_img2img_and_inpaint_with_a_painted_mask(app: App, page: Page) -> None:
-    _small_job(page, "txt2img", "a red barn", seed="77")
-    _set_number(page, "txt2img-width", "128")
-    _set_number(page, "txt2img-height", "128")
-    _generate_and_wait(page, "txt2img")
+    small_job(page, "txt2img", "a red barn", seed="77")
+    set_number(page, "txt2img-width", "128")
+    set_number(page, "txt2img-height", "128")
+    generate_and_wait(page, "txt2img")
 
     # Send to img2img: the image and every parameter arrive; the tab opens.
     page.locator("#txt2img-send-img2img").click()
     page.locator("#img2img-image img").wait_for()
     assert page.locator("#img2img-prompt textarea").input_value() == "a red barn"
     assert page.locator("#img2img-seed input").input_value() == "77"
-    infotext = _generate_and_wait(page, "img2img")
+    infotext = generate_and_wait(page, "img2img")
     assert "Denoising strength: 0.75" in infotext and "Size: 128x128" in infotext
     _screenshot(page, "ui-img2img")
 
     # Send to inpaint and paint a stroke across the middle of the picture.
-    _open_tab(page, "txt2img")
+    open_tab(page, "txt2img")
     page.locator("#txt2img-send-inpaint").click()
     canvas = page.locator("#inpaint-editor canvas").first
     canvas.wait_for()
@@ -337,7 +276,7 @@ def test_send_to_img2img_and_inpaint_with_a_painted_mask(app: App, page: Page) -
         page.mouse.move(box["x"] + box["width"] * fraction, middle_y, steps=4)
     page.mouse.up()
     _screenshot(page, "ui-inpaint-painted")
-    infotext = _generate_and_wait(page, "inpaint")
+    infotext = generate_and_wait(page, "inpaint")
     assert "Mask blur: 4" in infotext and "Denoising strength" in infotext
     _screenshot(page, "ui-inpaint")
 
@@ -354,19 +293,19 @@ def test_send_to_img2img_and_inpaint_with_a_painted_mask(app: App, page: Page) -
     page.locator("#inpaint-clear-mask").click()
     page.wait_for_timeout(1500)  # the editor takes the cleared value back from the server
     page.locator("#inpaint-generate").click()
-    assert "paint over" in _error_text(page, "inpaint-error")
+    assert "paint over" in error_text(page, "inpaint-error")
 
 
 def test_models_tab_switch_lists_and_merge(app: App, page: Page) -> None:
-    _open_tab(page, "Models")
+    open_tab(page, "Models")
     table = page.locator("#models-table")
-    _wait_for_text(page, "models-table", "tiny ✓")
+    wait_for_text(page, "models-table", "tiny ✓")
     assert "other" in table.inner_text() and "SD 1.x" in table.inner_text()
 
     page.locator("#models-choice input").click()
     page.get_by_role("option", name="other").click()
     page.locator("#models-switch").click()
-    _wait_for_text(page, "models-table", "other ✓")
+    wait_for_text(page, "models-table", "other ✓")
     page.wait_for_function("() => document.querySelector('#checkpoint input').value === 'other'")
     assert "loaded other" in page.locator("#models-status").inner_text()
     _screenshot(page, "ui-models")
@@ -376,19 +315,19 @@ def test_models_tab_switch_lists_and_merge(app: App, page: Page) -> None:
     page.locator("#models-insert-into").get_by_text("img2img").click()
     page.locator("#models-embeddings").get_by_text("style-x").click()
     page.wait_for_timeout(500)
-    _open_tab(page, "img2img")
+    open_tab(page, "img2img")
     page.wait_for_function(
         "() => document.querySelector('#img2img-prompt textarea')?.value.includes('style-x')"
     )
-    _open_tab(page, "txt2img")
+    open_tab(page, "txt2img")
     assert "<lora:ink:1>" in page.locator("#txt2img-prompt textarea").input_value()
-    _open_tab(page, "Models")
+    open_tab(page, "Models")
 
     # A broken checkpoint gives a message, not a dead page.
     page.locator("#models-choice input").click()
     page.get_by_role("option", name="broken").click()
     page.locator("#models-switch").click()
-    assert "broken" in _error_text(page, "models-error")
+    assert "broken" in error_text(page, "models-error")
 
     # The merger writes a new checkpoint that the lists show at once.
     page.locator("#models-merger").get_by_text("Merge checkpoints").click()
@@ -400,13 +339,13 @@ def test_models_tab_switch_lists_and_merge(app: App, page: Page) -> None:
     page.locator("#merge-name textarea, #merge-name input").first.fill("half-half")
     page.locator("#merge-run").click()
     page.locator("#merge-result").get_by_text("half-half").wait_for(timeout=60_000)
-    _wait_for_text(page, "models-table", "half-half")
+    wait_for_text(page, "models-table", "half-half")
     assert (app.studio.settings.ckpt_dir / "half-half.safetensors").is_file()
 
     page.locator("#models-choice input").click()
     page.get_by_role("option", name="tiny", exact=True).click()
     page.locator("#models-switch").click()
-    _wait_for_text(page, "models-table", "tiny ✓")
+    wait_for_text(page, "models-table", "tiny ✓")
 
 
 def test_pnginfo_round_trip_into_txt2img(app: App, page: Page, tmp_path: Path) -> None:
@@ -431,7 +370,7 @@ def test_pnginfo_round_trip_into_txt2img(app: App, page: Page, tmp_path: Path) -
     assert job.result is not None
     made = job.result.paths[0]
 
-    _open_tab(page, "PNG Info")
+    open_tab(page, "PNG Info")
     page.locator("#pnginfo-image input[type=file]").set_input_files(str(made))
     page.wait_for_function(
         "() => document.querySelector('#pnginfo-infotext textarea').value.includes('Seed: 4242')"
@@ -444,7 +383,7 @@ def test_pnginfo_round_trip_into_txt2img(app: App, page: Page, tmp_path: Path) -
         "() => document.querySelector('#txt2img-prompt textarea').value === 'a quiet harbour'"
     )
     page.wait_for_function("() => document.querySelector('#checkpoint input').value === 'other'")
-    infotext = _generate_and_wait(page, "txt2img")
+    infotext = generate_and_wait(page, "txt2img")
     assert infotext == job.result.infotexts[0], "the pasted parameters did not reproduce the image"
     produced = sorted((app.studio.settings.outputs_dir / "txt2img-images").rglob("*.png"))[-1]
     assert Image.open(produced).tobytes() == Image.open(made).tobytes()
@@ -455,15 +394,15 @@ def test_pnginfo_round_trip_into_txt2img(app: App, page: Page, tmp_path: Path) -
     Image.new("RGB", (32, 32), "white").save(plain)
     page.reload()
     page.locator("#txt2img-prompt textarea").wait_for()
-    _open_tab(page, "PNG Info")
+    open_tab(page, "PNG Info")
     page.locator("#pnginfo-image input[type=file]").set_input_files(str(plain))
     page.locator("#pnginfo-table").get_by_text("no generation parameters").wait_for()
 
 
 def test_history_settings_and_screenshots(app: App, page: Page) -> None:
-    _small_job(page, "txt2img", "for the history")
-    _generate_and_wait(page, "txt2img")
-    _open_tab(page, "History")
+    small_job(page, "txt2img", "for the history")
+    generate_and_wait(page, "txt2img")
+    open_tab(page, "History")
     page.wait_for_function(
         "() => document.querySelector('#history-infotext textarea')?.value.startsWith('for the history')"
     )
@@ -471,26 +410,26 @@ def test_history_settings_and_screenshots(app: App, page: Page) -> None:
     _screenshot(page, "ui-history")
 
     for label in ("img2img", "Inpaint"):
-        _open_tab(page, label)
+        open_tab(page, label)
         page.wait_for_timeout(300)
         _screenshot(page, f"ui-{label.lower()}-tab")
 
     # Settings: a file name pattern and preview period apply at once.
-    _open_tab(page, "Settings")
+    open_tab(page, "Settings")
     page.locator("#settings-pattern textarea, #settings-pattern input").first.fill("[seed]-[prompt_words]")
-    _set_number(page, "settings-preview-period", "2")
+    set_number(page, "settings-preview-period", "2")
     page.locator("#settings-apply").click()
     page.locator("#settings-saved").get_by_text("applied").wait_for()
     _screenshot(page, "ui-settings")
     assert app.studio.settings.preview_period == 2
     page.locator("#settings-pattern textarea, #settings-pattern input").first.fill("[nope]")
     page.locator("#settings-apply").click()
-    assert "[nope]" in _error_text(page, "settings-error")
+    assert "[nope]" in error_text(page, "settings-error")
     assert app.studio.settings.filename_pattern == "[seed]-[prompt_words]"
 
-    _open_tab(page, "txt2img")
-    _small_job(page, "txt2img", "named after me", seed="99")
-    _generate_and_wait(page, "txt2img")
+    open_tab(page, "txt2img")
+    small_job(page, "txt2img", "named after me", seed="99")
+    generate_and_wait(page, "txt2img")
     assert any(
         path.name.endswith("-99-named after me.png")
         for path in app.studio.settings.outputs_dir.rglob("*.png")

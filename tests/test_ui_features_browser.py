@@ -11,6 +11,18 @@ from typing import TYPE_CHECKING
 import pytest
 from PIL import Image, PngImagePlugin
 
+from tests.browser_helpers import (
+    BROWSER_MARKS,
+    LOGIN,
+    TIMEOUT_MS,
+    error_text,
+    generate_and_wait,
+    open_tab,
+    set_number,
+    small_job,
+    wait_for_text,
+)
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page
 
@@ -18,22 +30,8 @@ if TYPE_CHECKING:
     from webui.jobs import JobQueue
     from webui.studio import Studio
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-TIMEOUT_MS = 30_000
-LOGIN = {"username": "artist", "password": "pa55-word"}
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)"),
-]
+pytestmark = BROWSER_MARKS
 
 
 @dataclass
@@ -72,15 +70,6 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
         jobs.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
 def page(browser: Browser, app: App) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 900}, http_credentials=LOGIN)
@@ -90,17 +79,6 @@ def page(browser: Browser, app: App) -> Iterator[Page]:
     page.locator("#txt2img-prompt textarea").wait_for()
     yield page
     context.close()
-
-
-def _open_tab(page: Page, label: str) -> None:
-    page.locator("#tabs button[role=tab]", has_text=label).first.click()
-
-
-def _set_number(page: Page, elem_id: str, value: str) -> None:
-    """Type into a slider's or number's box; Enter commits it as a user would."""
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(value)
-    box.press("Enter")
 
 
 def _number(page: Page, elem_id: str) -> float:
@@ -120,38 +98,6 @@ def _pick(page: Page, elem_id: str, option: str) -> None:
     box.click()
     box.fill(option)
     page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
-
-
-def _small_job(page: Page, prompt: str, seed: str) -> None:
-    page.locator("#txt2img-prompt textarea").fill(prompt)
-    _set_number(page, "txt2img-steps", "2")
-    _set_number(page, "txt2img-width", "64")
-    _set_number(page, "txt2img-height", "64")
-    _set_number(page, "txt2img-seed", seed)
-
-
-def _generate_and_wait(page: Page, tab: str = "txt2img") -> str:
-    before = page.locator(f"#{tab}-infotext textarea").input_value()
-    page.locator(f"#{tab}-generate").click()
-    page.wait_for_function(
-        "([tab, before]) => { const box = document.querySelector(`#${tab}-infotext textarea`);"
-        " const img = document.querySelector(`#${tab}-gallery img`);"
-        " return box && box.value && box.value !== before && img && img.complete && img.naturalWidth > 0; }",
-        arg=[tab, before],
-    )
-    return page.locator(f"#{tab}-infotext textarea").input_value()
-
-
-def _wait_for_text(page: Page, elem_id: str, text: str) -> None:
-    page.wait_for_function(
-        "([id, text]) => (document.getElementById(id)?.innerText || '').includes(text)", arg=[elem_id, text]
-    )
-
-
-def _error_text(page: Page, elem_id: str) -> str:
-    error = page.locator(f"#{elem_id}")
-    error.wait_for(state="visible")
-    return error.inner_text()
 
 
 def _last_request(app: App) -> GenerationRequest:
@@ -179,7 +125,7 @@ def test_styles_save_list_and_apply(app: App, page: Page) -> None:
     prompt.fill("{prompt}, oil painting")
     negative.fill("lowres")
     page.locator("#txt2img-style-save").click()
-    assert "needs a name" in _error_text(page, "txt2img-error")
+    assert "needs a name" in error_text(page, "txt2img-error")
 
     page.locator("#txt2img-style-name textarea, #txt2img-style-name input").first.fill("oil")
     page.locator("#txt2img-style-save").click()
@@ -188,14 +134,14 @@ def test_styles_save_list_and_apply(app: App, page: Page) -> None:
     assert app.studio.styles.find("oil").negative_prompt == "lowres"
 
     # Saved in txt2img, listed in the other tabs too.
-    _open_tab(page, "img2img")
+    open_tab(page, "img2img")
     page.locator("#img2img-styles input").first.click()
     page.locator("#img2img-styles").get_by_role("option", name="oil", exact=True).wait_for()
     page.keyboard.press("Escape")
-    _open_tab(page, "txt2img")
+    open_tab(page, "txt2img")
 
     # Applying writes the styled prompts into the boxes and clears the selection.
-    _small_job(page, "a cat", seed="3")
+    small_job(page, "txt2img", "a cat", seed="3")
     negative.fill("")
     _pick(page, "txt2img-styles", "oil")
     page.locator("#txt2img-styles-apply").click()
@@ -204,7 +150,7 @@ def test_styles_save_list_and_apply(app: App, page: Page) -> None:
     )
     assert negative.input_value() == "lowres"
     assert page.locator("#txt2img-styles .token").count() == 0
-    infotext = _generate_and_wait(page)
+    infotext = generate_and_wait(page)
     assert infotext.startswith("a cat, oil painting\nNegative prompt: lowres\n")
     assert _last_request(app).styles == []
 
@@ -212,24 +158,24 @@ def test_styles_save_list_and_apply(app: App, page: Page) -> None:
     prompt.fill("a dog")
     negative.fill("")
     _pick(page, "txt2img-styles", "oil")
-    infotext = _generate_and_wait(page)
+    infotext = generate_and_wait(page)
     assert _last_request(app).styles == ["oil"] and _last_request(app).prompt == "a dog"
     assert infotext.startswith("a dog, oil painting\nNegative prompt: lowres\n")
 
 
 def test_hires_fix_size_label_and_request(app: App, page: Page) -> None:
-    _small_job(page, "a tower", seed="11")
+    small_job(page, "txt2img", "a tower", seed="11")
     _checkbox(page, "txt2img-enable-hr").check()
-    _wait_for_text(page, "txt2img-hr-size", "from 64x64 to 128x128")
-    _set_number(page, "txt2img-hr-resize-x", "96")
-    _wait_for_text(page, "txt2img-hr-size", "from 64x64 to 96x96")
-    _set_number(page, "txt2img-hr-resize-x", "0")
-    _set_number(page, "txt2img-hr-scale", "3")
-    _wait_for_text(page, "txt2img-hr-size", "from 64x64 to 192x192")
-    _set_number(page, "txt2img-hr-scale", "2")
-    _wait_for_text(page, "txt2img-hr-size", "from 64x64 to 128x128")
-    _set_number(page, "txt2img-hr-steps", "2")
-    infotext = _generate_and_wait(page)
+    wait_for_text(page, "txt2img-hr-size", "from 64x64 to 128x128")
+    set_number(page, "txt2img-hr-resize-x", "96")
+    wait_for_text(page, "txt2img-hr-size", "from 64x64 to 96x96")
+    set_number(page, "txt2img-hr-resize-x", "0")
+    set_number(page, "txt2img-hr-scale", "3")
+    wait_for_text(page, "txt2img-hr-size", "from 64x64 to 192x192")
+    set_number(page, "txt2img-hr-scale", "2")
+    wait_for_text(page, "txt2img-hr-size", "from 64x64 to 128x128")
+    set_number(page, "txt2img-hr-steps", "2")
+    infotext = generate_and_wait(page)
 
     request = _last_request(app)
     assert request.enable_hr and request.hr_scale == 2 and request.hr_size == (128, 128)
@@ -245,14 +191,14 @@ def test_hires_fix_size_label_and_request(app: App, page: Page) -> None:
 
 
 def test_variation_seed_and_tiling_reach_the_request(app: App, page: Page) -> None:
-    _small_job(page, "a field", seed="21")
+    small_job(page, "txt2img", "a field", seed="21")
     _checkbox(page, "txt2img-seed-extras").check()
-    _set_number(page, "txt2img-subseed", "99")
-    _set_number(page, "txt2img-subseed-strength", "0.5")
-    _set_number(page, "txt2img-seed-resize-w", "128")
-    _set_number(page, "txt2img-seed-resize-h", "96")
+    set_number(page, "txt2img-subseed", "99")
+    set_number(page, "txt2img-subseed-strength", "0.5")
+    set_number(page, "txt2img-seed-resize-w", "128")
+    set_number(page, "txt2img-seed-resize-h", "96")
     _checkbox(page, "txt2img-tiling").check()
-    infotext = _generate_and_wait(page)
+    infotext = generate_and_wait(page)
     request = _last_request(app)
     assert (request.subseed, request.subseed_strength) == (99, 0.5)
     assert (request.seed_resize_from_w, request.seed_resize_from_h) == (128, 96)
@@ -261,8 +207,8 @@ def test_variation_seed_and_tiling_reach_the_request(app: App, page: Page) -> No
     # Unticked, the hidden variation settings stay out of the request; tiling is its own switch.
     _checkbox(page, "txt2img-seed-extras").uncheck()
     _checkbox(page, "txt2img-tiling").uncheck()
-    _set_number(page, "txt2img-seed", "22")
-    _generate_and_wait(page)
+    set_number(page, "txt2img-seed", "22")
+    generate_and_wait(page)
     request = _last_request(app)
     assert (request.subseed, request.subseed_strength, request.seed_resize_from_w) == (-1, 0.0, 0)
     assert not request.tiling
@@ -282,14 +228,14 @@ def test_pasted_infotext_fills_hires_and_variation(app: App, page: Page, tmp_pat
         "Hires upscale: 1.5, Hires steps: 4, Hires upscaler: Latent (bicubic), Hires sampler: DPM++ 2M, "
         "Hires schedule type: Karras, Hires prompt: sharper, Tiling: True",
     )
-    _open_tab(page, "PNG Info")
+    open_tab(page, "PNG Info")
     page.locator("#pnginfo-image input[type=file]").set_input_files(str(pasted))
-    _wait_for_text(page, "pnginfo-table", "sharper")
+    wait_for_text(page, "pnginfo-table", "sharper")
     page.locator("#pnginfo-send-txt2img").click()
     page.wait_for_function(
         "() => document.querySelector('#txt2img-prompt textarea').value === 'a harbour at night'"
     )
-    _wait_for_text(page, "txt2img-hr-size", "from 64x64 to 96x96")
+    wait_for_text(page, "txt2img-hr-size", "from 64x64 to 96x96")
     assert _checkbox(page, "txt2img-enable-hr").is_checked()
     assert (_number(page, "txt2img-hr-scale"), _number(page, "txt2img-hr-steps")) == (1.5, 4)
     assert _number(page, "txt2img-hr-denoising") == 0.45
@@ -303,7 +249,7 @@ def test_pasted_infotext_fills_hires_and_variation(app: App, page: Page, tmp_pat
     assert _checkbox(page, "txt2img-tiling").is_checked()
 
     # Generating from the pasted controls asks for what the infotext describes.
-    _generate_and_wait(page)
+    generate_and_wait(page)
     request = _last_request(app)
     assert (request.prompt, request.negative_prompt, request.seed, request.steps) == (
         "a harbour at night",
@@ -324,7 +270,7 @@ def test_pasted_infotext_fills_hires_and_variation(app: App, page: Page, tmp_pat
 
     # An infotext without those keys puts them back to their defaults.
     plain = _png_with(tmp_path / "plain.png", "a plain one\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 3")
-    _open_tab(page, "PNG Info")
+    open_tab(page, "PNG Info")
     page.locator("#pnginfo-image input[type=file]").set_input_files(str(plain))
     page.wait_for_function(
         "() => document.querySelector('#pnginfo-infotext textarea').value.startsWith('a plain one')"
@@ -334,7 +280,7 @@ def test_pasted_infotext_fills_hires_and_variation(app: App, page: Page, tmp_pat
     page.wait_for_function("() => !document.querySelector('#txt2img-enable-hr input').checked")
     assert not _checkbox(page, "txt2img-seed-extras").is_checked()
     assert not _checkbox(page, "txt2img-tiling").is_checked()
-    _generate_and_wait(page)
+    generate_and_wait(page)
     request = _last_request(app)
     assert not request.enable_hr and not request.tiling
     assert (request.hr_scale, request.hr_prompt, request.hr_upscaler, request.denoising_strength) == (
@@ -348,11 +294,11 @@ def test_pasted_infotext_fills_hires_and_variation(app: App, page: Page, tmp_pat
 
 def test_extras_upscales_single_and_batch(app: App, page: Page, tmp_path: Path) -> None:
     source = _png_with(tmp_path / "small.png", "a boat\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 5")
-    _open_tab(page, "Extras")
+    open_tab(page, "Extras")
     page.locator("#extras-image input[type=file]").set_input_files(str(source))
     page.locator("#extras-image img").wait_for()
     page.locator("#extras-run").click()
-    _wait_for_text(page, "extras-sizes", "64x64 → 128x128")
+    wait_for_text(page, "extras-sizes", "64x64 → 128x128")
     page.wait_for_function(
         "() => { const img = document.querySelector('#extras-gallery img');"
         " return img && img.complete && img.naturalWidth === 128 && img.naturalHeight === 128; }"
@@ -364,40 +310,40 @@ def test_extras_upscales_single_and_batch(app: App, page: Page, tmp_path: Path) 
 
     # A result past the size limit is refused with the reason.
     page.locator("#extras-resize").get_by_text("Scale to").click()
-    _set_number(page, "extras-width", "9000")
-    _set_number(page, "extras-height", "9000")
+    set_number(page, "extras-width", "9000")
+    set_number(page, "extras-height", "9000")
     page.locator("#extras-run").click()
-    assert "8192" in _error_text(page, "extras-error")
+    assert "8192" in error_text(page, "extras-error")
 
     # A batch: every file upscaled, each size told.
     page.locator("#extras-resize").get_by_text("Scale by").click()
-    _set_number(page, "extras-scale", "1.5")
+    set_number(page, "extras-scale", "1.5")
     page.locator("#extras-sources button[role=tab]", has_text="Batch").click()
     second = _png_with(tmp_path / "wide.png", "", size=(96, 64))
     page.locator("#extras-batch input[type=file]").set_input_files([str(source), str(second)])
     page.locator("#extras-batch td[aria-label='wide.png']").wait_for()
     page.locator("#extras-run").click()
-    _wait_for_text(page, "extras-sizes", "96x64 → 144x96")
+    wait_for_text(page, "extras-sizes", "96x64 → 144x96")
     assert "64x64 → 96x96" in page.locator("#extras-sizes").inner_text()
     page.locator("#extras-error").wait_for(state="hidden")
 
 
 def test_send_a_result_to_extras(app: App, page: Page) -> None:
-    _small_job(page, "a kite", seed="8")
-    _generate_and_wait(page)
+    small_job(page, "txt2img", "a kite", seed="8")
+    generate_and_wait(page)
     page.locator("#txt2img-send-extras").click()
     page.locator("#extras-image img").wait_for()
     page.locator("#extras-run").click()
-    _wait_for_text(page, "extras-sizes", "64x64 → 128x128")
+    wait_for_text(page, "extras-sizes", "64x64 → 128x128")
 
 
 def test_xyz_plot_from_the_script_menu_shows_the_grid_first(app: App, page: Page) -> None:
-    _small_job(page, "a plotted fox", "5")
+    small_job(page, "txt2img", "a plotted fox", seed="5")
     _pick(page, "txt2img-script", "X/Y/Z plot")
     prefix = "txt2img-script-x-y-z-plot"
     _pick(page, f"{prefix}-x_type", "Steps")
     page.locator(f"#{prefix}-x_values textarea, #{prefix}-x_values input").first.fill("1, 2")
-    _generate_and_wait(page)
+    generate_and_wait(page)
     request = _last_request(app)
     assert request.script_name == "X/Y/Z plot" and request.script_args[:2] == ["Steps", "1, 2"]
     grids = sorted((app.studio.settings.outputs_dir / "txt2img-grids").rglob("*.png"))

@@ -1,0 +1,79 @@
+"""What the browser tests share: Debian's Chromium for Playwright, and the steps a user takes on the page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Playwright's own browser download cannot work offline; these keep Chromium from calling out.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT_MS = 30_000
+LOGIN = {"username": "artist", "password": "pa55-word"}
+
+BROWSER_MARKS = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)"),
+]
+
+
+def open_tab(page: Page, label: str) -> None:
+    page.locator("#tabs button[role=tab]", has_text=label).first.click()
+
+
+def set_number(page: Page, elem_id: str, value: str) -> None:
+    """Type into a slider's or number's box; Enter commits it as a user would."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(value)
+    box.press("Enter")
+
+
+def small_job(page: Page, tab: str, prompt: str, steps: str = "2", seed: str | None = "1234") -> None:
+    page.locator(f"#{tab}-prompt textarea").fill(prompt)
+    set_number(page, f"{tab}-steps", steps)
+    set_number(page, f"{tab}-width", "64")
+    set_number(page, f"{tab}-height", "64")
+    if seed is not None:
+        set_number(page, f"{tab}-seed", seed)
+
+
+def infotext(page: Page, tab: str) -> str:
+    return page.locator(f"#{tab}-infotext textarea").input_value()
+
+
+def generate_and_wait(page: Page, tab: str = "txt2img", click: bool = True) -> str:
+    """Click Generate (or not, when the caller pressed Ctrl+Enter) and return the new infotext."""
+    before = infotext(page, tab)
+    if click:
+        page.locator(f"#{tab}-generate").click()
+    page.wait_for_function(
+        "([tab, before]) => { const box = document.querySelector(`#${tab}-infotext textarea`);"
+        " const img = document.querySelector(`#${tab}-gallery img`);"
+        " return box && box.value && box.value !== before && img && img.complete && img.naturalWidth > 0; }",
+        arg=[tab, before],
+    )
+    return infotext(page, tab)
+
+
+def wait_for_text(page: Page, elem_id: str, text: str) -> None:
+    page.wait_for_function(
+        "([id, text]) => (document.getElementById(id)?.innerText || '').includes(text)", arg=[elem_id, text]
+    )
+
+
+def error_text(page: Page, elem_id: str) -> str:
+    error = page.locator(f"#{elem_id}")
+    error.wait_for(state="visible")
+    return error.inner_text()
