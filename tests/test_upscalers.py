@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from webui.engine.request import GenerationError
-from webui.engine.upscale import Upscalers, blend_upscalers, upscale, upscaler_names
+from webui.engine.upscale import Upscalers, upscale
 from webui.model_manager.state_dict import CheckpointError
 from webui.model_manager.upscaler_models import load_upscaler_model, read_upscaler_tensors
 from webui.tools.tiny_upscaler import main as tiny_upscaler_main
@@ -311,11 +311,11 @@ def test_blend_mixes_a_model_with_a_plain_upscaler(esrgan_dir: Path):
     assert np.array_equal(np.asarray(mixed), np.asarray(Image.blend(model, nearest, 0.5)))
 
 
-def test_module_functions_keep_working_with_the_plain_resamplers():
+def test_without_a_folder_only_the_plain_resamplers_are_offered():
     image = _image(10, 6)
-    assert upscaler_names() == ["None", "Lanczos", "Nearest"]
+    assert Upscalers().names() == ["None", "Lanczos", "Nearest"]
     assert upscale(image, "Lanczos", scale=2).size == (20, 12)
-    assert blend_upscalers(image, "Nearest", "Lanczos", 0.3, size=(15, 15)).size == (15, 15)
+    assert Upscalers().blend(image, "Nearest", "Lanczos", 0.3, size=(15, 15)).size == (15, 15)
     with pytest.raises(GenerationError, match="R-ESRGAN") as error:
         upscale(image, "R-ESRGAN 4x+", scale=2)
     assert error.value.field == "upscaler_1"

@@ -149,11 +149,6 @@ class Upscalers:
         return GenerationError(f"unknown upscaler {name!r}; choose one of: {', '.join(self.names())}", field)
 
 
-def upscaler_names() -> list[str]:
-    """The plain resamplers; an app with a models/ESRGAN folder asks its `Upscalers` instead."""
-    return Upscalers().names()
-
-
 def target_size(
     image: Image.Image, *, scale: float | None = None, size: tuple[int, int] | None = None
 ) -> tuple[int, int]:
@@ -185,20 +180,6 @@ def upscale(
 ) -> Image.Image:
     """`Upscalers.upscale` with the plain resamplers only."""
     return Upscalers().upscale(image, upscaler, scale=scale, size=size, crop=crop)
-
-
-def blend_upscalers(
-    image: Image.Image,
-    first: str,
-    second: str,
-    second_visibility: float,
-    *,
-    scale: float | None = None,
-    size: tuple[int, int] | None = None,
-    crop: bool = True,
-) -> Image.Image:
-    """`Upscalers.blend` with the plain resamplers only."""
-    return Upscalers().blend(image, first, second, second_visibility, scale=scale, size=size, crop=crop)
 
 
 def _resample(
