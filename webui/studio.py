@@ -376,8 +376,8 @@ class Studio:
     ) -> StudioResult:
         """Run one job. `checkpoint` and `vae` pick a model and VAE for this job only (A1111's
         override_settings); `save=False` keeps the images out of the outputs folder."""
+        request = self._with_styles(request)  # first: preflight then finds no styles to read again
         file = self.preflight(request, checkpoint, vae)
-        request = self._with_styles(request)
         if request.script_name:
             return self._run_script(request, on_step, control, checkpoint, vae, save)
         with self._generation, self.cache.use(file.path) as model:
