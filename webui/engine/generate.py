@@ -262,6 +262,7 @@ class Engine:
             conditioning,
             progress,
             control,
+            strength,
         )
         if hires is None or not finished:
             return latents
@@ -293,7 +294,7 @@ class Engine:
             hires_conditioning,
             progress,
             control,
-            strength=request.denoising_strength,
+            request.denoising_strength,
         )
         return latents
 
@@ -309,14 +310,12 @@ class Engine:
         conditioning: ConditioningSchedule,
         progress: _Progress,
         control: JobControl,
-        strength: float | None = None,
+        strength: float | None,
     ) -> tuple[torch.Tensor, bool]:
-        """One sampling pass; returns the latents and False when a skip cut it short."""
+        """One sampling pass, from noise (`strength` None) or from `batch.init_latents`; returns the
+        latents and False when a skip cut it short."""
         count = len(noise)
-        strength = (
-            request.denoising_strength if strength is None and batch.init_latents is not None else strength
-        )
-        if batch.init_latents is None or strength is None:
+        if strength is None or batch.init_latents is None:
             latents = noise * scheduler.init_noise_sigma
         elif len(timesteps) == 0:
             return batch.init_latents, True
