@@ -169,16 +169,7 @@ def build_sampling(tab: str, prompts: tuple[gr.Textbox, gr.Textbox], limits: Lim
     random_seed = gr.Button("🎲 Random", size="sm")
     reuse_seed = gr.Button("♻ Reuse last", size="sm")
     with gr.Row(equal_height=True):
-        seed = gr.Number(
-            value=-1,
-            precision=0,
-            minimum=-1,
-            maximum=SEED_MAX,
-            label="Seed (-1 = random)",
-            elem_id=f"{tab}-seed",
-            buttons=[random_seed, reuse_seed],
-            scale=5,
-        )
+        seed = seed_box("Seed (-1 = random)", f"{tab}-seed", [random_seed, reuse_seed], scale=5)
         seed_extras = gr.Checkbox(label="Extra", elem_id=f"{tab}-seed-extras", scale=1, min_width=100)
     variation = build_variation(tab, seed_extras)
 
@@ -206,34 +197,37 @@ def build_sampling(tab: str, prompts: tuple[gr.Textbox, gr.Textbox], limits: Lim
     return controls
 
 
+def seed_box(label: str, elem_id: str, buttons: list[gr.Button], **layout: Any) -> gr.Number:
+    """A seed field: a whole number from -1 (random) to the largest 32-bit seed."""
+    return gr.Number(
+        value=-1,
+        precision=0,
+        minimum=-1,
+        maximum=SEED_MAX,
+        label=label,
+        elem_id=elem_id,
+        buttons=buttons,
+        **layout,
+    )
+
+
+def optional_side(label: str, elem_id: str) -> gr.Slider:
+    """An image side in multiples of 8 where 0 means "not set"."""
+    return gr.Slider(0, MAX_UI_SIDE, value=0, step=8, precision=0, label=label, elem_id=elem_id)
+
+
 def build_variation(tab: str, switch: gr.Checkbox) -> list[Field]:
     """A1111's seed extras, shown while `switch` is ticked: the variation seed and "resize seed from"."""
     random_subseed = gr.Button("🎲 Random", size="sm")
     with gr.Group(visible=False) as group:
         with gr.Row():
-            subseed = gr.Number(
-                value=-1,
-                precision=0,
-                minimum=-1,
-                maximum=SEED_MAX,
-                label="Variation seed (-1 = random)",
-                elem_id=f"{tab}-subseed",
-                buttons=[random_subseed],
-            )
+            subseed = seed_box("Variation seed (-1 = random)", f"{tab}-subseed", [random_subseed])
             strength = gr.Slider(
                 0, 1, value=0, step=0.01, label="Variation strength", elem_id=f"{tab}-subseed-strength"
             )
         with gr.Row():
             resize_w, resize_h = (
-                gr.Slider(
-                    0,
-                    MAX_UI_SIDE,
-                    value=0,
-                    step=8,
-                    precision=0,
-                    label=f"Resize seed from {side} (0 = off)",
-                    elem_id=f"{tab}-seed-resize-{side[0]}",
-                )
+                optional_side(f"Resize seed from {side} (0 = off)", f"{tab}-seed-resize-{side[0]}")
                 for side in ("width", "height")
             )
     switch.change(lambda on: gr.Group(visible=on), inputs=switch, outputs=group, **_PRIVATE)

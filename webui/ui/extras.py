@@ -13,6 +13,7 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from webui.outputs import format_infotext, parse_infotext, read_infotext, request_fields_from_params
+from webui.ui.pnginfo import file_upload
 from webui.ui.results import displayable_image, error_box, hide_error, image_gallery, show_error
 
 if TYPE_CHECKING:
@@ -99,15 +100,7 @@ def build_extras_tab(studio: Studio, allowed_roots: Callable[[], list[Path]]) ->
         with gr.Column():
             with gr.Tabs(elem_id="extras-sources") as sources:
                 with gr.Tab("Single image", id=SINGLE, elem_id="extras-tab-single") as single_tab:
-                    # The file as uploaded (type="filepath", no image_mode): its infotext survives.
-                    image = gr.Image(
-                        label="Image",
-                        type="filepath",
-                        image_mode=None,
-                        sources=["upload", "clipboard"],
-                        elem_id="extras-image",
-                        height=360,
-                    )
+                    image = file_upload("extras-image", height=360)  # the infotext survives
                 with gr.Tab("Batch", id=BATCH, elem_id="extras-tab-batch") as batch_tab:
                     files = gr.File(
                         label="Images", file_count="multiple", file_types=["image"], elem_id="extras-batch"

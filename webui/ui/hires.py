@@ -10,7 +10,7 @@ import gradio as gr
 
 from webui.engine.request import MAX_SIDE, MIN_SIDE, GenerationRequest
 from webui.engine.samplers import SCHEDULE_TYPES, sampler_names
-from webui.ui.controls import MAX_UI_SIDE, MAX_UI_STEPS, GenerationControls
+from webui.ui.controls import MAX_UI_SIDE, MAX_UI_STEPS, GenerationControls, optional_side
 from webui.ui.fields import Field, one_of, whole, within
 
 SAME_SAMPLER = "Use same sampler"
@@ -61,15 +61,7 @@ def build_hires(tab: str, upscalers: Callable[[], list[str]], controls: Generati
                 1, MAX_UI_SCALE, value=2, step=0.05, label="Upscale by", elem_id=f"{tab}-hr-scale"
             )
             resize_x, resize_y = (
-                gr.Slider(
-                    0,
-                    MAX_UI_SIDE,
-                    value=0,
-                    step=8,
-                    precision=0,
-                    label=f"Resize {side} to",
-                    elem_id=f"{tab}-hr-resize-{axis}",
-                )
+                optional_side(f"Resize {side} to", f"{tab}-hr-resize-{axis}")
                 for side, axis in (("width", "x"), ("height", "y"))
             )
         size = gr.Markdown(

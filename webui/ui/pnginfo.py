@@ -48,18 +48,23 @@ def read_parameters(path: str | None) -> tuple[str, str]:
     return infotext, parameters_html(infotext)
 
 
+def file_upload(elem_id: str, *, height: int) -> gr.Image:
+    """An image drop zone that hands over the uploaded file itself (its path), text chunks intact:
+    type="filepath" with no image_mode keeps Gradio from re-encoding it."""
+    return gr.Image(
+        label="Image",
+        type="filepath",
+        image_mode=None,
+        sources=["upload", "clipboard"],
+        elem_id=elem_id,
+        height=height,
+    )
+
+
 def build_pnginfo_tab() -> PngInfoTab:
     with gr.Row(equal_height=False):
         with gr.Column():
-            # type="filepath" with no image_mode hands over the uploaded file itself, text chunks intact.
-            image = gr.Image(
-                label="Image",
-                type="filepath",
-                image_mode=None,
-                sources=["upload", "clipboard"],
-                elem_id="pnginfo-image",
-                height=420,
-            )
+            image = file_upload("pnginfo-image", height=420)
         with gr.Column():
             infotext = gr.Textbox(
                 label="Parameters", lines=6, interactive=False, buttons=["copy"], elem_id="pnginfo-infotext"
