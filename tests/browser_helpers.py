@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Browser, Page
+
+    from webui.jobs import JobQueue
+    from webui.studio import Studio
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Playwright's own browser download cannot work offline; these keep Chromium from calling out.
@@ -27,6 +32,42 @@ BROWSER_MARKS = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)"),
 ]
+
+
+@contextmanager
+def served_with_login(studio: Studio, jobs: JobQueue) -> Iterator[str]:
+    """The whole app for `studio` and `jobs` behind the test login, served on a free port; its URL."""
+    from webui.api.auth import Credentials
+    from webui.server import BackgroundServer, create_app
+
+    credentials = Credentials.from_flags(f"{LOGIN['username']}:{LOGIN['password']}", None, LOGIN["username"])
+    with BackgroundServer(create_app(studio, jobs, credentials=credentials)) as url:
+        yield url + "/"
+
+
+@contextmanager
+def logged_in_page(browser: Browser, url: str, outside_requests: list[str]) -> Iterator[Page]:
+    """A fresh browser tab on the page, answering the login prompt as the user would.
+
+    URLs it asks for beyond this machine land in `outside_requests`: the app must work offline.
+    """
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, http_credentials=LOGIN)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.on(
+        "request",
+        lambda request: (
+            None
+            if request.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+            else outside_requests.append(request.url)
+        ),
+    )
+    page.goto(url)
+    page.locator("#txt2img-prompt textarea").wait_for()
+    try:
+        yield page
+    finally:
+        context.close()
 
 
 def open_tab(page: Page, label: str) -> None:

@@ -15,10 +15,11 @@ from PIL import Image
 from tests.browser_helpers import (
     BROWSER_MARKS,
     LOGIN,
-    TIMEOUT_MS,
     error_text,
     generate_and_wait,
+    logged_in_page,
     open_tab,
+    served_with_login,
     set_number,
     small_job,
     wait_for_text,
@@ -74,9 +75,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     import torch
     from safetensors.torch import save_file
 
-    from webui.api.auth import Credentials
     from webui.jobs import JobQueue
-    from webui.server import BackgroundServer, create_app
     from webui.settings import Settings
     from webui.studio import Studio
     from webui.tools.tiny_checkpoint import build_tiny_state_dict, write_tiny_checkpoint
@@ -98,16 +97,9 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     studio = Studio(settings)
     steps = SlowSteps()
     jobs = JobQueue(studio, step_hooks=[steps]).start()
-    server = create_app(
-        studio,
-        jobs,
-        credentials=Credentials.from_flags(
-            f"{LOGIN['username']}:{LOGIN['password']}", None, LOGIN["username"]
-        ),
-    )
     try:
-        with BackgroundServer(server) as url:
-            yield App(url + "/", studio, jobs, steps, data_dir)
+        with served_with_login(studio, jobs) as url:
+            yield App(url, studio, jobs, steps, data_dir)
     finally:
         steps.release()
         jobs.stop()
@@ -122,21 +114,8 @@ def outside_requests() -> list[str]:
 @pytest.fixture
 def page(browser: Browser, app: App, outside_requests: list[str]) -> Iterator[Page]:
     """A fresh browser tab on the app, whose browser answers the login prompt as the user would."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, http_credentials=LOGIN)
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    page.on(
-        "request",
-        lambda request: (
-            None
-            if request.url.startswith(("http://127.0.0.1", "data:", "blob:"))
-            else outside_requests.append(request.url)
-        ),
-    )
-    page.goto(app.url)
-    page.locator("#txt2img-prompt textarea").wait_for()
-    yield page
-    context.close()
+    with logged_in_page(browser, app.url, outside_requests) as page:
+        yield page
     assert outside_requests == []
 
 

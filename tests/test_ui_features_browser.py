@@ -14,10 +14,11 @@ from PIL import Image, PngImagePlugin
 from tests.browser_helpers import (
     BROWSER_MARKS,
     LOGIN,
-    TIMEOUT_MS,
     error_text,
     generate_and_wait,
+    logged_in_page,
     open_tab,
+    served_with_login,
     set_number,
     small_job,
     wait_for_text,
@@ -44,9 +45,7 @@ class App:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     """The whole app behind a login over one tiny checkpoint."""
-    from webui.api.auth import Credentials
     from webui.jobs import JobQueue
-    from webui.server import BackgroundServer, create_app
     from webui.settings import Settings
     from webui.studio import Studio
     from webui.tools.tiny_checkpoint import write_tiny_checkpoint
@@ -56,29 +55,19 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     write_tiny_checkpoint("sd15", settings.ckpt_dir / "tiny.safetensors")
     studio = Studio(settings)
     jobs = JobQueue(studio).start()
-    server = create_app(
-        studio,
-        jobs,
-        credentials=Credentials.from_flags(
-            f"{LOGIN['username']}:{LOGIN['password']}", None, LOGIN["username"]
-        ),
-    )
     try:
-        with BackgroundServer(server) as url:
-            yield App(url + "/", studio, jobs)
+        with served_with_login(studio, jobs) as url:
+            yield App(url, studio, jobs)
     finally:
         jobs.stop()
 
 
 @pytest.fixture
 def page(browser: Browser, app: App) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, http_credentials=LOGIN)
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(app.url)
-    page.locator("#txt2img-prompt textarea").wait_for()
-    yield page
-    context.close()
+    outside_requests: list[str] = []
+    with logged_in_page(browser, app.url, outside_requests) as page:
+        yield page
+    assert outside_requests == []
 
 
 def _number(page: Page, elem_id: str) -> float:
