@@ -389,3 +389,13 @@ def test_read_infotext_from_exif_user_comment(tmp_path: Path, fmt: str) -> None:
     path = tmp_path / f"image.{fmt.lower()}"
     noise_image(64).save(path, fmt, exif=exif)
     assert read_infotext(path) == text
+
+
+def test_grids_are_numbered_in_their_own_folder(tmp_path: Path) -> None:
+    saver = ImageSaver(tmp_path, watermark=False)
+    image = saver.save(Image.new("RGB", (8, 8)), mode="txt2img", seed=1, infotext="x")
+    grid = saver.save(Image.new("RGB", (8, 8)), mode="txt2img", seed=1, infotext="x", kind="grids")
+    assert image.parent.parent.name == "txt2img-images" and grid.parent.parent.name == "txt2img-grids"
+    assert grid.name.startswith("00000-")
+    with pytest.raises(ValueError, match="kind"):
+        saver.save(Image.new("RGB", (8, 8)), mode="txt2img", seed=1, infotext="x", kind="../escape")

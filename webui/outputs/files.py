@@ -25,8 +25,12 @@ _EXIF_IFD = 0x8769
 _USER_COMMENT = 0x9286
 
 
+FOLDER_KINDS = ("images", "grids")
+
+
 class ImageSaver:
-    """Writes `root/<mode>-images/<YYYY-MM-DD>/<NNNNN>-<pattern>.png`, numbered per day folder.
+    """Writes `root/<mode>-images/<YYYY-MM-DD>/<NNNNN>-<pattern>.png` (grids: `<mode>-grids`),
+    numbered per day folder.
 
     The pattern (default `[seed]`) is filled from the image's infotext; see `naming.TOKENS`.
     """
@@ -47,22 +51,31 @@ class ImageSaver:
         # the same number (the folder listing is the only record of numbers in use).
         self._lock = threading.Lock()
 
-    def save(self, image: Image.Image, *, mode: str, seed: int, infotext: str) -> Path:
-        """Write one image; the result is what `encode_png` gives for the same arguments."""
+    def save(self, image: Image.Image, *, mode: str, seed: int, infotext: str, kind: str = "images") -> Path:
+        """Write one image (or with `kind="grids"` a grid); the file is what `encode_png` gives."""
         image, pnginfo = _png_ready(image, infotext, self.watermark)  # outside the lock: the slow part
         return self._write(
-            mode, seed, infotext, lambda stream: image.save(stream, format="PNG", pnginfo=pnginfo)
+            mode, seed, infotext, lambda stream: image.save(stream, format="PNG", pnginfo=pnginfo), kind
         )
 
     def save_encoded(self, png: bytes, *, mode: str, seed: int, infotext: str = "") -> Path:
         """Write a finished PNG file as it is (e.g. one a server sent, infotext and watermark inside)."""
         return self._write(mode, seed, infotext, lambda stream: stream.write(png))
 
-    def _write(self, mode: str, seed: int, infotext: str, write: Callable[[BinaryIO], object]) -> Path:
+    def _write(
+        self,
+        mode: str,
+        seed: int,
+        infotext: str,
+        write: Callable[[BinaryIO], object],
+        kind: str = "images",
+    ) -> Path:
         if not _MODE_NAME.match(mode):
             raise ValueError(f"mode must be a plain folder name, got {mode!r}")
+        if kind not in FOLDER_KINDS:
+            raise ValueError(f"kind must be one of {FOLDER_KINDS}, got {kind!r}")
         now = self._clock()
-        folder = self.root / f"{mode}-images" / now.strftime("%Y-%m-%d")
+        folder = self.root / f"{mode}-{kind}" / now.strftime("%Y-%m-%d")
         stem = expand_pattern(self.pattern, seed, infotext, now)
         with self._lock:
             folder.mkdir(parents=True, exist_ok=True)

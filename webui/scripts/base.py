@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from PIL import Image
 
 from webui.engine.request import GenerationError, GenerationRequest
+from webui.outputs.infotext import parse_infotext
 from webui.results import StudioResult
 from webui.scripts.args import ScriptArg
 
@@ -90,9 +91,9 @@ class ScriptRun:
         """Generations on `studio` with the job's checkpoint/VAE overrides; grids go to `<mode>-grids`."""
         # Imported here: Studio users already have torch loaded, script modules must not need it.
         from webui.engine.steps import JobControl
-        from webui.scripts.grid_files import grid_folder, save_grid_file
 
-        grid_folder(mode)  # refuse a bad mode now rather than at the first grid
+        if mode not in ("txt2img", "img2img"):  # refused now rather than at the first grid
+            raise ValueError(f"mode must be txt2img or img2img, got {mode!r}")
         job_control = control or JobControl()
         job_checkpoint, save_all = checkpoint, save
 
@@ -104,7 +105,11 @@ class ScriptRun:
             )
 
         def save_grid(grid: Image.Image, infotext: str) -> Path | None:
-            return save_grid_file(studio.saver, grid, mode=mode, infotext=infotext) if save_all else None
+            if not save_all:
+                return None
+            return studio.saver.save(
+                grid, mode=mode, seed=_seed_of(infotext), infotext=infotext, kind="grids"
+            )
 
         def save_image(image: Image.Image, infotext: str, seed: int) -> Path | None:
             return studio.saver.save(image, mode=mode, seed=seed, infotext=infotext) if save_all else None
@@ -118,6 +123,14 @@ class ScriptRun:
             save_image=save_image,
             control=job_control,
         )
+
+
+def _seed_of(infotext: str) -> int:
+    """The seed a grid's file name pattern shows: its first cell's."""
+    try:
+        return int(parse_infotext(infotext).params.get("Seed", "0"))
+    except ValueError:
+        return 0
 
 
 class Script(Protocol):
