@@ -13,7 +13,7 @@ from PIL import Image
 from webui.model_manager.registry import ModelKind
 from webui.model_manager.state_dict import CheckpointError
 from webui.outputs import parse_infotext
-from webui.ui.context import UiContext
+from webui.ui.context import PRIVATE, UiContext
 from webui.ui.extras import SINGLE, build_extras_tab
 from webui.ui.generation_tab import GenerationTab
 from webui.ui.history import build_history_tab
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TITLE = "Stable Diffusion studio"
-_PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
 # Gradio 6 takes css and head at launch()/mount_gradio_app(), not in Blocks(): see launch_options().
 APP_CSS = """
@@ -158,7 +157,7 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
             run_select,
             inputs=checkpoint,
             outputs=[checkpoint, header_error, model_status, models.table],
-            **_PRIVATE,
+            **PRIVATE,
         )
 
         def run_refresh() -> tuple[Any, ...]:
@@ -174,16 +173,16 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
             models.loras,
             models.embeddings,
         ]
-        refresh.click(run_refresh, outputs=refresh_targets, **_PRIVATE)
-        models.refresh.click(run_refresh, outputs=refresh_targets, **_PRIVATE)
+        refresh.click(run_refresh, outputs=refresh_targets, **PRIVATE)
+        models.refresh.click(run_refresh, outputs=refresh_targets, **PRIVATE)
 
         def sync_header() -> tuple[Any, Any]:
             return gr.Dropdown(value=studio.current_checkpoint()), _model_status(studio)
 
-        models_page.select(lambda: checkpoint_rows(studio), outputs=models.table, **_PRIVATE)
+        models_page.select(lambda: checkpoint_rows(studio), outputs=models.table, **PRIVATE)
         for button in (models.switch, models.unload, models.evict):
-            button.click(sync_header, outputs=[checkpoint, model_status], **_PRIVATE)
-        history_page.select(history.load, outputs=history.outputs, **_PRIVATE)
+            button.click(sync_header, outputs=[checkpoint, model_status], **PRIVATE)
+        history_page.select(history.load, outputs=history.outputs, **PRIVATE)
 
         # -- LoRA and embedding lists insert into a prompt -----------------------------------------
         prompts = [generation_tabs[name].controls.prompt for name in INSERT_TARGETS]
@@ -196,7 +195,7 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
                     for name, text in zip(INSERT_TARGETS, texts)
                 ]
 
-            dataset.click(insert, inputs=[dataset, models.insert_into, *prompts], outputs=prompts, **_PRIVATE)
+            dataset.click(insert, inputs=[dataset, models.insert_into, *prompts], outputs=prompts, **PRIVATE)
 
         # -- send a result, or an image from PNG Info, to another tab ---------------------------
         def image_input(tab: GenerationTab) -> list[Any]:
@@ -238,7 +237,7 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
                     send,
                     inputs=[source.panel.items, source.panel.selected],
                     outputs=[*image_input(target), *target.controls.fill_targets(), tabs],
-                    **_PRIVATE,
+                    **PRIVATE,
                 )
 
             def send_extras(items: list[dict[str, Any]], index: int) -> list[Any]:
@@ -249,7 +248,7 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
                 send_extras,
                 inputs=[source.panel.items, source.panel.selected],
                 outputs=extras_targets,
-                **_PRIVATE,
+                **PRIVATE,
             )
 
         for button, target in (
@@ -288,7 +287,7 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
                     model_status,
                     tabs,
                 ],
-                **_PRIVATE,
+                **PRIVATE,
             )
 
         def pnginfo_to_extras(path: str | None) -> list[Any]:
@@ -297,7 +296,7 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
             return [hide_error(), *_to_extras(path)]
 
         pnginfo.send_extras.click(
-            pnginfo_to_extras, inputs=pnginfo.image, outputs=[header_error, *extras_targets], **_PRIVATE
+            pnginfo_to_extras, inputs=pnginfo.image, outputs=[header_error, *extras_targets], **PRIVATE
         )
     return demo
 

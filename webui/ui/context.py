@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 from webui.jobs import Caller, JobQueue
 
@@ -24,3 +25,9 @@ class UiContext:
 
     def caller(self, request: gr.Request) -> Caller:
         return self.caller_named(getattr(request, "username", None))
+
+
+# Event options for the page's own handlers: kept out of Gradio's API listing (ours is /docs).
+PRIVATE: Mapping[str, Any] = MappingProxyType({"api_visibility": "private"})
+# ... and answered at once, outside Gradio's queue: instant UI-only updates (show/hide, swap).
+PRIVATE_UNQUEUED: Mapping[str, Any] = MappingProxyType({"api_visibility": "private", "queue": False})

@@ -12,13 +12,13 @@ from webui.engine.request import MAX_BATCH, MAX_BATCH_COUNT, MAX_STEPS, Generati
 from webui.engine.samplers import SCHEDULE_TYPES, sampler_names
 from webui.jobs import Limits
 from webui.outputs import parse_infotext, request_fields_from_params
+from webui.ui.context import PRIVATE_UNQUEUED
 from webui.ui.fields import Field, one_of, paste_targets, paste_values, request_values, whole, within
 
 MAX_UI_STEPS = min(150, MAX_STEPS)
 MAX_UI_SIDE = 2048
 SEED_MAX = 2**32 - 1
 SEED_EXTRAS = "seed_extras"  # the "Extra" switch: the variation fields count only while it is ticked
-_PRIVATE: dict[str, Any] = {"api_visibility": "private", "queue": False}
 
 
 @dataclass
@@ -192,8 +192,8 @@ def build_sampling(tab: str, prompts: tuple[gr.Textbox, gr.Textbox], limits: Lim
     controls = GenerationControls(
         prompts[0], prompts[1], width, height, seed, random_seed, reuse_seed, swap_size, fields
     )
-    swap_size.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], **_PRIVATE)
-    random_seed.click(lambda: -1, outputs=seed, **_PRIVATE)
+    swap_size.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], **PRIVATE_UNQUEUED)
+    random_seed.click(lambda: -1, outputs=seed, **PRIVATE_UNQUEUED)
     return controls
 
 
@@ -230,8 +230,8 @@ def build_variation(tab: str, switch: gr.Checkbox) -> list[Field]:
                 optional_side(f"Resize seed from {side} (0 = off)", f"{tab}-seed-resize-{side[0]}")
                 for side in ("width", "height")
             )
-    switch.change(lambda on: gr.Group(visible=on), inputs=switch, outputs=group, **_PRIVATE)
-    random_subseed.click(lambda: -1, outputs=subseed, **_PRIVATE)
+    switch.change(lambda on: gr.Group(visible=on), inputs=switch, outputs=group, **PRIVATE_UNQUEUED)
+    random_subseed.click(lambda: -1, outputs=subseed, **PRIVATE_UNQUEUED)
     gate, side = SEED_EXTRAS, within(0, MAX_UI_SIDE)
     return [
         Field("subseed", subseed, to_request=_seed, default=-1, gate=gate),

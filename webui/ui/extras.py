@@ -13,6 +13,7 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from webui.outputs import format_infotext, parse_infotext, read_infotext, request_fields_from_params
+from webui.ui.context import PRIVATE
 from webui.ui.pnginfo import file_upload
 from webui.ui.results import displayable_image, error_box, hide_error, image_gallery, show_error
 
@@ -23,7 +24,6 @@ log = logging.getLogger(__name__)
 
 SCALE_BY, SCALE_TO = "Scale by", "Scale to"
 SINGLE, BATCH = "single", "batch"
-_PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
 
 @dataclass(frozen=True)
@@ -177,19 +177,19 @@ def build_extras_tab(studio: Studio, allowed_roots: Callable[[], list[Path]]) ->
         shown = show_error("; ".join(problems)) if problems else hide_error()
         return (gr.Gallery(value=done) if done else gr.skip()), lines, shown
 
-    single_tab.select(lambda: SINGLE, outputs=source, **_PRIVATE)
-    batch_tab.select(lambda: BATCH, outputs=source, **_PRIVATE)
+    single_tab.select(lambda: SINGLE, outputs=source, **PRIVATE)
+    batch_tab.select(lambda: BATCH, outputs=source, **PRIVATE)
     resize_mode.change(
         lambda mode: (gr.Group(visible=mode == SCALE_BY), gr.Group(visible=mode == SCALE_TO)),
         inputs=resize_mode,
         outputs=[by_group, to_group],
         queue=False,
-        **_PRIVATE,
+        **PRIVATE,
     )
     refresh.click(
         lambda: [gr.Dropdown(choices=studio.upscaler_names())] * 2,
         outputs=[upscaler_1, upscaler_2],
-        **_PRIVATE,
+        **PRIVATE,
     )
     run.click(
         run_extras,
@@ -207,7 +207,7 @@ def build_extras_tab(studio: Studio, allowed_roots: Callable[[], list[Path]]) ->
             visibility,
         ],
         outputs=[gallery, sizes, error],
-        **_PRIVATE,
+        **PRIVATE,
     )
     return ExtrasTab(
         sources, source, image, files, upscaler_1, upscaler_2, refresh, run, gallery, sizes, error

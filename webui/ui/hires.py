@@ -10,6 +10,7 @@ import gradio as gr
 
 from webui.engine.request import MAX_SIDE, MIN_SIDE, GenerationRequest
 from webui.engine.samplers import SCHEDULE_TYPES, sampler_names
+from webui.ui.context import PRIVATE_UNQUEUED
 from webui.ui.controls import MAX_UI_SIDE, MAX_UI_STEPS, GenerationControls, optional_side
 from webui.ui.fields import Field, one_of, whole, within
 
@@ -17,7 +18,6 @@ SAME_SAMPLER = "Use same sampler"
 SAME_SCHEDULER = "Use same scheduler"
 DEFAULT_UPSCALER = "Latent"
 MAX_UI_SCALE = 4.0
-_PRIVATE: dict[str, Any] = {"api_visibility": "private", "queue": False}
 
 
 @dataclass
@@ -85,9 +85,15 @@ def build_hires(tab: str, upscalers: Callable[[], list[str]], controls: Generati
             label="Hires negative prompt (empty = same)", lines=2, elem_id=f"{tab}-hr-negative-prompt"
         )
 
-    enable.change(lambda on: gr.Group(visible=on), inputs=enable, outputs=group, **_PRIVATE)
+    enable.change(lambda on: gr.Group(visible=on), inputs=enable, outputs=group, **PRIVATE_UNQUEUED)
     sizes = [controls.width, controls.height, scale, resize_x, resize_y]
-    gr.on([component.change for component in sizes], hires_size_text, inputs=sizes, outputs=size, **_PRIVATE)
+    gr.on(
+        [component.change for component in sizes],
+        hires_size_text,
+        inputs=sizes,
+        outputs=size,
+        **PRIVATE_UNQUEUED,
+    )
 
     fields = [
         Field("enable_hr", enable, to_request=bool, default=False),

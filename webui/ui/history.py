@@ -10,11 +10,10 @@ from typing import Any
 import gradio as gr
 
 from webui.jobs import JobState
-from webui.ui.context import UiContext
+from webui.ui.context import PRIVATE, UiContext
 from webui.ui.results import gallery_entries, image_gallery, infotext_box, selected_item
 
 MAX_IMAGES = 200
-_PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
 
 def history_items(ctx: UiContext, request: gr.Request) -> list[dict[str, Any]]:
@@ -58,6 +57,6 @@ def build_history_tab(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -
         return item["infotext"] if item else gr.skip()
 
     outputs = [gallery, items, infotext, summary]
-    refresh.click(load, outputs=outputs, **_PRIVATE)
-    gallery.select(select, inputs=items, outputs=infotext, **_PRIVATE)
+    refresh.click(load, outputs=outputs, **PRIVATE)
+    gallery.select(select, inputs=items, outputs=infotext, **PRIVATE)
     return HistoryTab(load, outputs)

@@ -13,7 +13,7 @@ from webui.model_manager.cache import Tier
 from webui.model_manager.merge import MergeMethod, MergeRecipe
 from webui.model_manager.registry import ModelKind
 from webui.model_manager.state_dict import CheckpointError
-from webui.ui.context import UiContext
+from webui.ui.context import PRIVATE, UiContext
 from webui.ui.results import error_box, hide_error, show_error
 
 if TYPE_CHECKING:
@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 
 TABLE_HEADERS = ["Checkpoint", "Architecture", "Hash", "Size", "Where now", "Last load or move"]
 INSERT_TARGETS = ("txt2img", "img2img", "inpaint")
-_PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
 
 @dataclass
@@ -164,7 +163,7 @@ def build_models_tab(ctx: UiContext) -> ModelsTab:
             lambda title, action=action: act(action, title),
             inputs=choice,
             outputs=[table, error, status],
-            **_PRIVATE,
+            **PRIVATE,
         )
 
     def run_select_vae(value: str) -> tuple[Any, Any]:
@@ -176,13 +175,13 @@ def build_models_tab(ctx: UiContext) -> ModelsTab:
             return gr.Dropdown(value=studio.vae_choice), show_error(f"Could not use VAE {value!r}: {exc}")
         return gr.skip(), hide_error()
 
-    vae.input(run_select_vae, inputs=vae, outputs=[vae, error], **_PRIVATE)
+    vae.input(run_select_vae, inputs=vae, outputs=[vae, error], **PRIVATE)
 
     def pick_row(event: gr.SelectData) -> Any:
         row = event.row_value or []
         return row[0].removesuffix(" ✓") if row else gr.skip()
 
-    table.select(pick_row, outputs=choice, **_PRIVATE)
+    table.select(pick_row, outputs=choice, **PRIVATE)
     return tab
 
 
@@ -254,5 +253,5 @@ def _build_merger(ctx: UiContext, tab: ModelsTab) -> None:
         run_merge,
         inputs=[primary, secondary, tertiary, method, multiplier, name],
         outputs=[result, tab.table, tab.choice, primary, secondary, tertiary],
-        **_PRIVATE,
+        **PRIVATE,
     )

@@ -17,7 +17,7 @@ from PIL import Image
 from webui.engine.request import GenerationRequest
 from webui.jobs import Job, JobState
 from webui.jobs.queue import JobNotFound, QueueFull
-from webui.ui.context import UiContext
+from webui.ui.context import PRIVATE, UiContext
 from webui.ui.progress import image_data_url, live_html
 
 if TYPE_CHECKING:
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_S = 0.15  # how often a tab looks at its job; a step of a real model takes longer
-_PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
 
 @dataclass
@@ -162,13 +161,13 @@ def wire_generation(
         outputs=outputs,  # type: ignore[arg-type]
         # Our job queue orders the work; Gradio's own queue would hide the queue position.
         concurrency_limit=None,
-        **_PRIVATE,
+        **PRIVATE,
     )
-    interrupt.click(run_interrupt, inputs=panel.job_id, queue=False, **_PRIVATE)
-    skip.click(run_skip, inputs=panel.job_id, queue=False, **_PRIVATE)
-    panel.gallery.select(_select, inputs=panel.items, outputs=[panel.infotext, panel.selected], **_PRIVATE)
+    interrupt.click(run_interrupt, inputs=panel.job_id, queue=False, **PRIVATE)
+    skip.click(run_skip, inputs=panel.job_id, queue=False, **PRIVATE)
+    panel.gallery.select(_select, inputs=panel.items, outputs=[panel.infotext, panel.selected], **PRIVATE)
     controls.reuse_seed.click(
-        _reuse_seed, inputs=[panel.items, panel.selected], outputs=controls.seed, queue=False, **_PRIVATE
+        _reuse_seed, inputs=[panel.items, panel.selected], outputs=controls.seed, queue=False, **PRIVATE
     )
 
 

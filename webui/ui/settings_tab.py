@@ -14,7 +14,7 @@ from webui.jobs import Limits
 from webui.jobs.limits import parse_size
 from webui.outputs.naming import TOKENS
 from webui.settings import Settings
-from webui.ui.context import UiContext
+from webui.ui.context import PRIVATE, UiContext
 from webui.ui.results import hide_error, show_error
 
 PREVIEW_LABELS = {
@@ -23,7 +23,6 @@ PREVIEW_LABELS = {
     "Full VAE (slow, exact)": "vae",
     "None": "none",
 }
-_PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
 
 def _label_of(method: str) -> str:
@@ -201,4 +200,4 @@ def build_settings_tab(ctx: UiContext) -> None:
         where = f"saved to {live.file.path}" if live.file else "applied (this server keeps no settings file)"
         return hide_error(), f"Settings {where}."
 
-    apply.click(run_apply, inputs=form, outputs=[error, saved], **_PRIVATE)
+    apply.click(run_apply, inputs=form, outputs=[error, saved], **PRIVATE)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from webui.styles import Style, StyleBook, StyleError
+from webui.ui.context import PRIVATE
 from webui.ui.fields import Field
 from webui.ui.results import hide_error, show_error
 
@@ -18,8 +19,6 @@ if TYPE_CHECKING:
     from webui.ui.generation_tab import GenerationTab
 
 log = logging.getLogger(__name__)
-
-_PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
 
 @dataclass
@@ -104,9 +103,9 @@ def wire_styles(book: StyleBook, tabs: Sequence[GenerationTab]) -> None:
             apply,
             inputs=[controls.styles, *prompts],
             outputs=[*prompts, controls.styles, error],
-            **_PRIVATE,
+            **PRIVATE,
         )
         controls.save.click(
-            save, inputs=[controls.name, *prompts], outputs=[error, controls.name, *dropdowns], **_PRIVATE
+            save, inputs=[controls.name, *prompts], outputs=[error, controls.name, *dropdowns], **PRIVATE
         )
-        controls.refresh.click(listings, outputs=dropdowns, **_PRIVATE)
+        controls.refresh.click(listings, outputs=dropdowns, **PRIVATE)
