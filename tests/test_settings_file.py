@@ -162,19 +162,20 @@ def test_preview_period_and_worker_rendering() -> None:
         hook(_step(step))
     assert seen == [0, 1, 1, 2, 2, 3]  # a new preview every second step, drawn lazily from the latent
 
-    rendered = Image.new("RGB", (64, 64), "red")
+    red = torch.tensor([1.0, -1.0, -1.0])[None, :, None, None].expand(1, 3, 64, 64)  # pixels in [-1, 1]
     job2 = Job(GenerationRequest(steps=6), "someone", "tiny")
     calls: list[float] = []
 
-    def render(latent: torch.Tensor) -> Image.Image:
+    def render(latent: torch.Tensor) -> torch.Tensor:
         calls.append(float(latent[0, 0, 0, 0]))
-        return rendered
+        return red
 
     hook2 = with_previews(job2.on_step, period=3, render=render)
     for step in range(1, 7):
         hook2(_step(step))
     assert calls == [3.0, 6.0]  # the worker renders only on preview steps
-    assert job2.preview() == (2, rendered)
+    step, image = job2.preview()
+    assert step == 2 and image.size == (64, 64) and image.getpixel((5, 5)) == (255, 0, 0)
     assert job2.status().step == 6  # progress still counts every step
 
     job3 = Job(GenerationRequest(steps=6), "someone", "tiny")

@@ -15,7 +15,7 @@ from webui import __version__
 from webui.engine.devices import resolve_device, resolve_dtype
 from webui.engine.generate import Engine, GenerationResult
 from webui.engine.latent_upscale import LATENT_UPSCALE_MODES
-from webui.engine.preview import PreviewRenderer, full_preview, with_previews
+from webui.engine.preview import PreviewRenderer, vae_decode, with_previews
 from webui.engine.request import GenerationError, GenerationRequest
 from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.steps import JobControl, StepHook
@@ -29,7 +29,7 @@ from webui.model_manager.offload import MemoryMode
 from webui.model_manager.placement import HOST
 from webui.model_manager.registry import ModelFile, ModelFolders, ModelKind, ModelRegistry
 from webui.model_manager.state_dict import CheckpointError
-from webui.model_manager.taesd import find_taesd, load_taesd, taesd_preview
+from webui.model_manager.taesd import find_taesd, load_taesd, taesd_decode
 from webui.model_manager.vae import AUTOMATIC, BUILT_IN, resolve_vae_file, swap_vae
 from webui.outputs import ImageSaver, format_infotext
 from webui.results import StudioResult
@@ -430,11 +430,11 @@ class Studio:
         """None for the linear preview (drawn lazily by whoever looks); else a decoder on this device."""
         method = self.settings.preview_method
         if method == "vae":
-            return lambda latent: full_preview(model, latent)[0]
+            return lambda latent: vae_decode(model, latent)
         if method == "taesd":
             decoder = self._taesd_decoder(arch or Arch.SD1)
             if decoder is not None:
-                return lambda latent: taesd_preview(decoder, latent)[0]
+                return lambda latent: taesd_decode(decoder, latent)
         return None
 
     def _taesd_decoder(self, arch: Arch) -> AutoencoderTiny | None:

@@ -22,6 +22,7 @@ from webui.engine.noise import image_noise
 from webui.engine.preview import tensor_to_images, vae_decode
 from webui.engine.request import GenerationError, GenerationRequest, MaskedContent
 from webui.engine.samplers import make_scheduler, resolve_sampler
+from webui.engine.speed import SpeedOptions, UNetCall, prepare_unet
 from webui.engine.steps import Interrupted, JobControl, StepHook, StepInfo
 from webui.engine.tiling import circular_padding
 from webui.engine.upscale import upscale
@@ -78,6 +79,15 @@ class ConditioningSchedule(Protocol):
 
 
 @dataclass(frozen=True)
+class _UNetCall:
+    """One UNet call of a guided step: which conditionings it predicts, stacked along the batch."""
+
+    positions: list[int]  # indices into [negative (with CFG), AND-part 1, AND-part 2, ...]
+    embeds: torch.Tensor
+    added: dict[str, torch.Tensor] | None  # SDXL's pooled text and size conditioning
+
+
+@dataclass(frozen=True)
 class _Pass:
     """What one sampling pass of a batch runs at: the first pass, or hires fix's second."""
 
@@ -113,8 +123,12 @@ class Engine:
         loras: Mapping[str, Path] | None = None,
         embeddings: Mapping[str, Path] | None = None,
         upscale_image: PixelUpscale | None = None,
+        speed: SpeedOptions | None = None,
     ) -> None:
         self.model = model
+        self.speed = speed or SpeedOptions()
+        self._unet: UNetCall = model.unet
+        self._batch_cond_uncond = True
         # Hires fix's pixel upscalers (ESRGAN models live with the caller); resamplers by default.
         self.upscale_image: PixelUpscale = upscale_image or _resample
         self.loras: Mapping[str, Path] = loras if loras is not None else {}
@@ -127,6 +141,10 @@ class Engine:
         control: JobControl | None = None,
     ) -> GenerationResult:
         request.validate()
+        try:
+            speed = self.speed.resolve(self.model.device)
+        except ValueError as error:
+            raise GenerationError(str(error)) from error
         sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
         make_scheduler(sampler.name, schedule, self.model.spec.scheduler_config)  # fail before any work
         if request.enable_hr:
@@ -143,6 +161,8 @@ class Engine:
             inpaint.image if inpaint else pix.prepare_init_image(request) if request.init_image else None
         )
         prompts = self._prepare_networks(request)
+        self._unet = prepare_unet(self.model, speed, loras_active=bool(prompts.loras))
+        self._batch_cond_uncond = speed.batch_cond_uncond
 
         images: list[Image.Image] = []
         interrupted = False
@@ -324,6 +344,7 @@ class Engine:
         else:
             latents = scheduler.add_noise(batch.init_latents, noise, timesteps[:1].repeat(count))
         step_kwargs = _step_kwargs(scheduler, generators, request.eta)
+        plan = _CallPlan(self, spec, count, request.cfg_scale > 1.0)
         for index, timestep in enumerate(timesteps):
             if control.interrupted:
                 raise Interrupted(latents)
@@ -333,11 +354,10 @@ class Engine:
             prediction = self._predict(
                 scheduler.scale_model_input(latents, timestep),
                 timestep,
-                negative,
-                parts,
+                plan.calls(negative, parts),
+                [weight for _, weight in parts],
                 request.cfg_scale,
                 batch,
-                spec,
             )
             output = scheduler.step(prediction, timestep, latents, **step_kwargs, return_dict=True)
             latents = output.prev_sample
@@ -350,35 +370,27 @@ class Engine:
         self,
         model_input: torch.Tensor,
         timestep: torch.Tensor,
-        negative: Conditioning,
-        parts: list[tuple[Conditioning, float]],
+        calls: list[_UNetCall],
+        weights: list[float],
         cfg_scale: float,
         batch: _BatchInputs,
-        spec: _Pass,
     ) -> torch.Tensor:
-        """The guided noise prediction: classifier-free guidance over the prompt's AND-parts.
-
-        Conditionings of equal token length share one UNet call; a long prompt beside a short
-        negative one gets its own call rather than padding that would change the result.
-        """
-        count = len(model_input)
+        """The guided noise prediction: classifier-free guidance over the prompt's AND-parts."""
         use_cfg = cfg_scale > 1.0
-        conds = ([negative] if use_cfg else []) + [cond for cond, _ in parts]
         if batch.inpaint_cond is not None:
             model_input = torch.cat([model_input, batch.inpaint_cond], dim=1)
-        predictions: list[torch.Tensor | None] = [None] * len(conds)
-        for indices in _groups_by_length(conds):
-            group = Conditioning.concat([_repeat(conds[i], count) for i in indices])
-            output = self.model.unet(
-                torch.cat([model_input] * len(indices)),
+        predictions: list[torch.Tensor | None] = [None] * (len(weights) + use_cfg)
+        for call in calls:
+            stacked = len(call.positions)
+            output = self._unet(
+                torch.cat([model_input] * stacked) if stacked > 1 else model_input,
                 timestep,
-                encoder_hidden_states=group.embeds,
-                added_cond_kwargs=self._added_conditioning(group, spec),
+                encoder_hidden_states=call.embeds,
+                added_cond_kwargs=call.added,
                 return_dict=False,
             )[0]
-            for position, chunk in zip(indices, output.chunk(len(indices))):
+            for position, chunk in zip(call.positions, output.chunk(stacked)):
                 predictions[position] = chunk
-        weights = [weight for _, weight in parts]
         if not use_cfg:
             conditional = predictions
             if len(conditional) == 1 and weights[0] == 1.0:
@@ -513,6 +525,37 @@ class Engine:
         if request.enable_hr:
             params.update(_hires_params(request, sampler, schedule))
         return params
+
+
+class _CallPlan:
+    """The UNet calls of a pass's steps, built again only when prompt editing changes the conditioning.
+
+    Conditionings of equal token length share one call (cond and uncond batched, unless the
+    speed options say otherwise); a long prompt beside a short negative one gets its own call
+    rather than padding that would change the result. Building the stacked embeddings and
+    SDXL's size tensor once per segment keeps the loop free of per-step tensor creation.
+    """
+
+    def __init__(self, engine: Engine, spec: _Pass, count: int, use_cfg: bool) -> None:
+        self._engine, self._spec, self._count, self._use_cfg = engine, spec, count, use_cfg
+        self._conds: list[Conditioning] = []
+        self._calls: list[_UNetCall] = []
+
+    def calls(self, negative: Conditioning, parts: list[tuple[Conditioning, float]]) -> list[_UNetCall]:
+        conds = ([negative] if self._use_cfg else []) + [cond for cond, _ in parts]
+        if len(conds) != len(self._conds) or any(a is not b for a, b in zip(conds, self._conds)):
+            self._conds = conds
+            groups = (
+                _groups_by_length(conds)
+                if self._engine._batch_cond_uncond
+                else [[i] for i in range(len(conds))]
+            )
+            self._calls = [self._call(indices) for indices in groups]
+        return self._calls
+
+    def _call(self, indices: list[int]) -> _UNetCall:
+        group = Conditioning.concat([_repeat(self._conds[i], self._count) for i in indices])
+        return _UNetCall(indices, group.embeds, self._engine._added_conditioning(group, self._spec))
 
 
 def _img2img_timesteps(scheduler: SchedulerMixin, steps: int, strength: float) -> torch.Tensor:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from PIL import Image
+
+if TYPE_CHECKING:
+    from webui.engine.preview import PreviewCopy
 
 
 class Interrupted(Exception):
@@ -22,7 +25,7 @@ class StepInfo:
     denoised: torch.Tensor | None  # the scheduler's estimate of the clean latent, when it gives one
     batch_index: int  # which batch of the job (0-based, of `n_iter`)
     preview_due: bool = True  # whether this step is one to preview (see `with_previews`)
-    preview: Image.Image | None = None  # already rendered on the worker; None: render from the latent
+    preview: PreviewCopy | None = None  # the preview on its way to host memory (see `with_previews`)
 
     @property
     def preview_latent(self) -> torch.Tensor:

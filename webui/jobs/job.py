@@ -11,10 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import torch
 from PIL import Image
 
-from webui.engine.preview import linear_preview
+from webui.engine.preview import PreviewCopy
 from webui.engine.request import GenerationRequest
 from webui.engine.steps import JobControl, StepInfo
 from webui.model_manager.detect import Arch
@@ -104,7 +103,7 @@ class Job:
         self._steps = self.request.steps
         self._batch = 0
         self._sampling_began: tuple[float, float] | None = None  # (time, progress) of the first step
-        self._latest: torch.Tensor | None = None
+        self._latest: PreviewCopy | None = None
         self._preview_step = 0
         self._preview: tuple[int, Image.Image] | None = None
         self._lock = threading.Lock()
@@ -117,10 +116,8 @@ class Job:
             self._step, self._steps, self._batch = info.step, info.total, info.batch_index
             if info.preview_due:
                 self._preview_step += 1
-                if info.preview is not None:
-                    self._latest, self._preview = None, (self._preview_step, info.preview)
-                else:
-                    self._latest = info.preview_latent.detach()  # a fresh tensor each step
+                # A fresh tensor each step; turned into a picture only when someone looks.
+                self._latest = info.preview or PreviewCopy(info.preview_latent, pixels=False)
             if self._sampling_began is None:
                 self._sampling_began = (time.monotonic(), self._fraction())
 
@@ -196,15 +193,15 @@ class Job:
             )
 
     def preview(self) -> tuple[int, Image.Image] | None:
-        """(preview_step, image) of the latest preview step: rendered on the worker (TAESD, VAE),
-        or else a cheap linear map of the latent, made on demand."""
+        """(preview_step, image) of the latest preview step: decoded on the worker (TAESD, VAE),
+        or else a cheap linear map of the latent, drawn on demand."""
         with self._lock:
             latest, step, cached = self._latest, self._preview_step, self._preview
         if cached is not None and cached[0] == step:
             return cached
         if latest is None:
             return cached
-        image = linear_preview(latest, self.arch or Arch.SD1)[0]
+        image = latest.image(self.arch or Arch.SD1)
         with self._lock:
             self._preview = (step, image)
         return step, image

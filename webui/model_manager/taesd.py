@@ -51,11 +51,15 @@ def load_taesd(path: Path, device: torch.device, dtype: torch.dtype) -> Autoenco
 
 def taesd_preview(decoder: AutoencoderTiny, latents: torch.Tensor) -> list[Image.Image]:
     """Full-size RGB previews of UNet-space latents."""
+    return tensor_to_images(taesd_decode(decoder, latents))
+
+
+def taesd_decode(decoder: AutoencoderTiny, latents: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] on the decoder's device."""
     # TAESD was trained on UNet-space latents (its scaling factor is 1.0), so they go in as they are;
     # DecoderTiny already maps its [0, 1] output to [-1, 1].
     with torch.inference_mode():
-        pixels = decoder.decode(latents.to(decoder.device, decoder.dtype), return_dict=False)[0]
-    return tensor_to_images(pixels)
+        return decoder.decode(latents.to(decoder.device, decoder.dtype), return_dict=False)[0]
 
 
 def _from_folder(path: Path) -> AutoencoderTiny:
