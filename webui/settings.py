@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from webui.engine.devices import DEVICES, PRECISIONS
+from webui.engine.speed import ATTENTION_KERNELS, COMPILE_MODES, SWITCHES, SpeedOptions
 from webui.jobs.limits import Limits, parse_size
 from webui.outputs.naming import DEFAULT_PATTERN, check_pattern
 
@@ -41,6 +42,7 @@ class Settings:
     tls_keyfile: Path | None = None  # with tls_certfile: serve HTTPS
     tls_certfile: Path | None = None
     limits: Limits = field(default_factory=Limits)
+    speed: SpeedOptions = field(default_factory=SpeedOptions)  # how the UNet runs (flags only)
 
     def __post_init__(self) -> None:
         """Checked here, so flags, the settings file and the Settings tab are refused alike."""
@@ -97,6 +99,7 @@ class Settings:
             tls_keyfile=_path(getattr(args, "tls_keyfile", None)),
             tls_certfile=_path(getattr(args, "tls_certfile", None)),
             limits=limits,
+            speed=speed_options(args),
             **values,
         )
 
@@ -183,6 +186,44 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     )
     memory.add_argument(
         "--vae-tiling", choices=VAE_TILING, default="auto", help="decode in tiles (auto: large images)"
+    )
+    speed = parser.add_argument_group("speed (docs/benchmarks.md measures each)")
+    speed.add_argument(
+        "--attention",
+        choices=ATTENTION_KERNELS,
+        default="auto",
+        help="attention kernel: auto/sdpa (PyTorch's flash/memory-efficient), xformers, math",
+    )
+    speed.add_argument(
+        "--channels-last", choices=SWITCHES, default="auto", help="NHWC convolutions (auto: on CUDA)"
+    )
+    speed.add_argument(
+        "--fuse-qkv", choices=SWITCHES, default="auto", help="fused q/k/v projections (auto: on CUDA)"
+    )
+    speed.add_argument(
+        "--no-batch-cond-uncond",
+        action="store_true",
+        help="run the negative and positive prompt as separate UNet calls (less memory, slower)",
+    )
+    speed.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="off",
+        help="torch.compile the UNet: on, or max (autotuned); each new size compiles once, then is cached",
+    )
+    speed.add_argument(
+        "--cuda-graphs", action="store_true", help="with --compile: replay each size as one CUDA graph"
+    )
+
+
+def speed_options(args: argparse.Namespace) -> SpeedOptions:
+    return SpeedOptions(
+        attention=getattr(args, "attention", "auto"),
+        channels_last=getattr(args, "channels_last", "auto"),
+        fuse_qkv=getattr(args, "fuse_qkv", "auto"),
+        batch_cond_uncond=not getattr(args, "no_batch_cond_uncond", False),
+        compile=getattr(args, "compile", "off"),
+        cuda_graphs=getattr(args, "cuda_graphs", False),
     )
 
 

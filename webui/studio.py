@@ -18,6 +18,7 @@ from webui.engine.latent_upscale import LATENT_UPSCALE_MODES
 from webui.engine.preview import PreviewRenderer, vae_decode, with_previews
 from webui.engine.request import GenerationError, GenerationRequest
 from webui.engine.samplers import make_scheduler, resolve_sampler
+from webui.engine.speed import use_compile_cache
 from webui.engine.steps import JobControl, StepHook
 from webui.engine.upscale import Upscalers
 from webui.model_manager.cache import MemoryBudgets, ModelCache, ModelEvent, Placement, Tier
@@ -61,6 +62,10 @@ class Studio:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(self.device, settings.precision)
+        self.speed = settings.speed.resolve(self.device)  # an option this machine cannot do fails here
+        if self.speed.compile_mode is not None:
+            use_compile_cache(settings.data_dir / "cache" / "torch-compile")
+        log.info("running on %s as %s; speed options: %s", self.device, self.dtype, self.speed)
         self.facts = FileFactsCache(settings.data_dir / "cache.json")
         self.saver = self._saver(settings)
         self.registry = ModelRegistry(ModelFolders.under(settings.data_dir, [settings.ckpt_dir]), self.facts)
@@ -388,6 +393,7 @@ class Studio:
                 loras=self._paths(ModelKind.LORA),
                 embeddings=self._paths(ModelKind.EMBEDDING),
                 upscale_image=self._hires_upscale,
+                speed=self.settings.speed,
             )
             if on_step is not None:
                 on_step = with_previews(

@@ -131,8 +131,8 @@ def prepare_unet(model: LoadedModel, speed: ResolvedSpeed, loras_active: bool) -
     if state.attention != speed.attention or state.fused != fuse:
         _set_attention(unet, state, speed.attention, fuse)
         state.attention, state.fused = speed.attention, fuse
-    if speed.channels_last:
-        _to_channels_last(unet)  # every job: a swap through pinned RAM comes back contiguous
+    # Every job: a swap through pinned RAM brings the weights back in the default layout.
+    _set_memory_format(unet, torch.channels_last if speed.channels_last else torch.contiguous_format)
     mode = speed.compile_mode
     if mode is None:
         return unet
@@ -180,10 +180,9 @@ def _set_attention(unet: torch.nn.Module, state: _ModelSpeedState, attention: st
     unet.set_attn_processor(processor())
 
 
-def _to_channels_last(unet: torch.nn.Module) -> None:
-    first_conv = unet.conv_in.weight
-    if not first_conv.is_contiguous(memory_format=torch.channels_last):
-        unet.to(memory_format=torch.channels_last)
+def _set_memory_format(unet: torch.nn.Module, memory_format: torch.memory_format) -> None:
+    if not unet.conv_in.weight.is_contiguous(memory_format=memory_format):
+        unet.to(memory_format=memory_format)
 
 
 def _raise_recompile_limit() -> None:
