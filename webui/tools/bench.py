@@ -44,6 +44,7 @@ from webui.engine.preview import vae_decode, with_previews
 from webui.engine.request import GenerationRequest
 from webui.engine.samplers import make_scheduler
 from webui.engine.speed import SpeedOptions, prepare_unet, use_compile_cache
+from webui.engine.steps import StepInfo
 from webui.jobs.job import Job
 from webui.model_manager.detect import Arch
 from webui.model_manager.load import LoadedModel, load_model
@@ -206,26 +207,40 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+Runner = Callable[[Callable[[], None]], list[Image.Image]]  # run(mark) calls mark() after every step
+
+
 def _timed_runs(
-    run: Callable[[Callable[[], None]], list[Image.Image]], device: torch.device, repeats: int, batch: int
-) -> tuple[RunFigures, list[Image.Image]]:
-    """One warm-up (it also compiles), then `repeats` timed runs; `run(mark)` calls mark every step."""
-    run(lambda: None)
+    runners: dict[str, Runner], device: torch.device, repeats: int, batch: int
+) -> dict[str, tuple[RunFigures, list[Image.Image]]]:
+    """One warm-up each (it also compiles), then `repeats` rounds taking the runners in turn, so a
+    slow spell of a shared machine hits every contender alike; medians per runner."""
+    for run in runners.values():
+        run(lambda: None)
     _sync(device)
-    samples, its, peaks = [], [], []
-    images: list[Image.Image] = []
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    its: dict[str, list[float]] = {name: [] for name in runners}
+    peaks: dict[str, list[int]] = {name: [] for name in runners}
+    images: dict[str, list[Image.Image]] = {}
     for _ in range(repeats):
-        clock = _StepClock(device)
-        gc.collect()
-        with _PeakMemory(device) as memory:
-            started = time.perf_counter()
-            images = run(clock.mark)
-            _sync(device)
-            samples.append(time.perf_counter() - started)
-        its.append(clock.loop_its())
-        peaks.append(memory.peak_bytes)
-    seconds = statistics.median(samples)
-    return RunFigures(seconds, seconds / batch, statistics.median(its), max(peaks), samples), images
+        for name, run in runners.items():
+            clock = _StepClock(device)
+            gc.collect()
+            with _PeakMemory(device) as memory:
+                started = time.perf_counter()
+                images[name] = run(clock.mark)
+                _sync(device)
+                samples[name].append(time.perf_counter() - started)
+            its[name].append(clock.loop_its())
+            peaks[name].append(memory.peak_bytes)
+    out = {}
+    for name in runners:
+        seconds = statistics.median(samples[name])
+        figures = RunFigures(
+            seconds, seconds / batch, statistics.median(its[name]), max(peaks[name]), samples[name]
+        )
+        out[name] = (figures, images[name])
+    return out
 
 
 # -- the two contenders ---------------------------------------------------------------------------
@@ -271,10 +286,12 @@ def _stock_pipeline(model: LoadedModel) -> StableDiffusionPipeline | StableDiffu
     return pipe
 
 
-def _run_stock(model: LoadedModel, case: Case) -> Callable[[Callable[[], None]], list[Image.Image]]:
+def _run_stock(model: LoadedModel, case: Case) -> Runner:
     pipe = _stock_pipeline(model)
 
     def run(mark: Callable[[], None]) -> list[Image.Image]:
+        _plain_unet(model)  # diffusers' defaults, not the options our runs left on the model
+
         def on_step(_pipe: object, _step: int, _timestep: object, kwargs: dict) -> dict:
             mark()
             return kwargs
@@ -293,7 +310,7 @@ def _run_stock(model: LoadedModel, case: Case) -> Callable[[Callable[[], None]],
     return run
 
 
-def _run_ours(engine: Engine, case: Case) -> Callable[[Callable[[], None]], list[Image.Image]]:
+def _run_ours(engine: Engine, case: Case) -> Runner:
     request = _request(case)
 
     def run(mark: Callable[[], None]) -> list[Image.Image]:
@@ -302,39 +319,43 @@ def _run_ours(engine: Engine, case: Case) -> Callable[[Callable[[], None]], list
     return run
 
 
-def _with_previews(engine: Engine, case: Case, device: torch.device) -> tuple[float, float]:
-    """(time to the first preview a reader can show, end-to-end seconds) with a preview every step.
-
-    The previews go through the real path: the engine's step hook, `with_previews` (which starts
-    each copy to the host) and a Job; a reader thread draws every new one as soon as it exists.
-    """
+def _run_with_previews(engine: Engine, case: Case, first_previews: list[float]) -> Runner:
+    """Our engine with a preview every step, through the real path: the step hook, `with_previews`
+    (which starts each copy to the host) and a Job, with a reader thread drawing every new preview
+    as soon as it exists. Appends the time from the call to the first drawn preview."""
     request = _request(case)
-    job = Job(request, "bench", "bench", arch=engine.model.arch)
-    hook = with_previews(job.on_step, period=1)
-    first: list[float] = []
-    drawn = 0
-    finished = threading.Event()
 
-    def reader() -> None:
-        nonlocal drawn
-        last = 0
-        while not finished.is_set():
-            preview = job.preview()
-            if preview is not None and preview[0] != last:
-                last, drawn = preview[0], drawn + 1
-                if not first:
-                    first.append(time.perf_counter())
-            time.sleep(0.0005)
+    def run(mark: Callable[[], None]) -> list[Image.Image]:
+        job = Job(request, "bench", "bench", arch=engine.model.arch)
+        previews = with_previews(job.on_step, period=1)
+        finished = threading.Event()
+        first: list[float] = []
 
-    watcher = threading.Thread(target=reader, daemon=True)
-    watcher.start()
-    started = time.perf_counter()
-    engine.generate(request, on_step=hook)
-    _sync(device)
-    seconds = time.perf_counter() - started
-    finished.set()
-    watcher.join()
-    return (first[0] - started if first else float("nan")), seconds
+        def reader() -> None:
+            last = 0
+            while not finished.is_set():
+                preview = job.preview()
+                if preview is not None and preview[0] != last:
+                    last = preview[0]
+                    if not first:
+                        first.append(time.perf_counter())
+                time.sleep(0.0005)
+
+        def hook(info: StepInfo) -> None:
+            previews(info)
+            mark()
+
+        watcher = threading.Thread(target=reader, daemon=True)
+        watcher.start()
+        started = time.perf_counter()
+        try:
+            return engine.generate(request, on_step=hook).images
+        finally:
+            finished.set()
+            watcher.join()
+            first_previews.append(first[0] - started if first else float("nan"))
+
+    return run
 
 
 # -- compute floor --------------------------------------------------------------------------------
@@ -404,13 +425,17 @@ def run_case(
     stock: bool = True,
 ) -> CaseResult:
     device = model.device
-    stock_figures = stock_images = None
-    if stock:
-        _plain_unet(model)  # the stock pipeline gets diffusers' defaults, not our last options
-        stock_figures, stock_images = _timed_runs(_run_stock(model, case), device, repeats, case.batch)
     engine = Engine(model, speed=speed)
-    ours, images = _timed_runs(_run_ours(engine, case), device, repeats, case.batch)
-    first_preview, with_previews = _with_previews(engine, case, device)
+    first_previews: list[float] = []
+    # The stock runs first, on their own: our options change the UNet's layout and processors, and
+    # changing them back and forth between runs would put that conversion inside the timings.
+    measured = _timed_runs({"stock": _run_stock(model, case)}, device, repeats, case.batch) if stock else {}
+    runners = {"ours": _run_ours(engine, case), "previews": _run_with_previews(engine, case, first_previews)}
+    measured |= _timed_runs(runners, device, repeats, case.batch)
+    ours, images = measured["ours"]
+    with_previews = measured["previews"][0].seconds
+    first_preview = statistics.median(first_previews[1:])  # not the warm-up's
+    stock_figures, stock_images = measured.get("stock", (None, None))
     flops = count_flops(model, case)
     floor = flops / peak
     result = CaseResult(
