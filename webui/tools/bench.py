@@ -101,6 +101,8 @@ class RunFigures:
     loop_its: float  # UNet loop iterations per second, steps 2..N (the first step's launch excluded)
     peak_bytes: int  # CUDA: peak allocated; CPU: peak RSS growth over the run
     samples_s: list[float]
+    # CPU only: loop seconds per step spent outside UNet calls (scheduler, guidance, the loop itself)
+    outside_unet_s: float | None = None
 
 
 @dataclass
@@ -119,6 +121,9 @@ class CaseResult:
     flops: float  # the run's floating-point operations (UNet steps with CFG, VAE decode, text)
     floor_s: float  # flops / the device's peak
     floor_share: float  # floor_s / our end-to-end seconds
+    # CPU: (our time per step outside the UNet - stock's) / stock's whole step; the loop's own cost,
+    # free of the UNet's run-to-run noise
+    loop_overhead: float | None = None
 
 
 @dataclass
@@ -142,10 +147,36 @@ class Report:
 
 # -- timing ---------------------------------------------------------------------------------------
 class _StepClock:
-    """Marks the end of every step without waiting for the device (CUDA events are queued)."""
+    """Marks the end of every step without waiting for the device (CUDA events are queued).
 
-    def __init__(self, device: torch.device) -> None:
+    With `unet` (CPU only, where a call's wall time is its cost) it also times every UNet call.
+    """
+
+    def __init__(self, device: torch.device, unet: torch.nn.Module | None = None) -> None:
         self.device, self.marks = device, []
+        self.unet_calls: list[tuple[float, float]] = []
+        self._hooks = []
+        if unet is not None and device.type == "cpu":
+            self._hooks = [
+                unet.register_forward_pre_hook(lambda *_: self.unet_calls.append((time.perf_counter(), 0.0))),
+                unet.register_forward_hook(lambda *_: self._unet_done()),
+            ]
+
+    def _unet_done(self) -> None:
+        began, _ = self.unet_calls[-1]
+        self.unet_calls[-1] = (began, time.perf_counter())
+
+    def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+    def outside_unet_s(self) -> float | None:
+        """Seconds per step between the first and last step's end not spent in the UNet."""
+        if not self._hooks or len(self.marks) < 2:
+            return None
+        first, last = self.marks[0], self.marks[-1]
+        inside = sum(end - began for began, end in self.unet_calls if began >= first and end <= last)
+        return (last - first - inside) / (len(self.marks) - 1)
 
     def mark(self) -> None:
         if self.device.type == "cuda":
@@ -211,33 +242,49 @@ Runner = Callable[[Callable[[], None]], list[Image.Image]]  # run(mark) calls ma
 
 
 def _timed_runs(
-    runners: dict[str, Runner], device: torch.device, repeats: int, batch: int
+    runners: dict[str, Runner],
+    device: torch.device,
+    repeats: int,
+    batch: int,
+    unet: torch.nn.Module | None = None,
 ) -> dict[str, tuple[RunFigures, list[Image.Image]]]:
     """One warm-up each (it also compiles), then `repeats` rounds taking the runners in turn, so a
-    slow spell of a shared machine hits every contender alike; medians per runner."""
+    slow spell of a shared machine hits every contender alike; medians per runner. With `unet`,
+    its calls are timed too (see `_StepClock`)."""
     for run in runners.values():
         run(lambda: None)
     _sync(device)
     samples: dict[str, list[float]] = {name: [] for name in runners}
     its: dict[str, list[float]] = {name: [] for name in runners}
     peaks: dict[str, list[int]] = {name: [] for name in runners}
+    outside: dict[str, list[float]] = {name: [] for name in runners}
     images: dict[str, list[Image.Image]] = {}
     for _ in range(repeats):
         for name, run in runners.items():
-            clock = _StepClock(device)
+            clock = _StepClock(device, unet)
             gc.collect()
-            with _PeakMemory(device) as memory:
-                started = time.perf_counter()
-                images[name] = run(clock.mark)
-                _sync(device)
-                samples[name].append(time.perf_counter() - started)
+            try:
+                with _PeakMemory(device) as memory:
+                    started = time.perf_counter()
+                    images[name] = run(clock.mark)
+                    _sync(device)
+                    samples[name].append(time.perf_counter() - started)
+            finally:
+                clock.close()
             its[name].append(clock.loop_its())
             peaks[name].append(memory.peak_bytes)
+            if (value := clock.outside_unet_s()) is not None:
+                outside[name].append(value)
     out = {}
     for name in runners:
         seconds = statistics.median(samples[name])
         figures = RunFigures(
-            seconds, seconds / batch, statistics.median(its[name]), max(peaks[name]), samples[name]
+            seconds,
+            seconds / batch,
+            statistics.median(its[name]),
+            max(peaks[name]),
+            samples[name],
+            statistics.median(outside[name]) if outside[name] else None,
         )
         out[name] = (figures, images[name])
     return out
@@ -321,28 +368,31 @@ def _run_ours(engine: Engine, case: Case) -> Runner:
 
 def _run_with_previews(engine: Engine, case: Case, first_previews: list[float]) -> Runner:
     """Our engine with a preview every step, through the real path: the step hook, `with_previews`
-    (which starts each copy to the host) and a Job, with a reader thread drawing every new preview
-    as soon as it exists. Appends the time from the call to the first drawn preview."""
+    (which starts each copy to the host) and a Job, with a reader thread woken by each step to draw
+    the new preview, as a page would if it polled fast enough. Appends the time from the call to
+    the first drawn preview."""
     request = _request(case)
 
     def run(mark: Callable[[], None]) -> list[Image.Image]:
         job = Job(request, "bench", "bench", arch=engine.model.arch)
         previews = with_previews(job.on_step, period=1)
-        finished = threading.Event()
+        finished, stepped = threading.Event(), threading.Event()
         first: list[float] = []
 
         def reader() -> None:
             last = 0
             while not finished.is_set():
+                stepped.wait(0.05)
+                stepped.clear()
                 preview = job.preview()
                 if preview is not None and preview[0] != last:
                     last = preview[0]
                     if not first:
                         first.append(time.perf_counter())
-                time.sleep(0.0005)
 
         def hook(info: StepInfo) -> None:
             previews(info)
+            stepped.set()
             mark()
 
         watcher = threading.Thread(target=reader, daemon=True)
@@ -427,11 +477,17 @@ def run_case(
     device = model.device
     engine = Engine(model, speed=speed)
     first_previews: list[float] = []
-    # The stock runs first, on their own: our options change the UNet's layout and processors, and
-    # changing them back and forth between runs would put that conversion inside the timings.
-    measured = _timed_runs({"stock": _run_stock(model, case)}, device, repeats, case.batch) if stock else {}
     runners = {"ours": _run_ours(engine, case), "previews": _run_with_previews(engine, case, first_previews)}
-    measured |= _timed_runs(runners, device, repeats, case.batch)
+    resolved = speed.resolve(device)
+    unet = model.unet if resolved.compile == "off" else None  # a compiled UNet runs no Python hooks
+    if stock and (resolved.channels_last or resolved.fuse_qkv or resolved.attention != "sdpa"):
+        # Our options change the UNet's layout or processors; switching them back and forth
+        # between runs would time that conversion, so the stock runs go first, on their own.
+        measured = _timed_runs({"stock": _run_stock(model, case)}, device, repeats, case.batch, unet)
+        measured |= _timed_runs(runners, device, repeats, case.batch, unet)
+    else:
+        contenders = runners | ({"stock": _run_stock(model, case)} if stock else {})
+        measured = _timed_runs(contenders, device, repeats, case.batch, unet)
     ours, images = measured["ours"]
     with_previews = measured["previews"][0].seconds
     first_preview = statistics.median(first_previews[1:])  # not the warm-up's
@@ -461,10 +517,17 @@ def run_case(
             its_ratio=ours.loop_its / stock_figures.loop_its,
             seconds_ratio=stock_figures.seconds / ours.seconds,
             step_overhead=stock_figures.loop_its / ours.loop_its - 1,
+            loop_overhead=_loop_overhead(ours, stock_figures),
             max_pixel_difference=int(difference.max()),
             mean_pixel_difference=float(difference.mean()),
         )
     return result
+
+
+def _loop_overhead(ours: RunFigures, stock: RunFigures) -> float | None:
+    if ours.outside_unet_s is None or stock.outside_unet_s is None:
+        return None
+    return (ours.outside_unet_s - stock.outside_unet_s) / (1 / stock.loop_its)
 
 
 def _plain_unet(model: LoadedModel) -> None:
@@ -580,7 +643,7 @@ def judge_targets(report: Report) -> dict[str, dict[str, object]]:
     if costs:
         judge("preview_cost", max(statistics.median(costs), 0.0))
     if not on_gpu:
-        overheads = [r.step_overhead for r in report.cases if r.step_overhead is not None]
+        overheads = [r.loop_overhead for r in report.cases if r.loop_overhead is not None]
         if overheads:
             judge("cpu_step_overhead", statistics.median(overheads))
     if on_gpu and report.swaps:
@@ -601,7 +664,8 @@ def format_report(report: Report) -> str:
     ]
     header = (
         "case", "s/img", "it/s", "peak MB", "stock s/img", "stock it/s", "stock MB",
-        "it/s x", "e2e x", "step ovh", "1st preview", "preview cost", "floor", "share", "diff max/mean",
+        "it/s x", "e2e x", "step ovh", "loop ovh", "1st preview", "preview cost", "floor", "share",
+        "diff max/mean",
     )  # fmt: skip
     rows = [header]
     for r in report.cases:
@@ -618,6 +682,7 @@ def format_report(report: Report) -> str:
                 f"{r.its_ratio:.2f}" if r.its_ratio else "-",
                 f"{r.seconds_ratio:.2f}" if r.seconds_ratio else "-",
                 f"{r.step_overhead:+.1%}" if r.step_overhead is not None else "-",
+                f"{r.loop_overhead:+.2%}" if r.loop_overhead is not None else "-",
                 f"{r.first_preview_s * 1000:.0f} ms",
                 f"{r.preview_cost:+.1%}",
                 f"{r.floor_s * 1000:.1f} ms",
