@@ -24,6 +24,7 @@ import statistics
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -124,6 +125,9 @@ class CaseResult:
     # CPU: (our time per step outside the UNet - stock's) / stock's whole step; the loop's own cost,
     # free of the UNet's run-to-run noise
     loop_overhead: float | None = None
+    # CUDA: synchronizing CUDA calls PyTorch reported between the end of step 1 and the last step
+    # (previews on, every step); 0 means the host never waited for the GPU inside the loop
+    loop_syncs: int | None = None
 
 
 @dataclass
@@ -494,6 +498,7 @@ def run_case(
     stock_figures, stock_images = measured.get("stock", (None, None))
     flops = count_flops(model, case)
     floor = flops / peak
+    syncs = count_loop_syncs(engine, case)
     result = CaseResult(
         case=case,
         ours=ours,
@@ -509,6 +514,7 @@ def run_case(
         flops=flops,
         floor_s=floor,
         floor_share=floor / ours.seconds,
+        loop_syncs=syncs,
     )
     if stock_figures is not None and stock_images is not None:
         difference = np.abs(_pixels(images) - _pixels(stock_images))
@@ -522,6 +528,28 @@ def run_case(
             mean_pixel_difference=float(difference.mean()),
         )
     return result
+
+
+def count_loop_syncs(engine: Engine, case: Case) -> int | None:
+    """CUDA only: run the case with previews every step under PyTorch's sync debug mode, switched on
+    after the first step (whose scheduler set-up may look up its index once) and off after the last."""
+    if engine.model.device.type != "cuda":
+        return None
+    request = _request(case)
+    job = Job(request, "bench", "bench", arch=engine.model.arch)
+    previews = with_previews(job.on_step, period=1)
+
+    def hook(info: StepInfo) -> None:
+        previews(info)
+        torch.cuda.set_sync_debug_mode("warn" if info.step < info.total else "default")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            engine.generate(request, on_step=hook)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(warning.message) for warning in caught)
 
 
 def _loop_overhead(ours: RunFigures, stock: RunFigures) -> float | None:
@@ -665,7 +693,7 @@ def format_report(report: Report) -> str:
     header = (
         "case", "s/img", "it/s", "peak MB", "stock s/img", "stock it/s", "stock MB",
         "it/s x", "e2e x", "step ovh", "loop ovh", "1st preview", "preview cost", "floor", "share",
-        "diff max/mean",
+        "diff max/mean", "syncs",
     )  # fmt: skip
     rows = [header]
     for r in report.cases:
@@ -690,6 +718,7 @@ def format_report(report: Report) -> str:
                 f"{r.max_pixel_difference}/{r.mean_pixel_difference:.3f}"
                 if r.max_pixel_difference is not None
                 else "-",
+                str(r.loop_syncs) if r.loop_syncs is not None else "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
