@@ -344,7 +344,12 @@ class Engine:
         else:
             latents = scheduler.add_noise(batch.init_latents, noise, timesteps[:1].repeat(count))
         step_kwargs = _step_kwargs(scheduler, generators, request.eta)
-        plan = _CallPlan(self, spec, count, request.cfg_scale > 1.0)
+        plan = _CallPlan(
+            lambda group: self._added_conditioning(group, spec),
+            count,
+            use_cfg=request.cfg_scale > 1.0,
+            batched=self._batch_cond_uncond,
+        )
         for index, timestep in enumerate(timesteps):
             if control.interrupted:
                 raise Interrupted(latents)
@@ -536,8 +541,15 @@ class _CallPlan:
     SDXL's size tensor once per segment keeps the loop free of per-step tensor creation.
     """
 
-    def __init__(self, engine: Engine, spec: _Pass, count: int, use_cfg: bool) -> None:
-        self._engine, self._spec, self._count, self._use_cfg = engine, spec, count, use_cfg
+    def __init__(
+        self,
+        added_conditioning: Callable[[Conditioning], dict[str, torch.Tensor] | None],
+        count: int,
+        *,
+        use_cfg: bool,
+        batched: bool,
+    ) -> None:
+        self._added, self._count, self._use_cfg, self._batched = added_conditioning, count, use_cfg, batched
         self._conds: list[Conditioning] = []
         self._calls: list[_UNetCall] = []
 
@@ -545,17 +557,13 @@ class _CallPlan:
         conds = ([negative] if self._use_cfg else []) + [cond for cond, _ in parts]
         if len(conds) != len(self._conds) or any(a is not b for a, b in zip(conds, self._conds)):
             self._conds = conds
-            groups = (
-                _groups_by_length(conds)
-                if self._engine._batch_cond_uncond
-                else [[i] for i in range(len(conds))]
-            )
+            groups = _groups_by_length(conds) if self._batched else [[i] for i in range(len(conds))]
             self._calls = [self._call(indices) for indices in groups]
         return self._calls
 
     def _call(self, indices: list[int]) -> _UNetCall:
         group = Conditioning.concat([_repeat(self._conds[i], self._count) for i in indices])
-        return _UNetCall(indices, group.embeds, self._engine._added_conditioning(group, self._spec))
+        return _UNetCall(indices, group.embeds, self._added(group))
 
 
 def _img2img_timesteps(scheduler: SchedulerMixin, steps: int, strength: float) -> torch.Tensor:
