@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image, ImageDraw
 
 from webui.engine.generate import Engine
@@ -13,6 +12,7 @@ from webui.engine.preview import full_preview, linear_preview
 from webui.engine.request import GenerationError, GenerationRequest, MaskedContent, ResizeMode
 from webui.engine.samplers import make_scheduler, resolve_sampler, sampler_names
 from webui.engine.steps import JobControl, StepInfo
+from webui.tools.bench import stock_pipeline
 
 
 def _pixels(image: Image.Image) -> np.ndarray:
@@ -37,28 +37,7 @@ def test_txt2img_equals_the_stock_diffusers_pipeline(tiny_model, arch: str, samp
     model = tiny_model(arch)
     ours = Engine(model).generate(_request(sampler_name=sampler, steps=6, batch_size=2, seed=42)).images
     scheduler = make_scheduler(sampler, "Automatic", model.spec.scheduler_config)
-    if arch == "sdxl":
-        pipe = StableDiffusionXLPipeline(
-            vae=model.vae,
-            text_encoder=model.text_encoders[0],
-            text_encoder_2=model.text_encoders[1],
-            tokenizer=model.tokenizers[0],
-            tokenizer_2=model.tokenizers[1],
-            unet=model.unet,
-            scheduler=scheduler,
-        )
-    else:
-        pipe = StableDiffusionPipeline(
-            vae=model.vae,
-            text_encoder=model.text_encoders[0],
-            tokenizer=model.tokenizers[0],
-            unet=model.unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = stock_pipeline(model, scheduler)
     # We decode a batch one image at a time (no memory spike at the end of a job); diffusers'
     # own switch for that makes the stock decode the same arithmetic.
     pipe.vae.enable_slicing()

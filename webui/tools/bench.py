@@ -36,6 +36,7 @@ import numpy as np
 import psutil
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -309,8 +310,10 @@ def _request(case: Case) -> GenerationRequest:
     )
 
 
-def _stock_pipeline(model: LoadedModel) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
-    scheduler = make_scheduler(SAMPLER, "Automatic", model.spec.scheduler_config)
+def stock_pipeline(
+    model: LoadedModel, scheduler: SchedulerMixin
+) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """diffusers' own pipeline over a loaded model's components: the reference we are measured against."""
     if model.arch is Arch.SDXL:
         pipe = StableDiffusionXLPipeline(
             vae=model.vae,
@@ -320,7 +323,7 @@ def _stock_pipeline(model: LoadedModel) -> StableDiffusionPipeline | StableDiffu
             tokenizer_2=model.tokenizers[1],
             unet=model.unet,
             scheduler=scheduler,
-            add_watermarker=False,  # ours watermarks when saving, which the benchmark does not
+            add_watermarker=False,  # ours watermarks when saving images, not in the engine
         )
     else:
         pipe = StableDiffusionPipeline(
@@ -338,7 +341,7 @@ def _stock_pipeline(model: LoadedModel) -> StableDiffusionPipeline | StableDiffu
 
 
 def _run_stock(model: LoadedModel, case: Case) -> Runner:
-    pipe = _stock_pipeline(model)
+    pipe = stock_pipeline(model, make_scheduler(SAMPLER, "Automatic", model.spec.scheduler_config))
 
     def run(mark: Callable[[], None]) -> list[Image.Image]:
         _plain_unet(model)  # diffusers' defaults, not the options our runs left on the model
