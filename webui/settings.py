@@ -187,6 +187,11 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     memory.add_argument(
         "--vae-tiling", choices=VAE_TILING, default="auto", help="decode in tiles (auto: large images)"
     )
+    add_speed_flags(parser)
+
+
+def add_speed_flags(parser: argparse.ArgumentParser) -> None:
+    """The speed options' flags, shared by the app, the command-line generator and the benchmark."""
     speed = parser.add_argument_group("speed (docs/benchmarks.md measures each)")
     speed.add_argument(
         "--attention",

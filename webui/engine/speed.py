@@ -76,16 +76,6 @@ class SpeedOptions:
             cuda_graphs=self.cuda_graphs,
         )
 
-    def describe(self) -> dict[str, object]:
-        return {
-            "attention": self.attention,
-            "channels_last": self.channels_last,
-            "fuse_qkv": self.fuse_qkv,
-            "batch_cond_uncond": self.batch_cond_uncond,
-            "compile": self.compile,
-            "cuda_graphs": self.cuda_graphs,
-        }
-
 
 @dataclass(frozen=True)
 class ResolvedSpeed:

@@ -50,6 +50,7 @@ from webui.engine.steps import StepInfo
 from webui.jobs.job import Job
 from webui.model_manager.detect import Arch
 from webui.model_manager.load import LoadedModel, load_model
+from webui.settings import add_speed_flags, speed_options
 from webui.tools import swap_bench
 
 SAMPLER = "Euler"
@@ -589,14 +590,7 @@ def run(args: argparse.Namespace) -> Report:
     device = swap_bench.pick_device(args.device)
     tiny = args.tiny or device.type != "cuda"
     dtype = resolve_dtype(device, args.precision)
-    speed = SpeedOptions(
-        attention=args.attention,
-        channels_last=args.channels_last,
-        fuse_qkv=args.fuse_qkv,
-        batch_cond_uncond=not args.no_batch_cond_uncond,
-        compile=args.compile,
-        cuda_graphs=args.cuda_graphs,
-    )
+    speed = speed_options(args)
     speed.resolve(device)  # refuse an impossible option before minutes of work
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -610,7 +604,7 @@ def run(args: argparse.Namespace) -> Report:
         versions={**swap_bench.versions(), "diffusers": diffusers.__version__},
         dtype=str(dtype).removeprefix("torch."),
         tiny=tiny,
-        speed={**speed.describe(), "resolved": asdict(speed.resolve(device))},
+        speed={**asdict(speed), "resolved": asdict(speed.resolve(device))},
         peak_flops=peak,
         peak_flops_source=source,
         measured_matmul_flops=measured,
@@ -756,12 +750,7 @@ def main(argv: list[str] | None = None) -> Report:
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoints (always without CUDA)")
-    parser.add_argument("--attention", default="auto")
-    parser.add_argument("--channels-last", default="auto")
-    parser.add_argument("--fuse-qkv", default="auto")
-    parser.add_argument("--no-batch-cond-uncond", action="store_true")
-    parser.add_argument("--compile", default="off", help="off, on or max")
-    parser.add_argument("--cuda-graphs", action="store_true")
+    add_speed_flags(parser)
     parser.add_argument("--skip-stock", action="store_true", help="only our engine")
     parser.add_argument("--skip-swap", action="store_true", help="no model switch timing")
     parser.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "webui-bench"), help="checkpoints")
