@@ -16,7 +16,7 @@ from webui.engine.request import GenerationError, GenerationRequest
 from webui.engine.steps import JobControl
 from webui.outputs import parse_infotext, read_infotext
 from webui.outputs.grid import BACKGROUND, row_band_width
-from webui.scripts import ScriptRun, builtin_scripts, find_script
+from webui.scripts import ScriptRun, builtin_scripts, find_script, scripts_for
 from webui.scripts.prompt_matrix import matrix_prompts
 from webui.scripts.prompts_from_file import PromptsFromFile
 from webui.scripts.sd_upscale import SdUpscale, blend_tiles, tile_starts
@@ -370,7 +370,7 @@ def test_scripts_panel_builds_controls_and_reads_a_choice() -> None:
     from webui.ui.scripts_panel import build_scripts_panel, group_updates
 
     with gr.Blocks():
-        panel = build_scripts_panel("img2img", "img2img", {"upscalers": ["Lanczos", "Nearest"]})
+        panel = build_scripts_panel("img2img", scripts_for("img2img"), {"upscalers": ["Lanczos", "Nearest"]})
     assert panel.dropdown.choices[0][0] == "None" and len(panel.groups) == 5
     assert all(not group.visible for group in panel.groups.values())
     upscale = panel.controls["SD upscale"]

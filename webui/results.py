@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
@@ -15,3 +15,4 @@ class StudioResult:
     infotexts: list[str]
     seeds: list[int]
     interrupted: bool = False
+    warnings: list[str] = field(default_factory=list)  # extensions' failures during the job

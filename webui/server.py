@@ -16,6 +16,7 @@ from webui import __version__
 from webui.api.auth import Credentials, LoginMiddleware, caller_of
 from webui.api.context import ApiContext
 from webui.api.errors import install_error_handlers
+from webui.api.extensions import extensions_router, mount_extension_routes
 from webui.api.guards import BodySizeMiddleware
 from webui.api.options import ServerOptions
 from webui.api.sdapi import sdapi_router
@@ -58,6 +59,8 @@ def create_app(
     ctx = ApiContext(studio, jobs, ServerOptions(studio, jobs, live), redact(cmd_flags or {}, credentials))
     app.include_router(sdapi_router(ctx))
     app.include_router(v1_router(ctx))
+    app.include_router(extensions_router(studio))
+    mount_extension_routes(app, studio.extensions)
     if with_ui:
         _mount_ui(app, live, credentials)
     # Added last = outermost: the login runs before anything reads the body or routes the request.

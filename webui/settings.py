@@ -18,6 +18,7 @@ VAE_TILING = ("auto", "on", "off")
 PREVIEW_METHODS = ("linear", "taesd", "vae", "none")
 
 DEFAULT_PORT = 7860
+ALL_EXTENSIONS = "all"
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,12 @@ class Settings:
     tls_certfile: Path | None = None
     limits: Limits = field(default_factory=Limits)
     speed: SpeedOptions = field(default_factory=SpeedOptions)  # how the UNet runs (flags only)
+    # Extensions by manifest name that do not load; from the Settings tab, applies at the next start.
+    disabled_extensions: tuple[str, ...] = ()
+    skipped_extensions: tuple[str, ...] = ()  # --disable-extensions for this run ("all": every one)
+    extension_settings: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # by extension
+    extension_timeout_s: float = 10.0  # a hook taking longer stops its extension for the session
+    allow_extension_install: bool = False  # install from a URL even when listening on the network
 
     def __post_init__(self) -> None:
         """Checked here, so flags, the settings file and the Settings tab are refused alike."""
@@ -53,6 +60,16 @@ class Settings:
             raise ValueError("the preview period must be a whole number of steps")
         if not 1 <= self.preview_period <= 1000:
             raise ValueError("the preview period must be from 1 to 1000 steps")
+        if not 0 < self.extension_timeout_s <= 3600:
+            raise ValueError("the extension timeout must be more than 0 and at most 3600 seconds")
+        if isinstance(self.disabled_extensions, str) or not all(
+            isinstance(name, str) for name in self.disabled_extensions
+        ):
+            raise ValueError("disabled extensions must be a list of extension names")
+        if not isinstance(self.extension_settings, Mapping) or not all(
+            isinstance(section, Mapping) for section in self.extension_settings.values()
+        ):
+            raise ValueError("extension settings must map each extension's name to its settings")
         for name in ("vram_budget_gb", "ram_budget_gb"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1_000_000:
@@ -83,7 +100,11 @@ class Settings:
             "watermark": False if args.no_watermark else None,
             "preview_method": getattr(args, "preview_method", None),
             "preview_period": getattr(args, "preview_period", None),
+            "extension_timeout_s": getattr(args, "extension_timeout", None),
+            "allow_extension_install": getattr(args, "enable_insecure_extension_access", None) or None,
         }
+        if getattr(args, "disable_extensions", None):
+            values["skipped_extensions"] = _named_extensions(args.disable_extensions)
         values.update({key: value for key, value in flagged.items() if value is not None})
         return cls.for_data_dir(
             Path(args.data_dir),
@@ -114,6 +135,9 @@ EDITABLE_FIELDS = (
     "vram_budget_gb",
     "ram_budget_gb",
     "limits",
+    "disabled_extensions",
+    "extension_settings",
+    "extension_timeout_s",
 )
 _FLAG_OF_FIELD = {
     "outputs_dir": "outputs_dir",
@@ -122,6 +146,7 @@ _FLAG_OF_FIELD = {
     "preview_period": "preview_period",
     "vram_budget_gb": "vram_budget",
     "ram_budget_gb": "ram_budget",
+    "extension_timeout_s": "extension_timeout",
 }
 _LIMIT_FLAGS = {
     "max_pixels": "max_size",
@@ -139,6 +164,11 @@ def flags_given(args: argparse.Namespace) -> set[str]:
     if any(getattr(args, flag, None) is not None for flag in _LIMIT_FLAGS.values()):
         given.add("limits")
     return given
+
+
+def _named_extensions(flag: str) -> tuple[str, ...]:
+    """`--disable-extensions` alone: ("all",); with names: those."""
+    return tuple(name.strip() for name in flag.split(",") if name.strip())
 
 
 def _path(value: str | None) -> Path | None:
@@ -257,6 +287,25 @@ def app_parser() -> argparse.ArgumentParser:
     )
     server.add_argument("--tls-keyfile", metavar="FILE", help="serve HTTPS with this private key (PEM)")
     server.add_argument("--tls-certfile", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
+    extensions = parser.add_argument_group("extensions (docs/extensions.md)")
+    extensions.add_argument(
+        "--disable-extensions",
+        nargs="?",
+        const=ALL_EXTENSIONS,
+        metavar="NAME[,NAME]",
+        help="start without these extensions (without names: without any)",
+    )
+    extensions.add_argument(
+        "--extension-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="a hook running longer stops its extension until restart (default 10)",
+    )
+    extensions.add_argument(
+        "--enable-insecure-extension-access",
+        action="store_true",
+        help="allow installing extensions from a URL even with --listen (admins only, with --auth)",
+    )
     defaults = Limits()
     limits = parser.add_argument_group("limits on one request")
     # No flag defaults: an unset flag leaves the value saved from the Settings tab in place.

@@ -70,6 +70,10 @@ class SettingsFile:
                 return replace(Limits(), **value)
             except (TypeError, ValueError) as error:
                 raise SettingsFileError(f"{self.path}: limits: {error}") from error
+        if key == "disabled_extensions":
+            if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+                raise SettingsFileError(f"{self.path}: disabled_extensions must be a list of names")
+            return tuple(value)
         return value
 
     def save(self, settings: Settings) -> None:
@@ -81,6 +85,8 @@ class SettingsFile:
                 value = asdict(value)
             elif isinstance(value, Path):
                 value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
             values[key] = value
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temp = self.path.with_name(f".{self.path.name}.tmp")

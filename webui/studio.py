@@ -21,6 +21,9 @@ from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.speed import use_compile_cache
 from webui.engine.steps import JobControl, StepHook
 from webui.engine.upscale import Upscalers
+from webui.extensions.api import ImageDone, ImageSaved
+from webui.extensions.hooks import JobHooks
+from webui.extensions.registry import Extensions
 from webui.model_manager.cache import MemoryBudgets, ModelCache, ModelEvent, Placement, Tier
 from webui.model_manager.detect import Arch
 from webui.model_manager.facts import FileFactsCache
@@ -34,7 +37,7 @@ from webui.model_manager.taesd import find_taesd, load_taesd, taesd_decode
 from webui.model_manager.vae import AUTOMATIC, BUILT_IN, resolve_vae_file, swap_vae
 from webui.outputs import ImageSaver, format_infotext
 from webui.results import StudioResult
-from webui.scripts.base import ScriptRun, find_script
+from webui.scripts.base import Script, ScriptRun, find_script, scripts_for
 from webui.settings import Settings
 from webui.styles import StyleBook, StyleError
 
@@ -58,7 +61,8 @@ class Studio:
     beside it (into RAM) and applies to the next job; the running job keeps its model.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, extensions: Extensions | None = None) -> None:
+        """`extensions` None loads those of `extensions-builtin/` and DATA_DIR/extensions."""
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(self.device, settings.precision)
@@ -87,6 +91,7 @@ class Studio:
             self._write_demo_checkpoint()
         self._selected = self._initial_checkpoint()
         self._vae_file(self._selected)  # an unknown --vae is an error at start, not at the first job
+        self.extensions = extensions if extensions is not None else Extensions.for_settings(settings)
 
     @property
     def demo_message(self) -> str:
@@ -103,8 +108,14 @@ class Studio:
         )
 
     def apply_settings(self, new: Settings) -> None:
-        """Take on changed editable settings (see LiveSettings): outputs, naming, previews, budgets."""
+        """Take on changed editable settings (see LiveSettings): outputs, naming, previews, budgets.
+
+        ValueError (before anything changes) for extension settings their extensions refuse."""
+        extension_values = self.extensions.check_values(new.extension_settings)
+        new = replace(new, extension_settings=extension_values)
         old, self.settings = self.settings, new
+        self.extensions.set_values(extension_values)
+        self.extensions.timeout_s = new.extension_timeout_s
         if (old.outputs_dir, old.watermark, old.filename_pattern) != (
             new.outputs_dir,
             new.watermark,
@@ -334,7 +345,8 @@ class Studio:
         if request.enable_hr:
             self._check_hires(request)
         if request.script_name:
-            find_script(request.script_name, request.mode).parse_args(request.script_args)
+            self.find_script(request.script_name, request.mode).parse_args(request.script_args)
+        self.extensions.alwayson_args(request)
         try:
             file = self.find_checkpoint(checkpoint) if checkpoint else self._selected
         except CheckpointError as error:
@@ -378,13 +390,21 @@ class Studio:
         checkpoint: str | None = None,
         vae: str | None = None,
         save: bool = True,
+        hooks: JobHooks | None = None,
     ) -> StudioResult:
         """Run one job. `checkpoint` and `vae` pick a model and VAE for this job only (A1111's
-        override_settings); `save=False` keeps the images out of the outputs folder."""
-        request = self._with_styles(request)  # first: preflight then finds no styles to read again
-        file = self.preflight(request, checkpoint, vae)
+        override_settings); `save=False` keeps the images out of the outputs folder. `hooks` are
+        the job's always-on scripts when a script's generation is part of a bigger job."""
+        if hooks is None:
+            hooks = self.job_hooks(request)
         if request.script_name:
-            return self._run_script(request, on_step, control, checkpoint, vae, save)
+            request = self._with_styles(request)
+            self.preflight(request, checkpoint, vae)
+            result = self._run_script(request, on_step, control, checkpoint, vae, save, hooks)
+            result.warnings = list(hooks.warnings)
+            return result
+        request = self._with_styles(hooks.before_job(request))  # preflight then finds no styles
+        file = self.preflight(request, checkpoint, vae)
         with self._generation, self.cache.use(file.path) as model:
             self._apply_vae(file, model, vae)
             self._configure_vae_tiling(file, model, request)
@@ -399,19 +419,42 @@ class Studio:
                 on_step = with_previews(
                     on_step, self._preview_period(), self._preview_renderer(model, file.arch)
                 )
-            result = engine.generate(request, on_step=on_step, control=control)
+            result = engine.generate(request, on_step, control, on_denoise=hooks.on_denoise)
             vae_file = model.vae_path
         shared = self._infotext_extras(file, vae_file, result)
-        infotexts, paths = [], []
+        images, infotexts, paths = [], [], []
         for index, (image, seed) in enumerate(zip(result.images, result.seeds)):
             params = self._infotext_params(result.params, seed, file, shared)
             if result.subseeds:
                 params["Variation seed"] = result.subseeds[index]
-            infotext = format_infotext(request.prompt, request.negative_prompt, params)
+            done = ImageDone(image, index, seed, request, params)
+            hooks.after_image(done)
+            infotext = format_infotext(request.prompt, request.negative_prompt, done.params)
+            images.append(done.image)
             infotexts.append(infotext)
             if save:
-                paths.append(self.saver.save(image, mode=request.mode, seed=seed, infotext=infotext))
-        return StudioResult(result.images, paths, infotexts, result.seeds, result.interrupted)
+                path = self.saver.save(done.image, mode=request.mode, seed=seed, infotext=infotext)
+                paths.append(path)
+                hooks.after_save(ImageSaved(path, done.image, infotext, seed, request))
+        return StudioResult(images, paths, infotexts, result.seeds, result.interrupted, list(hooks.warnings))
+
+    def job_hooks(self, request: GenerationRequest) -> JobHooks:
+        """The always-on scripts' hooks for one job, arguments read; GenerationError for bad ones."""
+        return JobHooks(self.extensions.alwayson_args(request), self.extensions.timeout_s)
+
+    def scripts(self, mode: str) -> list[Script]:
+        """The Script menu of `mode`: the built-in scripts, then the extensions'."""
+        return [*scripts_for(mode), *self.extensions.scripts(mode)]
+
+    def find_script(self, name: str, mode: str) -> Script:
+        stopped = self.extensions.stopped_script(name)
+        if stopped is not None:
+            raise GenerationError(
+                f"script {name!r} belongs to extension {stopped.name}, which is off until the app "
+                f"restarts: {stopped.error}",
+                "script_name",
+            )
+        return find_script(name, mode, self.scripts(mode))
 
     def _run_script(
         self,
@@ -421,11 +464,13 @@ class Studio:
         checkpoint: str | None,
         vae: str | None,
         save: bool,
+        hooks: JobHooks,
     ) -> StudioResult:
-        """A script's job: it makes its own generations (each one a plain request) and any grid."""
-        script = find_script(request.script_name, request.mode)
+        """A script's job: it makes its own generations (each one a plain request, through the
+        always-on scripts' hooks) and any grid."""
+        script = self.find_script(request.script_name, request.mode)
         args = script.parse_args(request.script_args)
-        run = ScriptRun.for_studio(self, request.mode, control, on_step, save, checkpoint, vae)
+        run = ScriptRun.for_studio(self, request.mode, control, on_step, save, checkpoint, vae, hooks)
         return script.run(replace(request, script_name="", script_args=[]), args, run)
 
     # -- live previews ------------------------------------------------------------------------

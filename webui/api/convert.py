@@ -60,6 +60,7 @@ def txt2img_request(body: Txt2ImgBody, default_clip_skip: int) -> tuple[Generati
         hr_negative_prompt=body.hr_negative_prompt,
         script_name=body.script_name or "",
         script_args=list(body.script_args),
+        alwayson_scripts=_alwayson_args(body.alwayson_scripts),
     )
     if body.denoising_strength is not None:
         request.denoising_strength = body.denoising_strength
@@ -107,9 +108,19 @@ def _refuse_unsupported(body: Txt2ImgBody) -> None:
     for field, used, reason in unsupported:
         if used:
             raise ApiError(422, f"{field}: {reason}", field)
-    if body.alwayson_scripts:
-        name = next(iter(body.alwayson_scripts))
-        raise ApiError(422, f"alwayson_scripts: unknown script {name!r}", f"alwayson_scripts.{name}")
+
+
+def _alwayson_args(scripts: dict[str, Any]) -> dict[str, list[object]]:
+    """A1111's {"title": {"args": [...]}} (a bare list is taken too) -> {"title": [...]}."""
+    read: dict[str, list[object]] = {}
+    for title, value in scripts.items():
+        args = value.get("args", []) if isinstance(value, dict) else value
+        if not isinstance(args, list):
+            raise ApiError(
+                422, f'alwayson_scripts.{title}: expected {{"args": [...]}}', f"alwayson_scripts.{title}"
+            )
+        read[title] = args
+    return read
 
 
 def _same_as_first(value: str | None) -> str:
@@ -182,6 +193,7 @@ def response_info(job: Job, body: Txt2ImgBody) -> str:
         "extra_generation_params": {},
         "index_of_first_image": 0,
         "infotexts": infotexts,
+        "extension_warnings": list(result.warnings) if result else [],
         "styles": list(body.styles),
         "job_timestamp": job.timestamp,
         "clip_skip": request.clip_skip,

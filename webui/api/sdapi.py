@@ -16,6 +16,7 @@ from webui.api.auth import caller_of
 from webui.api.context import ApiContext, raise_if_failed, wait_until_finished
 from webui.api.convert import img2img_request, response_info, txt2img_request
 from webui.api.errors import ApiError
+from webui.api.extensions import a1111_extension_info
 from webui.api.images import decode_image, encode_base64, image_to_png
 from webui.api.schemas import (
     ExtrasBatchBody,
@@ -32,7 +33,7 @@ from webui.model_manager.embeddings import read_embedding
 from webui.model_manager.registry import ModelKind
 from webui.model_manager.state_dict import CheckpointError
 from webui.outputs import parse_infotext, read_infotext
-from webui.scripts import ScriptArg, scripts_for
+from webui.scripts import ScriptArg
 from webui.styles import StyleError
 
 if TYPE_CHECKING:
@@ -237,21 +238,29 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
     @router.get("/scripts", summary="Script titles for `script_name`, per mode (lower case, as A1111)")
     def scripts() -> dict[str, list[str]]:
         return {
-            mode: [script.title.lower() for script in scripts_for(mode)] for mode in ("txt2img", "img2img")
+            mode: [script.title.lower() for script in studio.scripts(mode)] for mode in ("txt2img", "img2img")
         }
 
-    @router.get("/script-info", summary="Each script's positional `script_args`")
+    @router.get("/script-info", summary="Each script's positional `script_args` (or always-on `args`)")
     def script_info() -> list[dict[str, Any]]:
         return [
             {
                 "name": script.title.lower(),
-                "is_alwayson": False,
+                "is_alwayson": alwayson,
                 "is_img2img": mode == "img2img",
                 "args": [_script_arg_info(arg) for arg in script.args],
             }
             for mode in ("txt2img", "img2img")
-            for script in scripts_for(mode)
+            for alwayson, scripts in (
+                (False, studio.scripts(mode)),
+                (True, [script for _, script in studio.extensions.alwayson(mode)]),
+            )
+            for script in scripts
         ]
+
+    @router.get("/extensions", summary="Installed extensions (A1111's fields; /api/v1/extensions has more)")
+    def extensions() -> list[dict[str, Any]]:
+        return [a1111_extension_info(extension) for extension in studio.extensions.extensions]
 
     return router
 

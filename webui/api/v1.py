@@ -179,6 +179,7 @@ def _status_json(status: JobStatus) -> dict[str, Any]:
         "user_error": status.user_error,  # the request was at fault (fix and resend), not the server
         "seeds": list(status.seeds),
         "infotexts": list(status.infotexts),
+        "warnings": list(status.warnings),
     }
 
 

@@ -23,7 +23,7 @@ from webui.engine.preview import tensor_to_images, vae_decode
 from webui.engine.request import GenerationError, GenerationRequest, MaskedContent
 from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.speed import SpeedOptions, UNetCall, prepare_unet
-from webui.engine.steps import Interrupted, JobControl, StepHook, StepInfo
+from webui.engine.steps import DenoiseHook, DenoiseStep, Interrupted, JobControl, StepHook, StepInfo
 from webui.engine.tiling import circular_padding
 from webui.engine.upscale import upscale
 from webui.model_manager.detect import Arch
@@ -96,6 +96,7 @@ class _Pass:
     steps: int
     sampler: str
     scheduler: str
+    hires: bool = False
 
 
 class _Progress:
@@ -129,6 +130,7 @@ class Engine:
         self.speed = speed or SpeedOptions()
         self._unet: UNetCall = model.unet
         self._batch_cond_uncond = True
+        self._on_denoise: DenoiseHook | None = None  # this job's hook before each UNet step
         # Hires fix's pixel upscalers (ESRGAN models live with the caller); resamplers by default.
         self.upscale_image: PixelUpscale = upscale_image or _resample
         self.loras: Mapping[str, Path] = loras if loras is not None else {}
@@ -139,7 +141,9 @@ class Engine:
         request: GenerationRequest,
         on_step: StepHook | None = None,
         control: JobControl | None = None,
+        on_denoise: DenoiseHook | None = None,
     ) -> GenerationResult:
+        """`on_step` observes each finished step; `on_denoise` may change each step before it runs."""
         request.validate()
         try:
             speed = self.speed.resolve(self.model.device)
@@ -163,6 +167,7 @@ class Engine:
         prompts = self._prepare_networks(request)
         self._unet = prepare_unet(self.model, speed, loras_active=bool(prompts.loras))
         self._batch_cond_uncond = speed.batch_cond_uncond
+        self._on_denoise = on_denoise
 
         images: list[Image.Image] = []
         interrupted = False
@@ -356,6 +361,8 @@ class Engine:
             if control.take_skip():
                 return latents, False
             negative, parts = conditioning.at(min(index, spec.steps - 1))
+            if self._on_denoise is not None:
+                latents, negative, parts = self._edit_step(progress, spec, timestep, latents, negative, parts)
             prediction = self._predict(
                 scheduler.scale_model_input(latents, timestep),
                 timestep,
@@ -370,6 +377,29 @@ class Engine:
                 latents = _keep_unmasked(scheduler, batch, noise, latents, timesteps, index)
             progress.report(latents, getattr(output, "pred_original_sample", None))
         return latents, True
+
+    def _edit_step(
+        self,
+        progress: _Progress,
+        spec: _Pass,
+        timestep: torch.Tensor,
+        latents: torch.Tensor,
+        negative: Conditioning,
+        parts: list[tuple[Conditioning, float]],
+    ) -> tuple[torch.Tensor, Conditioning, list[tuple[Conditioning, float]]]:
+        assert self._on_denoise is not None
+        step = DenoiseStep(
+            progress.done + 1,
+            max(progress.total, progress.done + 1),
+            progress.batch_index,
+            spec.hires,
+            timestep,
+            latents,
+            negative,
+            list(parts),
+        )
+        self._on_denoise(step)
+        return step.latents, step.negative, step.parts
 
     def _predict(
         self,
@@ -614,6 +644,7 @@ def _hires_pass(request: GenerationRequest) -> _Pass:
         request.hr_second_pass_steps or request.steps,
         request.hr_sampler_name or request.sampler_name,
         request.hr_scheduler or request.scheduler,
+        hires=True,
     )
 
 

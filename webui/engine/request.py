@@ -91,6 +91,8 @@ class GenerationRequest:
     styles: list[str] = field(default_factory=list)  # styles.csv names, applied to the prompts
     script_name: str = ""  # a script's title ("X/Y/Z plot", ...): the job runs the script instead
     script_args: list[object] = field(default_factory=list)  # the script's positional arguments
+    # Always-on scripts' positional arguments by title (A1111's `alwayson_scripts`); others get defaults.
+    alwayson_scripts: dict[str, list[object]] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
 
     @property

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
+    from webui.engine.conditioning import Conditioning
     from webui.engine.preview import PreviewCopy
 
 
@@ -34,6 +35,24 @@ class StepInfo:
 
 
 StepHook = Callable[[StepInfo], None]
+
+
+@dataclass
+class DenoiseStep:
+    """A step about to run, for hooks that change it: assign new `latents`, `negative` or `parts`
+    (or edit the tensors in place) and the UNet sees them. Read-only observers use `StepInfo`."""
+
+    step: int  # 1-based, counted across a batch's passes as `StepInfo.step` is
+    total: int
+    batch_index: int
+    hires: bool  # hires fix's second pass
+    timestep: torch.Tensor
+    latents: torch.Tensor  # (batch, 4, height / 8, width / 8), before the scheduler's input scaling
+    negative: Conditioning  # the negative prompt (used when CFG scale > 1)
+    parts: list[tuple[Conditioning, float]]  # the prompt's AND-parts with their weights
+
+
+DenoiseHook = Callable[[DenoiseStep], None]
 
 
 class JobControl:

@@ -75,6 +75,7 @@ class JobStatus:
     seeds: tuple[int, ...]
     infotexts: tuple[str, ...]
     preview_step: int  # grows with each new preview; 0 before the first
+    warnings: tuple[str, ...] = ()  # extensions' failures during the job (it still finished)
 
 
 @dataclass(eq=False)
@@ -189,6 +190,7 @@ class Job:
                 user_error=self.user_error,
                 seeds=tuple(result.seeds) if result else (),
                 infotexts=tuple(result.infotexts) if result else (),
+                warnings=tuple(result.warnings) if result else (),
                 preview_step=self._preview_step,
             )
 

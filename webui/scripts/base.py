@@ -20,6 +20,7 @@ from webui.scripts.args import ScriptArg
 
 if TYPE_CHECKING:
     from webui.engine.steps import JobControl, StepHook
+    from webui.extensions.hooks import JobHooks
     from webui.studio import Studio
 
 SEED_LIMIT = 2**32
@@ -87,8 +88,10 @@ class ScriptRun:
         save: bool = True,
         checkpoint: str | None = None,
         vae: str | None = None,
+        hooks: JobHooks | None = None,
     ) -> ScriptRun:
-        """Generations on `studio` with the job's checkpoint/VAE overrides; grids go to `<mode>-grids`."""
+        """Generations on `studio` with the job's checkpoint/VAE overrides and always-on scripts'
+        hooks; grids go to `<mode>-grids`."""
         # Imported here: Studio users already have torch loaded, script modules must not need it.
         from webui.engine.steps import JobControl
 
@@ -101,7 +104,13 @@ class ScriptRun:
             request: GenerationRequest, checkpoint: str | None = None, *, save: bool = True
         ) -> StudioResult:
             return studio.generate(
-                request, on_step, job_control, checkpoint or job_checkpoint, vae, save=save_all and save
+                request,
+                on_step,
+                job_control,
+                checkpoint or job_checkpoint,
+                vae,
+                save=save_all and save,
+                hooks=hooks,
             )
 
         def save_grid(grid: Image.Image, infotext: str) -> Path | None:
@@ -163,9 +172,11 @@ def scripts_for(mode: str) -> list[Script]:
     return [script for script in builtin_scripts().values() if mode in script.modes]
 
 
-def find_script(name: str, mode: str) -> Script:
-    """The script titled `name` (ignoring case) that runs in `mode`; GenerationError lists the others."""
-    available = scripts_for(mode)
+def find_script(name: str, mode: str, available: Sequence[Script] | None = None) -> Script:
+    """The script titled `name` (ignoring case) of `available` (default: the built-in scripts of
+    `mode`); GenerationError lists the others."""
+    if available is None:
+        available = scripts_for(mode)
     wanted = (name or "").strip().lower()
     for script in available:
         if script.title.lower() == wanted:

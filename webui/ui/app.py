@@ -14,6 +14,7 @@ from webui.model_manager.registry import ModelKind
 from webui.model_manager.state_dict import CheckpointError
 from webui.outputs import parse_infotext
 from webui.ui.context import PRIVATE, UiContext
+from webui.ui.extensions_tab import build_extension_tabs, build_extensions_settings
 from webui.ui.extras import SINGLE, build_extras_tab
 from webui.ui.generation_tab import GenerationTab
 from webui.ui.history import build_history_tab
@@ -61,6 +62,7 @@ APP_CSS = """
 .live-preview { display: block; width: 100%; max-width: 512px; margin: 8px auto 0; border-radius: 6px;
   image-rendering: auto; }
 .hr-size { padding: 6px 12px; }
+.extensions-table td, .extensions-table th { text-align: left; padding: 2px 10px 2px 0; vertical-align: top; }
 .pnginfo-table th { text-align: left; padding-right: 12px; vertical-align: top; white-space: nowrap; }
 """
 
@@ -83,8 +85,8 @@ def launch_options(studio: Studio) -> dict[str, Any]:
     """Keyword arguments for `launch()` or `gr.mount_gradio_app()` that this page expects."""
     # Serving saved files as they are keeps the PNG infotext in what the user downloads.
     return {
-        "css": APP_CSS,
-        "head": KEYS_HEAD,
+        "css": APP_CSS + studio.extensions.css(),
+        "head": KEYS_HEAD + studio.extensions.head_html(),
         "allowed_paths": [str(Path(studio.settings.outputs_dir).resolve())],
         # Gradio's own "Use via API" page would be empty: its events are private, the API is webui/api.
         "footer_links": ["gradio", "settings"],
@@ -130,8 +132,10 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
                 pnginfo = build_pnginfo_tab()
             with gr.Tab("History", id="history", elem_id="tab-history") as history_page:
                 history = build_history_tab(ctx, allowed_roots)
+            build_extension_tabs(studio.extensions)
             with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
                 build_settings_tab(ctx)
+                build_extensions_settings(ctx)
 
         generation_tabs = {tab.name: tab for tab in (txt2img, img2img, inpaint)}
         wire_styles(studio.styles, list(generation_tabs.values()))

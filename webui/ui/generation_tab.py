@@ -14,7 +14,7 @@ from webui.ui.context import UiContext
 from webui.ui.controls import GenerationControls, build_prompts, build_sampling
 from webui.ui.fields import Field
 from webui.ui.results import ResultsPanel, build_results
-from webui.ui.scripts_panel import ScriptsPanel, build_scripts_panel
+from webui.ui.scripts_panel import AlwaysOnPanel, ScriptsPanel, build_alwayson_panel, build_scripts_panel
 from webui.ui.styles_controls import StyleControls, build_style_controls
 
 
@@ -37,17 +37,22 @@ class GenerationTab:
     extra: Any  # the tab's own inputs above the sampling controls (an image, a mask editor)
     options: Any  # the tab's own options below them (txt2img's hires fix)
     scripts: ScriptsPanel | None = None  # the "Script" menu (txt2img and img2img)
+    alwayson: AlwaysOnPanel | None = None  # extensions' always-on scripts
 
     def script_inputs(self) -> list[gr.components.Component]:
-        return self.scripts.inputs if self.scripts is not None else []
+        menu = self.scripts.inputs if self.scripts is not None else []
+        return menu + (self.alwayson.inputs if self.alwayson is not None else [])
 
     def with_script(self, request: GenerationRequest, script_values: list[Any]) -> GenerationRequest:
-        """`request` with the script chosen in the menu (if any) and its positional arguments."""
-        if self.scripts is None:
-            return request
-        title, args = self.scripts.choice(script_values)
-        if title is not None:
-            request.script_name, request.script_args = title, args
+        """`request` with the script chosen in the menu (if any) and its positional arguments, and
+        the always-on scripts' arguments."""
+        menu = len(self.scripts.inputs) if self.scripts is not None else 0
+        if self.scripts is not None:
+            title, args = self.scripts.choice(script_values[:menu])
+            if title is not None:
+                request.script_name, request.script_args = title, args
+        if self.alwayson is not None:
+            request.alwayson_scripts = self.alwayson.args(script_values[menu:])
         return request
 
     @property
@@ -61,8 +66,11 @@ def build_generation_tab(
     build_inputs: Callable[[], TabPart] | None = None,
     build_options: Callable[[GenerationControls], TabPart] | None = None,
     script_mode: str | None = None,
+    alwayson_mode: str | None = None,
 ) -> GenerationTab:
-    """`script_mode` ("txt2img"/"img2img") adds the Script menu with that mode's scripts."""
+    """`script_mode` ("txt2img"/"img2img") adds the Script menu with that mode's scripts;
+    `alwayson_mode` (default: `script_mode`) the always-on scripts' controls of that mode."""
+    alwayson_mode = alwayson_mode or script_mode
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
             prompts = build_prompts(name)
@@ -83,13 +91,23 @@ def build_generation_tab(
             extra = build_inputs() if build_inputs is not None else None
             controls = build_sampling(name, prompts, ctx.jobs.limits)
             options = build_options(controls) if build_options is not None else None
+            sources = {"upscalers": ctx.studio.upscaler_names()}
             scripts = (
-                build_scripts_panel(name, script_mode, {"upscalers": ctx.studio.upscaler_names()})
+                build_scripts_panel(name, ctx.studio.scripts(script_mode), sources)
                 if script_mode is not None
+                else None
+            )
+            alwayson = (
+                build_alwayson_panel(
+                    name, [script for _, script in ctx.studio.extensions.alwayson(alwayson_mode)], sources
+                )
+                if alwayson_mode is not None
                 else None
             )
         with gr.Column(scale=1):
             panel = build_results(name)
     parts = [part for part in (extra, options) if part is not None]
     controls = controls.with_fields(styles.field, *(field for part in parts for field in part.fields))
-    return GenerationTab(name, controls, panel, generate, interrupt, skip, styles, extra, options, scripts)
+    return GenerationTab(
+        name, controls, panel, generate, interrupt, skip, styles, extra, options, scripts, alwayson
+    )

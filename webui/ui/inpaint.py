@@ -123,17 +123,19 @@ def build_inpaint(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> Ge
             strength,
         )
 
-    tab = build_generation_tab(ctx, "inpaint", inputs)
+    tab = build_generation_tab(ctx, "inpaint", inputs, alwayson_mode="img2img")
     extra: InpaintInputs = tab.extra
+    own = len(extra.request_inputs)
 
     def make_request(values: list[Any], extra_values: list[Any]) -> Any:
-        image, mask = image_and_mask(*extra_values)
-        return tab.controls.to_request(values, init_image=image, mask=mask)
+        image, mask = image_and_mask(*extra_values[:own])
+        request = tab.controls.to_request(values, init_image=image, mask=mask)
+        return tab.with_script(request, extra_values[own:])
 
     wire_generation(
         ctx,
         tab,
-        extra_inputs=extra.request_inputs,
+        extra_inputs=[*extra.request_inputs, *tab.script_inputs()],
         make_request=make_request,
         allowed_roots=allowed_roots,
     )

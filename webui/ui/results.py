@@ -208,11 +208,12 @@ def _finished(job: Job, panel: ResultsPanel, roots: list[Path]) -> dict[Any, Any
             panel.infotext: items[0]["infotext"],
             panel.items: items,
             panel.selected: 0,
-            panel.error: hide_error()
-            if job.state is JobState.DONE
-            else show_error("Interrupted: showing the images finished before the stop."),
         }
     )
+    notes = list(outcome.warnings)  # extensions that failed while the job still finished
+    if job.state is not JobState.DONE:
+        notes.insert(0, "Interrupted: showing the images finished before the stop.")
+    done[panel.error] = show_error("\n\n".join(notes)) if notes else hide_error()
     return done
 
 

@@ -1,4 +1,5 @@
-"""The "Script" dropdown of a generation tab, with each script's controls drawn from its ScriptArgs.
+"""The "Script" dropdown of a generation tab and the always-on scripts' accordions, with each
+script's controls drawn from its ScriptArgs.
 
 Torch-free, like `webui.scripts`: building the UI must not load the model stack.
 """
@@ -12,7 +13,8 @@ from typing import Any
 
 import gradio as gr
 
-from webui.scripts import ScriptArg, scripts_for
+from webui.extensions.api import AlwaysOnScript
+from webui.scripts import Script, ScriptArg
 
 NONE = "None"
 _RADIO_MAX_CHOICES = 4  # fewer choices read better as radio buttons (as A1111 draws them)
@@ -50,14 +52,13 @@ class ScriptsPanel:
 
 
 def build_scripts_panel(
-    tab: str, mode: str, sources: Mapping[str, Sequence[str]] | None = None
+    tab: str, scripts: Sequence[Script], sources: Mapping[str, Sequence[str]] | None = None
 ) -> ScriptsPanel:
-    """Inside a `gr.Blocks`: the dropdown and one hidden group per script of `mode`, shown when chosen.
+    """Inside a `gr.Blocks`: the dropdown and one hidden group per script, shown when chosen.
 
     `sources` gives lists known at run time (e.g. {"upscalers": [...]}) for arguments that name
     one; without it those arguments are free text. Ids: `<tab>-script` and `<tab>-script-<slug>-<arg>`.
     """
-    scripts = scripts_for(mode)
     dropdown = gr.Dropdown(
         [NONE, *(script.title for script in scripts)], value=NONE, label="Script", elem_id=f"{tab}-script"
     )
@@ -67,7 +68,7 @@ def build_scripts_panel(
         prefix = f"{tab}-script-{slug(script.title)}"
         with gr.Group(visible=False, elem_id=prefix) as group:
             controls[script.title] = [
-                _control(f"{prefix}-{arg.name}", arg, sources or {}) for arg in script.args
+                script_control(f"{prefix}-{arg.name}", arg, sources or {}) for arg in script.args
             ]
         groups[script.title] = group
     titles = list(groups)
@@ -81,12 +82,52 @@ def build_scripts_panel(
     return ScriptsPanel(dropdown, groups, controls)
 
 
+@dataclass
+class AlwaysOnPanel:
+    """One accordion per always-on script with arguments; their values become `alwayson_scripts`."""
+
+    controls: dict[str, list[gr.components.Component]]  # by script title, in its positional order
+
+    @property
+    def inputs(self) -> list[gr.components.Component]:
+        return [control for controls in self.controls.values() for control in controls]
+
+    def args(self, values: Sequence[Any]) -> dict[str, list[Any]]:
+        if len(values) != len(self.inputs):
+            raise ValueError(f"expected {len(self.inputs)} values (one per input), got {len(values)}")
+        chosen, offset = {}, 0
+        for title, controls in self.controls.items():
+            chosen[title] = list(values[offset : offset + len(controls)])
+            offset += len(controls)
+        return chosen
+
+
+def build_alwayson_panel(
+    tab: str, scripts: Sequence[AlwaysOnScript], sources: Mapping[str, Sequence[str]] | None = None
+) -> AlwaysOnPanel:
+    """Ids: `<tab>-alwayson-<slug>` for the accordion, `<tab>-alwayson-<slug>-<arg>` for controls."""
+    controls: dict[str, list[gr.components.Component]] = {}
+    for script in scripts:
+        if not script.args:
+            continue
+        prefix = f"{tab}-alwayson-{slug(script.title)}"
+        with gr.Accordion(script.title, open=False, elem_id=prefix):
+            controls[script.title] = [
+                script_control(f"{prefix}-{arg.name}", arg, sources or {}) for arg in script.args
+            ]
+    return AlwaysOnPanel(controls)
+
+
 def group_updates(chosen: str | None, titles: Sequence[str]) -> list[dict[str, Any]]:
     """Visibility updates for the groups of `titles`: only the chosen script's group shows."""
     return [gr.update(visible=chosen == title) for title in titles]
 
 
-def _control(elem_id: str, arg: ScriptArg, sources: Mapping[str, Sequence[str]]) -> gr.components.Component:
+def script_control(
+    elem_id: str, arg: ScriptArg, sources: Mapping[str, Sequence[str]] | None = None
+) -> gr.components.Component:
+    """The control for one argument (or an extension's setting)."""
+    sources = sources or {}
     if arg.source and arg.source in sources:
         return gr.Dropdown(
             list(sources[arg.source]),
