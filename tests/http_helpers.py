@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 import threading
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 from PIL import Image
 
 from webui.api.auth import Credentials
+from webui.api_client import sse_events
 from webui.jobs import Job, JobQueue
 from webui.server import BackgroundServer, Tls, create_app
 from webui.settings import Settings
@@ -103,3 +105,11 @@ def decode_png(data: str) -> Image.Image:
     image = Image.open(io.BytesIO(base64.b64decode(data)))
     image.load()
     return image
+
+
+def read_events(client: httpx.Client, path: str) -> list[tuple[str, dict]]:
+    with client.stream("GET", path) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        lines = (line.encode() for line in stream.iter_lines())
+        return [(name, json.loads(data)) for name, data in sse_events(lines)]

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 
-import httpx
 from PIL import Image
 
-from tests.http_helpers import LiveServer
-from webui.api_client import sse_events
+from tests.http_helpers import LiveServer, read_events
 from webui.outputs import read_infotext
 
 SMALL = {"prompt": "a lighthouse", "steps": 3, "width": 64, "height": 64}
-
-
-def read_events(client: httpx.Client, path: str) -> list[tuple[str, dict]]:
-    with client.stream("GET", path) as stream:
-        assert stream.status_code == 200
-        assert stream.headers["content-type"].startswith("text/event-stream")
-        lines = (line.encode() for line in stream.iter_lines())
-        return [(name, json.loads(data)) for name, data in sse_events(lines)]
 
 
 def test_a_job_id_comes_back_at_once_and_its_progress_streams(server: LiveServer) -> None:

@@ -45,7 +45,7 @@ class Status:
     STOPPED = "stopped"  # loaded, then switched off for this session after it hung: see `error`
 
 
-@dataclass
+@dataclass(eq=False)
 class Extension:
     """One folder of `extensions/` or `extensions-builtin/` and what became of it."""
 
