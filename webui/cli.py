@@ -220,6 +220,8 @@ def _run_locally(args: argparse.Namespace) -> int:
     for path, infotext in zip(job.result.paths, job.result.infotexts):
         print(f"saved {path}")
         print(infotext)
+    for warning in job.result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if studio.demo_mode:
         print(f"note: {studio.demo_message}", file=sys.stderr)
     return 0
