@@ -96,6 +96,7 @@ def _reason(status: int) -> str:
         404: "not found",
         409: "conflict",
         413: "request too large",
+        422: "invalid request",
     }.get(status, "error")
 
 
