@@ -50,7 +50,9 @@ APP_CSS = """
 .dark #demo-banner { background: #3a2c10; border-color: #a4761f; }
 .error-box { background: #fdecec; border: 1px solid #e5484d; border-radius: 8px; padding: 8px 14px; }
 .dark .error-box { background: #3b1214; border-color: #b3262b; }
-.error-box p { margin: 0; }
+.error-box p, .notice-box p { margin: 0; }
+.notice-box { background: #fff7e6; border: 1px solid #f0b64d; border-radius: 8px; padding: 8px 14px; }
+.dark .notice-box { background: #3a2c10; border-color: #a4761f; }
 .generate { min-height: 88px; font-size: 1.15rem; }
 .tool-button { align-self: center; max-width: 44px; min-width: 44px; font-size: 1.1rem; }
 .infotext textarea { font-family: var(--font-mono); font-size: 0.85rem; }
@@ -135,8 +137,10 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
             build_extension_tabs(studio.extensions)
             with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
                 build_settings_tab(ctx)
-                build_extensions_settings(ctx)
+                extension_settings = build_extensions_settings(ctx)
 
+        # A page opened (or reloaded) shows the extension settings as saved now, not at start.
+        demo.load(extension_settings.current, outputs=extension_settings.outputs, **PRIVATE)
         generation_tabs = {tab.name: tab for tab in (txt2img, img2img, inpaint)}
         wire_styles(studio.styles, list(generation_tabs.values()))
 

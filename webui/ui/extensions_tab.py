@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -71,7 +72,15 @@ def _row(extension: Extension) -> str:
     )
 
 
-def build_extensions_settings(ctx: UiContext) -> None:
+@dataclass
+class ExtensionsSettings:
+    """What the page refreshes when it (re)loads, so a tab left open shows saved values."""
+
+    outputs: list[gr.components.Component]
+    current: Callable[[], list[Any]]
+
+
+def build_extensions_settings(ctx: UiContext) -> ExtensionsSettings:
     """The Extensions section of the Settings tab."""
     studio, live = ctx.studio, ctx.live
     extensions = studio.extensions
@@ -145,13 +154,21 @@ def build_extensions_settings(ctx: UiContext) -> None:
     refresh.click(lambda: status_table(extensions), outputs=table, **PRIVATE)
     save_enabled.click(run_save_enabled, inputs=enabled, outputs=[error, done], **PRIVATE)
     install.click(run_install, inputs=url, outputs=[error, done], **PRIVATE)
+    controls = [control for section in sections for control in section.controls]
     if sections:
-        save_settings.click(
-            run_save_settings,
-            inputs=[control for section in sections for control in section.controls],
-            outputs=[error, done],
-            **PRIVATE,
-        )
+        save_settings.click(run_save_settings, inputs=controls, outputs=[error, done], **PRIVATE)
+
+    def current() -> list[Any]:
+        """The status table, the load choices and each setting as saved now."""
+        values = [
+            extensions.values(section.name)[setting.name]
+            for section in sections
+            for setting in section.settings
+        ]
+        chosen = [name for name in names if name not in live.current.disabled_extensions]
+        return [status_table(extensions), chosen, *values]
+
+    return ExtensionsSettings([table, enabled, *controls], current)
 
 
 @dataclass

@@ -94,7 +94,12 @@ def error_box(prefix: str) -> gr.Markdown:
 
 
 def show_error(message: str) -> gr.Markdown:
-    return gr.Markdown(value=f"**Error:** {message}", visible=True)
+    return gr.Markdown(value=f"**Error:** {message}", visible=True, elem_classes=["error-box"])
+
+
+def show_notice(message: str) -> gr.Markdown:
+    """In the error box's place, styled as a note: the job finished, but something to know."""
+    return gr.Markdown(value=f"**Note:** {message}", visible=True, elem_classes=["notice-box"])
 
 
 def hide_error() -> gr.Markdown:
@@ -213,7 +218,7 @@ def _finished(job: Job, panel: ResultsPanel, roots: list[Path]) -> dict[Any, Any
     notes = list(outcome.warnings)  # extensions that failed while the job still finished
     if job.state is not JobState.DONE:
         notes.insert(0, "Interrupted: showing the images finished before the stop.")
-    done[panel.error] = show_error("\n\n".join(notes)) if notes else hide_error()
+    done[panel.error] = show_notice("\n\n".join(notes)) if notes else hide_error()
     return done
 
 
