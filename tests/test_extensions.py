@@ -466,6 +466,10 @@ def test_extension_settings_are_checked_applied_and_read(tiny_dir: Path, tmp_pat
     assert studio.settings.extension_settings["gone"] == {"x": 1}
     assert setup.setting("greeting") == "Hello from the example extension"
 
+    # A hand-edited settings file with a setting the extension does not declare: defaults, and it starts.
+    edited = make_studio(tiny_dir, tmp_path, extension_settings={"example": {"colour": "red"}})
+    assert edited.extensions.find("example").setup.setting("greeting") == "Hello from the example extension"
+
 
 # -- installing -------------------------------------------------------------------------------
 def test_installing_is_refused_on_the_network_without_the_flag() -> None:

@@ -54,7 +54,7 @@ class JobHooks:
     @property
     def on_denoise(self) -> DenoiseHook | None:
         """The engine's per-step hook, or None when no script has one (the loop then pays nothing)."""
-        return self._denoise if any(True for _ in self._having("on_step")) else None
+        return self._denoise if self._having("on_step") else None
 
     def _denoise(self, step: DenoiseStep) -> None:
         for index, active in self._having("on_step"):

@@ -131,7 +131,12 @@ class Extensions:
             disabled=ALL if ALL in disabled else frozenset(disabled),
             timeout_s=settings.extension_timeout_s,
         )
-        extensions.set_values(settings.extension_settings)
+        try:
+            values = extensions.check_values(settings.extension_settings)
+        except ValueError as error:  # a hand-edited settings file: the extension's defaults then
+            log.warning("extension settings in the settings file: %s; using the defaults", error)
+            values = {}
+        extensions.set_values(values)
         return extensions
 
     @classmethod
