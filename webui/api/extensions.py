@@ -64,8 +64,8 @@ def mount_extension_routes(app: FastAPI, extensions: Extensions) -> None:
 
 
 def extension_info(extension: Extension) -> dict[str, Any]:
-    setup = extension.setup
     manifest = extension.manifest
+    additions = extension.additions()
     return {
         "name": extension.name,
         "folder": extension.folder.name,
@@ -76,11 +76,11 @@ def extension_info(extension: Extension) -> dict[str, Any]:
         "enabled": extension.status != Status.DISABLED,
         "error": extension.error or None,
         "needs": {"webui": manifest.webui, "packages": list(manifest.packages)} if manifest else None,
-        "scripts": [script.title for script in setup.scripts] if setup else [],
-        "alwayson_scripts": [script.title for script in setup.alwayson] if setup else [],
-        "tabs": [tab.title for tab in setup.tabs] if setup else [],
-        "settings": [setting.name for setting in setup.settings] if setup else [],
-        "route": f"/api/v1/ext/{extension.name}/" if setup and setup.routers else None,
+        "scripts": additions["scripts"],
+        "alwayson_scripts": additions["alwayson_scripts"],
+        "tabs": additions["tabs"],
+        "settings": additions["settings"],
+        "route": additions["routes"][0] if additions["routes"] else None,
         "problems": extension.problems(),
     }
 

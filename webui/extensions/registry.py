@@ -70,6 +70,19 @@ class Extension:
     def version(self) -> str:
         return self.manifest.version if self.manifest else ""
 
+    def additions(self) -> dict[str, list[str]]:
+        """What the extension added, by kind (empty lists when it did not load)."""
+        setup = self.setup
+        if setup is None:
+            return {"scripts": [], "alwayson_scripts": [], "tabs": [], "settings": [], "routes": []}
+        return {
+            "scripts": [script.title for script in setup.scripts],
+            "alwayson_scripts": [script.title for script in setup.alwayson],
+            "tabs": [tab.title for tab in setup.tabs],
+            "settings": [setting.name for setting in setup.settings],
+            "routes": [f"/api/v1/ext/{self.name}/"] if setup.routers else [],
+        }
+
     def report(self, problem: str, error: BaseException | None = None) -> None:
         """A failure while the app runs, for the console, the Settings tab and /api/v1/extensions."""
         log.error("extension %s: %s", self.name, problem, exc_info=error)

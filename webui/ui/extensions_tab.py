@@ -52,14 +52,12 @@ def status_table(extensions: Extensions) -> str:
 
 
 def _row(extension: Extension) -> str:
-    setup = extension.setup
-    adds: list[str] = []
-    if setup is not None:
-        adds += [f"script “{s.title}”" for s in setup.scripts]
-        adds += [f"always-on “{s.title}”" for s in setup.alwayson]
-        adds += [f"tab “{t.title}”" for t in setup.tabs]
-        adds += ["settings"] if setup.settings else []
-        adds += [f"/api/v1/ext/{extension.name}/"] if setup.routers else []
+    additions = extension.additions()
+    adds = [f"script “{title}”" for title in additions["scripts"]]
+    adds += [f"always-on “{title}”" for title in additions["alwayson_scripts"]]
+    adds += [f"tab “{title}”" for title in additions["tabs"]]
+    adds += ["settings"] if additions["settings"] else []
+    adds += additions["routes"]
     status = extension.status + (" (built-in)" if extension.builtin else "")
     if extension.error:
         status += f": {extension.error}"
