@@ -25,13 +25,17 @@ class ActiveScript:
     extension: Extension
     script: AlwaysOnScript
     args: Any
+    hooks: frozenset[str]  # the ones it overrides, found once per job rather than at every step
 
 
 class JobHooks:
     """Calls the hooks of a job's always-on scripts in load order; collects `warnings`."""
 
     def __init__(self, scripts: Sequence[tuple[Extension, AlwaysOnScript, Any]], timeout_s: float) -> None:
-        self._scripts = [ActiveScript(*entry) for entry in scripts]
+        self._scripts = [
+            ActiveScript(extension, script, args, frozenset(script.hooks()))
+            for extension, script, args in scripts
+        ]
         self._timeout_s = timeout_s
         self._skipped: set[tuple[int, str]] = set()  # (script index, hook) that failed in this job
         self.warnings: list[str] = []
@@ -75,9 +79,7 @@ class JobHooks:
         return [
             (index, active)
             for index, active in enumerate(self._scripts)
-            if hook in active.script.hooks()
-            and active.extension.active
-            and (index, hook) not in self._skipped
+            if hook in active.hooks and active.extension.active and (index, hook) not in self._skipped
         ]
 
     def _call(self, index: int, active: ActiveScript, hook: str, event: object) -> bool:
