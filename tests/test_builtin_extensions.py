@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.extension_helpers import COLORS, make_studio
 from webui.engine.request import GenerationError, GenerationRequest
 from webui.outputs import parse_infotext
-from webui.settings import Settings
 from webui.studio import Studio
 
 SIDE = 64
@@ -19,11 +19,7 @@ SIDE = 64
 
 @pytest.fixture
 def studio(tiny_dir: Path, tmp_path: Path) -> Studio:
-    return Studio(
-        Settings.for_data_dir(
-            tmp_path, ckpt_dir=tiny_dir, ckpt=str(tiny_dir / "tiny-sd15.safetensors"), watermark=False
-        )
-    )
+    return make_studio(tiny_dir, tmp_path)
 
 
 def _request(**fields: object) -> GenerationRequest:
@@ -54,14 +50,11 @@ def test_a_wildcard_picks_a_line_that_follows_the_seed(studio: Studio) -> None:
 
 
 def test_the_shipped_colour_list_nested_wildcards_and_the_negative_prompt(studio: Studio) -> None:
-    colours = (
-        Path(__file__).resolve().parents[1] / "extensions-builtin/wildcards/wildcards/color.txt"
-    ).read_text()
     _wildcards(studio, {"thing/pet": "__color__ cat", "bad": "blurry"})
     result = studio.generate(_request(prompt="a __thing/pet__", negative_prompt="__bad__"))
     parsed = parse_infotext(result.infotexts[0])
     colour = parsed.prompt.removeprefix("a ").removesuffix(" cat")
-    assert colour in colours.split() and parsed.negative_prompt == "blurry"
+    assert colour in COLORS and parsed.negative_prompt == "blurry"
 
 
 def test_a_random_seed_is_fixed_first_so_the_infotext_reproduces_it(studio: Studio) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
-import textwrap
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.extension_helpers import (
+    EXAMPLE,
+    MANIFEST,
+    commit_as_git_repository,
+    make_studio,
+    write_extension,
+)
 from webui.engine.request import GenerationError, GenerationRequest
 from webui.extensions.install import InstallError, install_from_url, install_refusal
 from webui.extensions.manifest import Manifest, ManifestError
@@ -22,8 +27,6 @@ from webui.settings import Settings, app_parser
 from webui.studio import Studio
 
 SIDE = 64
-EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "example-extension"
-MANIFEST = 'name = "{name}"\nversion = "1.2.3"\n'
 
 # Records every hook call into a list shared through a module both extensions import.
 RECORDER = """
@@ -53,28 +56,6 @@ class Recorder(AlwaysOnScript):
 def setup(ext):
     ext.add_alwayson(Recorder())
 """
-
-
-def write_extension(root: Path, folder: str, code: str, manifest: str | None = None, **files: str) -> Path:
-    path = root / folder
-    path.mkdir(parents=True)
-    (path / "extension.toml").write_text(manifest if manifest is not None else MANIFEST.format(name=folder))
-    (path / "extension.py").write_text(textwrap.dedent(code))
-    for name, text in files.items():
-        (path / name).write_text(text)
-    return path
-
-
-def make_studio(tiny_dir: Path, data_dir: Path, **settings: object) -> Studio:
-    return Studio(
-        Settings.for_data_dir(
-            data_dir,
-            ckpt_dir=tiny_dir,
-            ckpt=str(tiny_dir / "tiny-sd15.safetensors"),
-            watermark=False,
-            **settings,
-        )
-    )
 
 
 def request(**fields: object) -> GenerationRequest:
@@ -236,6 +217,13 @@ def test_hooks_of_several_extensions_interleave_in_load_order(tiny_dir: Path, tm
 
 CHANGER = """
 from dataclasses import replace
+from tests.extension_helpers import (
+    EXAMPLE,
+    MANIFEST,
+    commit_as_git_repository,
+    make_studio,
+    write_extension,
+)
 from webui.engine.request import GenerationError
 from webui.extensions.api import AlwaysOnScript
 from webui.scripts.args import ScriptArg
@@ -485,13 +473,11 @@ def test_installing_is_refused_on_the_network_without_the_flag() -> None:
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_install_from_a_git_url(tmp_path: Path) -> None:
-    source = write_extension(
-        tmp_path / "repos", "hello-ext", "def setup(ext): pass\n", MANIFEST.format(name="hello")
+    source = commit_as_git_repository(
+        write_extension(
+            tmp_path / "repos", "hello-ext", "def setup(ext): pass\n", MANIFEST.format(name="hello")
+        )
     )
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(source)]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "."], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "first"], check=True)
     extensions_dir = tmp_path / "data" / "extensions"
 
     folder = install_from_url(source.as_uri(), extensions_dir)
@@ -507,12 +493,7 @@ def test_install_from_a_git_url(tmp_path: Path) -> None:
     plain = tmp_path / "repos" / "plain"
     plain.mkdir()
     (plain / "README").write_text("no manifest")
-    subprocess.run(["git", "-C", str(plain), "init", "-q"], check=True)
-    subprocess.run(["git", "-C", str(plain), "add", "."], check=True)
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(plain), "commit", "-q", "-m", "x"],
-        check=True,
-    )
+    commit_as_git_repository(plain)
     with pytest.raises(InstallError, match="not an extension: no extension.toml"):
         install_from_url(plain.as_uri(), extensions_dir)
     assert sorted(p.name for p in extensions_dir.iterdir()) == ["hello-ext"]  # nothing left behind

@@ -5,51 +5,28 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import textwrap
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from tests.extension_helpers import (
+    COLORS,
+    commit_as_git_repository,
+    install_example_and_raising,
+    write_extension,
+)
 from tests.http_helpers import LiveServer, decode_png, live_server, read_events
 from webui.outputs import parse_infotext
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "example-extension"
-COLORS = (
-    Path(__file__).resolve().parents[1] / "extensions-builtin/wildcards/wildcards/color.txt"
-).read_text()
 
 
 @pytest.fixture(scope="module")
 def ext_server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     data_dir = tmp_path_factory.mktemp("ext-server")
     extensions = data_dir / "extensions"
-    shutil.copytree(EXAMPLE, extensions / "example")
-    raising = extensions / "raising"
-    raising.mkdir()
-    (raising / "extension.toml").write_text('name = "raising"\nversion = "0.1"\n')
-    (raising / "extension.py").write_text(
-        textwrap.dedent(
-            """
-            from webui.extensions.api import AlwaysOnScript
-
-            class Raising(AlwaysOnScript):
-                title = "Raising"
-
-                def on_step(self, step, args):
-                    raise RuntimeError("boom")
-
-            def setup(ext):
-                ext.add_alwayson(Raising())
-            """
-        )
-    )
-    broken = extensions / "broken"
-    broken.mkdir()
-    (broken / "extension.toml").write_text('name = "broken"\nversion = "0.1"\n')
-    (broken / "extension.py").write_text("def setup(ext)\n")
+    install_example_and_raising(extensions)
+    write_extension(extensions, "broken", "def setup(ext)\n")
     with live_server(data_dir, [tiny_dir / "tiny-sd15.safetensors"], with_ui=False) as server:
         yield server
 
@@ -111,7 +88,7 @@ def test_alwayson_scripts_take_a1111_args(ext_server: LiveServer) -> None:
     )
     info = json.loads(answer["info"])
     prompt = parse_infotext(info["infotexts"][0]).prompt
-    assert prompt.startswith("a ") and prompt.removeprefix("a ").removesuffix(" cat") in COLORS.split()
+    assert prompt.startswith("a ") and prompt.removeprefix("a ").removesuffix(" cat") in COLORS
     image = decode_png(answer["images"][0])
     assert image.width == 64 and image.height > 64  # the caption strip under the picture
     assert "Caption: seed {seed}" in info["infotexts"][0]
@@ -170,13 +147,9 @@ def test_extension_routes_sit_behind_the_login(ext_server: LiveServer) -> None:
 def test_installing_needs_an_admin_and_is_off_when_listening(ext_server: LiveServer, tmp_path: Path) -> None:
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
-    source = tmp_path / "tiny-ext"
-    source.mkdir()
-    (source / "extension.toml").write_text('name = "tiny"\nversion = "1"\n')
-    (source / "extension.py").write_text("def setup(ext):\n    pass\n")
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(source)]
-    for command in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "x"]):
-        subprocess.run([*git, *command], check=True)
+    source = commit_as_git_repository(
+        write_extension(tmp_path, "tiny-ext", "def setup(ext):\n    pass\n", 'name = "tiny"\nversion = "1"\n')
+    )
     body = {"url": source.as_uri()}
     studio = ext_server.studio
     with ext_server.client("bob") as bob, ext_server.client("alice") as alice:

@@ -25,6 +25,7 @@ from tests.browser_helpers import (
     small_job,
     wait_for_text,
 )
+from tests.extension_helpers import COLORS, install_example_and_raising
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -36,25 +37,7 @@ if TYPE_CHECKING:
 
 pytestmark = BROWSER_MARKS
 
-REPO = Path(__file__).resolve().parents[1]
-COLORS = (REPO / "extensions-builtin" / "wildcards" / "wildcards" / "color.txt").read_text().split()
-
 DEFAULT_GREETING = "Hello from the example extension"
-RAISING_MANIFEST = 'name = "raising"\nversion = "1"\n'
-RAISING_CODE = """
-from webui.extensions.api import AlwaysOnScript
-
-
-class Raising(AlwaysOnScript):
-    title = "Raising"
-
-    def on_step(self, step, args):
-        raise RuntimeError("the raising extension always fails")
-
-
-def setup(ext):
-    ext.add_alwayson(Raising())
-"""
 
 
 @dataclass
@@ -75,12 +58,7 @@ def app(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ap
     settings = Settings.for_data_dir(data_dir, device="cpu", ckpt="tiny", watermark=False)
     settings.ckpt_dir.mkdir(parents=True)
     shutil.copy(tiny_dir / "tiny-sd15.safetensors", settings.ckpt_dir / "tiny.safetensors")
-    extensions = data_dir / "extensions"
-    shutil.copytree(REPO / "docs" / "example-extension", extensions / "example")
-    raising = extensions / "raising"
-    raising.mkdir()
-    (raising / "extension.toml").write_text(RAISING_MANIFEST)
-    (raising / "extension.py").write_text(RAISING_CODE)
+    install_example_and_raising(data_dir / "extensions")
 
     studio = Studio(settings)
     jobs = JobQueue(studio).start()
