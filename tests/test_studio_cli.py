@@ -14,19 +14,11 @@ from webui.engine.request import GenerationError, GenerationRequest
 from webui.model_manager.state_dict import CheckpointError
 from webui.outputs import parse_infotext, read_infotext, read_watermark
 from webui.settings import Settings
-from webui.studio import DEMO_CHECKPOINT, Studio
+from webui.studio import Studio
 
 
 def _all_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
-
-
-def test_empty_models_folder_gets_a_demo_checkpoint_that_says_so(tmp_path: Path) -> None:
-    studio = Studio(Settings.for_data_dir(tmp_path))
-    assert studio.demo_mode
-    assert (tmp_path / "models" / "Stable-diffusion" / f"{DEMO_CHECKPOINT}.safetensors").is_file()
-    assert "noise" in studio.demo_message and str(studio.settings.ckpt_dir) in studio.demo_message
-    assert studio.current_checkpoint() == DEMO_CHECKPOINT
 
 
 def test_generate_saves_png_with_infotext_hash_and_watermark(tiny_dir: Path, tmp_path: Path) -> None:

@@ -416,14 +416,15 @@ def test_history_settings_and_screenshots(app: App, page: Page) -> None:
     app.studio.apply_settings(replace(app.studio.settings, filename_pattern="[seed]", preview_period=1))
 
 
-def test_demo_banner(tmp_path: Path, browser: Browser) -> None:
+def test_a_fresh_install_draws_what_the_demo_banner_suggests(tmp_path: Path, browser: Browser) -> None:
     from webui.jobs import JobQueue
     from webui.server import BackgroundServer, create_app
     from webui.settings import Settings
     from webui.studio import Studio
+    from webui.training.scoring import read_scene
 
-    # No checkpoint at all: the Studio writes its tiny demo model and the page says so.
-    studio = Studio(Settings.for_data_dir(tmp_path, device="cpu"))
+    # No checkpoint at all: the Studio starts on the shipped demo model and the page says so.
+    studio = Studio(Settings.for_data_dir(tmp_path, device="cpu", watermark=False))
     jobs = JobQueue(studio).start()
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     try:
@@ -432,7 +433,37 @@ def test_demo_banner(tmp_path: Path, browser: Browser) -> None:
             page.goto(url)
             banner = page.locator("#demo-banner")
             banner.wait_for(state="visible")
-            assert "noise" in banner.inner_text()
+            assert "red circle" in banner.inner_text()
+            assert page.locator("#txt2img-width input[type=number]").input_value() == "128"
+            page.locator("#txt2img-prompt textarea").fill("a red circle at the top left on a blue background")
+            set_number(page, "txt2img-seed", "1")
+            generate_and_wait(page)
+            _screenshot(page, "ui-demo-txt2img")
+            saved = sorted((tmp_path / "outputs").rglob("*.png"))
+            reading = read_scene(Image.open(saved[-1]))
+            assert (reading.colour, reading.background) == ("red", "blue"), reading
     finally:
         context.close()
         jobs.stop()
+
+
+def test_train_tab_trains_a_lora_that_appears_in_the_lists_and_refuses_a_bad_folder(
+    app: App, page: Page
+) -> None:
+    open_tab(page, "Train")
+    page.locator("#train-name textarea, #train-name input").first.fill("ui-lora")
+    page.locator("#train-dataset textarea, #train-dataset input").first.fill(str(app.data_dir / "nowhere"))
+    page.locator("#train-start").click()
+    wait_for_text(page, "train-error", "does not exist")
+    page.locator("#train-dataset textarea, #train-dataset input").first.fill("shapes")
+    for field, value in (("steps", "3"), ("batch-size", "1"), ("resolution", "64"), ("rank", "2")):
+        set_number(page, f"train-{field}", value)
+    page.locator("#train-sample-prompt textarea").fill("a red circle")
+    page.locator("#train-start").click()
+    wait_for_text(page, "train-status", "Done")
+    assert "<lora:ui-lora:1>" in page.locator("#train-status").inner_text()
+    assert not page.locator("#train-error").is_visible()
+    page.locator("#train-samples img").wait_for()
+    _screenshot(page, "ui-train")
+    open_tab(page, "Models")
+    page.locator("#models-loras", has_text="ui-lora").wait_for()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,8 +75,9 @@ def _add_generation_flags(
     command.add_argument("--scheduler", default="Automatic", help=scheduler_help)
     command.add_argument("--steps", type=int, default=20)
     command.add_argument("--cfg-scale", type=float, default=7.0)
-    command.add_argument("--width", type=int, default=512)
-    command.add_argument("--height", type=int, default=512)
+    size_help = "default 512 (128 with the demo model)"
+    command.add_argument("--width", type=int, default=None, help=size_help)
+    command.add_argument("--height", type=int, default=None, help=size_help)
     command.add_argument("--seed", type=int, default=-1, help="-1 picks one and reports it")
     command.add_argument("--batch-size", type=int, default=1)
     command.add_argument("--n-iter", type=int, default=1, help="batch count")
@@ -145,8 +147,8 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         scheduler=args.scheduler,
         steps=args.steps,
         cfg_scale=args.cfg_scale,
-        width=args.width,
-        height=args.height,
+        width=args.width or 512,
+        height=args.height or 512,
         seed=args.seed,
         batch_size=args.batch_size,
         n_iter=args.n_iter,
@@ -199,6 +201,10 @@ def _run_locally(args: argparse.Namespace) -> int:
         request = request_from_args(args)
         request.validate()
         studio = Studio(settings_from_args(args)[0])
+        if studio.demo_mode:  # sides not given: the demo's own size
+            request = replace(
+                request, width=args.width or studio.default_size, height=args.height or studio.default_size
+            )
     except (GenerationError, CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -40,10 +40,17 @@ from webui.results import StudioResult
 from webui.scripts.base import Script, ScriptRun, find_script, scripts_for
 from webui.settings import Settings
 from webui.styles import StyleBook, StyleError
+from webui.training.progress import TrainingHooks
+from webui.training.request import TrainingRequest
+from webui.training.runner import TrainingResult
+from webui.training.service import TrainingService
 
 log = logging.getLogger(__name__)
 
-DEMO_CHECKPOINT = "tiny-demo-sd15"
+DEMO_CHECKPOINT = "shapes-demo"
+# Trained by `python -m webui.training.demo`; see its model card beside it.
+DEMO_MODEL_FILE = Path(__file__).parent / "assets" / "shapes-demo.safetensors"
+DEMO_SIZE = 128  # the demo's native image size
 # Above this many pixels the VAE decodes in tiles, per memory mode (`--vae-tiling auto`).
 _TILING_PIXELS = {
     MemoryMode.NORMAL: 2048 * 2048,
@@ -88,18 +95,29 @@ class Studio:
         self.upscalers = Upscalers(settings.data_dir / "models" / "ESRGAN", device=self.device)
         self.demo_mode = not self.checkpoints() and settings.ckpt is None
         if self.demo_mode:
-            self._write_demo_checkpoint()
+            self._add_demo_checkpoint()
         self._selected = self._initial_checkpoint()
+        self.training = TrainingService(
+            self.registry, settings.data_dir / "training", self.device, lambda: self._selected
+        )
         self._vae_file(self._selected)  # an unknown --vae is an error at start, not at the first job
         self.extensions = extensions if extensions is not None else Extensions.for_settings(settings)
 
     @property
     def demo_message(self) -> str:
         return (
-            f"No checkpoint was found in {self.settings.ckpt_dir}, so a tiny random-weight demo model "
-            f"({DEMO_CHECKPOINT}) is loaded: its images are noise. Put a Stable Diffusion checkpoint "
-            f"(.safetensors) in {self.settings.ckpt_dir} and restart to make real images."
+            f"No checkpoint was found in {self.settings.ckpt_dir}, so the small demo model "
+            f"({DEMO_CHECKPOINT}) is loaded. It knows only its shapes vocabulary at {DEMO_SIZE}x{DEMO_SIZE}: "
+            'try "a red circle at the top left on a blue background" (colours red, green, blue, yellow, '
+            "orange, purple, white, black; circle, square, triangle; top left, top right, bottom left, "
+            f"bottom right, center). Put a Stable Diffusion checkpoint (.safetensors) in "
+            f"{self.settings.ckpt_dir} and press refresh to make real images."
         )
+
+    @property
+    def default_size(self) -> int:
+        """The image side the page and the CLI start with: the demo's own size when it is in use."""
+        return DEMO_SIZE if self.demo_mode else 512
 
     @staticmethod
     def _saver(settings: Settings) -> ImageSaver:
@@ -127,12 +145,10 @@ class Studio:
                 MemoryBudgets.for_machine(self.device, new.vram_budget_gb, new.ram_budget_gb)
             )
 
-    def _write_demo_checkpoint(self) -> None:
-        from webui.tools.tiny_checkpoint import write_tiny_checkpoint
-
-        write_tiny_checkpoint("sd15", self.settings.ckpt_dir / f"{DEMO_CHECKPOINT}.safetensors")
+    def _add_demo_checkpoint(self) -> None:
+        """List the shipped demo model (read where it lies: nothing is copied or written)."""
+        self.registry.require_usable(self.registry.add(DEMO_MODEL_FILE))
         log.warning(self.demo_message)
-        self.registry.refresh([ModelKind.CHECKPOINT])
 
     def _initial_checkpoint(self) -> ModelFile:
         wanted = self.settings.ckpt
@@ -322,6 +338,15 @@ class Studio:
 
     def _hires_upscale(self, image: Image.Image, upscaler: str, size: tuple[int, int]) -> Image.Image:
         return self.upscalers.upscale(image, upscaler, size=size, crop=False, field="hr_upscaler")
+
+    # -- training -----------------------------------------------------------------------------
+    def training_preflight(self, request: TrainingRequest, admin: bool = True) -> str:
+        return self.training.preflight(request, admin)
+
+    def train(self, request: TrainingRequest, hooks: TrainingHooks, base: str) -> TrainingResult:
+        """Run a training job (on the queue's worker, between generations)."""
+        with self._generation:
+            return self.training.run(request, hooks, base)
 
     # -- merging ------------------------------------------------------------------------------
     def merge_checkpoints(self, recipe: MergeRecipe) -> ModelFile:

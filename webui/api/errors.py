@@ -15,6 +15,7 @@ from webui.engine.request import GenerationError
 from webui.jobs import JobNotFound, QueueFull
 from webui.jobs.limits import LimitError
 from webui.model_manager.state_dict import CheckpointError
+from webui.training.progress import TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CheckpointError)
     async def checkpoint_error(_request: Request, exc: CheckpointError) -> JSONResponse:
+        return generation_error_response(exc)
+
+    @app.exception_handler(TrainingError)
+    async def training_error(_request: Request, exc: TrainingError) -> JSONResponse:
         return generation_error_response(exc)
 
     @app.exception_handler(JobNotFound)

@@ -19,7 +19,9 @@ from webui.api.errors import ApiError
 from webui.api.fields import a1111_field
 from webui.api.images import encode_base64, image_to_png
 from webui.api.schemas import Img2ImgBody, Txt2ImgBody
+from webui.api.training import TrainBody, training_json
 from webui.jobs import Job, JobStatus
+from webui.training.request import TrainingRequest
 
 _EVENT_POLL_S = 0.1
 _KEEPALIVE_S = 15.0
@@ -66,6 +68,14 @@ def v1_router(ctx: ApiContext) -> APIRouter:
     )
     def submit_img2img(request: Request, body: V1Img2Img) -> JobSubmitted:
         return submit(request, body, img2img_request)
+
+    @router.post(
+        "/train", status_code=202, summary="Queue a training job (LoRA, embedding, fine-tune, scratch)"
+    )
+    def submit_training(request: Request, body: TrainBody) -> JobSubmitted:
+        job = ctx.jobs.submit_training(TrainingRequest(**body.model_dump()), caller_of(request.state))
+        status = ctx.jobs.status(job)
+        return JobSubmitted(id=job.id, state=status.state.value, position=status.position, urls=_urls(job))
 
     @router.get("/jobs", summary="The caller's jobs, oldest first (admins: everyone=true for all)")
     def list_jobs(request: Request, everyone: bool = False) -> list[dict[str, Any]]:
@@ -151,7 +161,11 @@ def _describe(ctx: ApiContext, job: Job) -> dict[str, Any]:
     status = ctx.jobs.status(job)
     described = _status_json(status)
     described["urls"] = _urls(job)
-    described["images"] = [f"/api/v1/jobs/{job.id}/images/{i}" for i in range(len(status.seeds))]
+    count = len(status.seeds)
+    if isinstance(job.request, TrainingRequest):
+        described["training"] = training_json(job)
+        count = len(job.result.images) if job.result is not None else 0  # its sample images
+    described["images"] = [f"/api/v1/jobs/{job.id}/images/{i}" for i in range(count)]
     return described
 
 

@@ -17,6 +17,8 @@ from webui.engine.preview import PreviewCopy
 from webui.engine.request import GenerationRequest
 from webui.engine.steps import JobControl, StepInfo
 from webui.model_manager.detect import Arch
+from webui.training.progress import TrainingStep
+from webui.training.request import TrainingRequest
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ LOCAL_CALLER = Caller("local", admin=True)
 class JobKind(str, enum.Enum):
     TXT2IMG = "txt2img"
     IMG2IMG = "img2img"
+    TRAIN = "train"
 
 
 class JobState(str, enum.Enum):
@@ -76,11 +79,17 @@ class JobStatus:
     infotexts: tuple[str, ...]
     preview_step: int  # grows with each new preview; 0 before the first
     warnings: tuple[str, ...] = ()  # extensions' failures during the job (it still finished)
+    loss: float | None = None  # training jobs: the running mean of the loss
+    phase: str | None = None  # training jobs: "vae", "denoiser", "lora", "embedding", ...
+
+
+# Loss points a training job keeps for its plot; older ones are thinned to every other one.
+MAX_LOSS_POINTS = 1000
 
 
 @dataclass(eq=False)
 class Job:
-    request: GenerationRequest
+    request: GenerationRequest | TrainingRequest
     owner: str
     checkpoint: str  # the registry name of the model, fixed when the job is submitted
     arch: Arch | None = None
@@ -110,6 +119,8 @@ class Job:
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._callbacks: list[Callable[[Job], None]] = []
+        self._losses: list[tuple[int, float]] = []
+        self._phase: str | None = None
 
     # -- written by the worker ----------------------------------------------------------------
     def on_step(self, info: StepInfo) -> None:
@@ -121,6 +132,34 @@ class Job:
                 self._latest = info.preview or PreviewCopy(info.preview_latent, pixels=False)
             if self._sampling_began is None:
                 self._sampling_began = (time.monotonic(), self._fraction())
+
+    def on_training_step(self, info: TrainingStep) -> None:
+        with self._lock:
+            if info.phase != self._phase:
+                self._phase, self._sampling_began = info.phase, None
+            self._step, self._steps = info.step, info.total
+            self._losses.append((info.step, info.loss))
+            if len(self._losses) > MAX_LOSS_POINTS:
+                self._losses = self._losses[::2]
+            if self._sampling_began is None:
+                self._sampling_began = (time.monotonic(), self._fraction())
+
+    def on_training_sample(self, step: int, images: list[Image.Image]) -> None:
+        """Sample images become the job's preview (a strip of them), as steps' previews do."""
+        if not images:
+            return
+        width, height = images[0].size
+        strip = Image.new("RGB", (width * len(images), height))
+        for index, image in enumerate(images):
+            strip.paste(image.convert("RGB"), (index * width, 0))
+        with self._lock:
+            self._preview_step += 1
+            self._preview = (self._preview_step, strip)
+
+    def losses(self) -> list[tuple[int, float]]:
+        """(step, loss) points of a training job's current phase so far, for a plot."""
+        with self._lock:
+            return list(self._losses)
 
     def mark_running(self) -> None:
         with self._lock:
@@ -188,10 +227,12 @@ class Job:
                 error=self.error,
                 error_field=self.error_field,
                 user_error=self.user_error,
-                seeds=tuple(result.seeds) if result else (),
-                infotexts=tuple(result.infotexts) if result else (),
-                warnings=tuple(result.warnings) if result else (),
+                seeds=tuple(getattr(result, "seeds", ())),
+                infotexts=tuple(getattr(result, "infotexts", ())),
+                warnings=tuple(getattr(result, "warnings", ())),
                 preview_step=self._preview_step,
+                loss=self._losses[-1][1] if self._losses else None,
+                phase=self._phase,
             )
 
     def preview(self) -> tuple[int, Image.Image] | None:

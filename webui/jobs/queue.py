@@ -15,6 +15,8 @@ from webui.engine.steps import StepInfo
 from webui.jobs.job import Caller, Job, JobState, JobStatus
 from webui.jobs.limits import Limits
 from webui.model_manager.state_dict import CheckpointError
+from webui.training.progress import TrainingError, TrainingHooks, TrainingStopped
+from webui.training.request import TrainingRequest
 
 if TYPE_CHECKING:
     from webui.studio import Studio
@@ -126,6 +128,20 @@ class JobQueue:
         self.limits.check(request)
         file = self.studio.preflight(request, checkpoint, vae)
         job = Job(request, caller.name, file.name, arch=file.arch, vae=vae, save=save)
+        self._enqueue(job, caller)
+        return job
+
+    def submit_training(self, request: TrainingRequest, caller: Caller) -> Job:
+        """Queue a training job, or raise TrainingError/CheckpointError at once for one that cannot run.
+
+        The base checkpoint is fixed now (the selected one unless the request names one)."""
+        request = request.validated()
+        base = self.studio.training_preflight(request, caller.admin)
+        job = Job(request, caller.name, base)
+        self._enqueue(job, caller)
+        return job
+
+    def _enqueue(self, job: Job, caller: Caller) -> None:
         with self._changed:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
@@ -139,7 +155,6 @@ class JobQueue:
             self._jobs[job.id] = job
             self._waiting.append(job)
             self._changed.notify_all()
-        return job
 
     # -- looking ---------------------------------------------------------------------------------
     def get(self, job_id: str, caller: Caller) -> Job:
@@ -208,6 +223,9 @@ class JobQueue:
             job.finish(JobState.INTERRUPTED)
             return
         job.mark_running()
+        if isinstance(job.request, TrainingRequest):
+            self._train(job, job.request)
+            return
         try:
             result = self.studio.generate(
                 job.request,
@@ -226,6 +244,28 @@ class JobQueue:
             job.finish(JobState.FAILED, error=f"{type(error).__name__}: {error}")
         else:
             job.finish(JobState.INTERRUPTED if result.interrupted else JobState.DONE, result=result)
+
+    def _train(self, job: Job, request: TrainingRequest) -> None:
+        hooks = TrainingHooks(
+            on_step=job.on_training_step,
+            on_sample=lambda step, images, prompts: job.on_training_sample(step, images),
+            should_stop=lambda: job.control.interrupted,
+        )
+        try:
+            result = self.studio.train(request, hooks, base=job.checkpoint)
+        except TrainingStopped:
+            job.finish(
+                JobState.INTERRUPTED, error="interrupted; its last checkpoint is kept, train again to resume"
+            )
+        except (TrainingError, CheckpointError, FloatingPointError) as error:
+            job.finish(
+                JobState.FAILED, error=str(error), error_field=getattr(error, "field", None), user_error=True
+            )
+        except Exception as error:  # the worker must outlive any one job
+            log.exception("training job %s failed", job.id)
+            job.finish(JobState.FAILED, error=f"{type(error).__name__}: {error}")
+        else:
+            job.finish(JobState.DONE, result=result)
 
     def _on_step(self, job: Job, info: StepInfo) -> None:
         job.on_step(info)

@@ -83,6 +83,14 @@ class TrainingResult:
     def infotexts(self) -> list[str]:
         return self.sample_prompts
 
+    @property
+    def seeds(self) -> list[int]:
+        return []
+
+    @property
+    def warnings(self) -> list[str]:
+        return []
+
 
 def run_training(
     request: TrainingRequest,

@@ -33,6 +33,7 @@ from webui.ui.pnginfo import build_pnginfo_tab
 from webui.ui.results import error_box, hide_error, selected_item, show_error
 from webui.ui.settings_tab import build_settings_tab
 from webui.ui.styles_controls import wire_styles
+from webui.ui.train_tab import build_train_tab
 from webui.ui.txt2img import build_txt2img
 
 if TYPE_CHECKING:
@@ -134,6 +135,8 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
                 pnginfo = build_pnginfo_tab()
             with gr.Tab("History", id="history", elem_id="tab-history") as history_page:
                 history = build_history_tab(ctx, allowed_roots)
+            with gr.Tab("Train", id="train", elem_id="tab-train"):
+                training = build_train_tab(ctx)
             build_extension_tabs(studio.extensions)
             with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
                 build_settings_tab(ctx)
@@ -182,6 +185,7 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
             models.embeddings,
         ]
         refresh.click(run_refresh, outputs=refresh_targets, **PRIVATE)
+        training.started.then(run_refresh, outputs=refresh_targets, **PRIVATE)  # its file appears
         models.refresh.click(run_refresh, outputs=refresh_targets, **PRIVATE)
 
         def sync_header() -> tuple[Any, Any]:

@@ -112,8 +112,12 @@ def build_prompts(tab: str) -> tuple[gr.Textbox, gr.Textbox]:
     return prompt, negative
 
 
-def build_sampling(tab: str, prompts: tuple[gr.Textbox, gr.Textbox], limits: Limits) -> GenerationControls:
-    """Sampler, steps, size, batch, CFG, tiling and seed with its variation extras."""
+def build_sampling(
+    tab: str, prompts: tuple[gr.Textbox, gr.Textbox], limits: Limits, default_size: int = 512
+) -> GenerationControls:
+    """Sampler, steps, size, batch, CFG, tiling and seed with its variation extras.
+
+    `default_size`: the sides the page starts with (the demo model's is 128)."""
     with gr.Row():
         sampler = gr.Dropdown(
             choices=sampler_names(), value="Euler a", label="Sampling method", elem_id=f"{tab}-sampler"
@@ -133,10 +137,22 @@ def build_sampling(tab: str, prompts: tuple[gr.Textbox, gr.Textbox], limits: Lim
     with gr.Row(equal_height=True):
         with gr.Column(scale=6, min_width=200):
             width = gr.Slider(
-                64, MAX_UI_SIDE, value=512, step=8, precision=0, label="Width", elem_id=f"{tab}-width"
+                64,
+                MAX_UI_SIDE,
+                value=default_size,
+                step=8,
+                precision=0,
+                label="Width",
+                elem_id=f"{tab}-width",
             )
             height = gr.Slider(
-                64, MAX_UI_SIDE, value=512, step=8, precision=0, label="Height", elem_id=f"{tab}-height"
+                64,
+                MAX_UI_SIDE,
+                value=default_size,
+                step=8,
+                precision=0,
+                label="Height",
+                elem_id=f"{tab}-height",
             )
         swap_size = gr.Button(
             "⇅", elem_id=f"{tab}-swap-size", elem_classes=["tool-button"], scale=0, min_width=44
