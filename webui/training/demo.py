@@ -43,7 +43,7 @@ DEMO_RECIPE = ScratchRecipe(
         checkpoint_every=200,
         sample_every=400,
     ),
-    decoder=DecoderRefineOptions(steps=1200, batch_size=8, learning_rate=3e-4),
+    decoder=DecoderRefineOptions(steps=600, batch_size=8, learning_rate=3e-4),
 )
 DEMO_METADATA = {
     "modelspec.title": "shapes demo",
