@@ -183,7 +183,7 @@ class DenoiserTrainer:
             loss = self.objective.loss(self.unet, latents, context, generator)
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"the loss became {float(loss)} at step {step + 1}; lower the learning rate"
+                f"the loss became {float(loss.detach())} at step {step + 1}; lower the learning rate"
             )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.parameters, options.max_grad_norm)

@@ -112,7 +112,7 @@ class EmbeddingTrainer:
             loss = self.objective.loss(self.model.unet, latents.to(device, context.dtype), context, generator)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"the loss became {float(loss)} at step {self.step + 1}; lower the learning rate"
+                    f"the loss became {float(loss.detach())} at step {self.step + 1}; lower the learning rate"
                 )
             loss.backward()
             self.optimizer.step()
