@@ -236,9 +236,7 @@ class JobQueue:
                 save=job.save,
             )
         except (GenerationError, CheckpointError) as error:
-            job.finish(
-                JobState.FAILED, error=str(error), error_field=getattr(error, "field", None), user_error=True
-            )
+            _fail_by_request(job, error)
         except Exception as error:  # the worker must outlive any one job
             log.exception("job %s failed", job.id)
             job.finish(JobState.FAILED, error=f"{type(error).__name__}: {error}")
@@ -258,9 +256,7 @@ class JobQueue:
                 JobState.INTERRUPTED, error="interrupted; its last checkpoint is kept, train again to resume"
             )
         except (TrainingError, CheckpointError, FloatingPointError) as error:
-            job.finish(
-                JobState.FAILED, error=str(error), error_field=getattr(error, "field", None), user_error=True
-            )
+            _fail_by_request(job, error)
         except Exception as error:  # the worker must outlive any one job
             log.exception("training job %s failed", job.id)
             job.finish(JobState.FAILED, error=f"{type(error).__name__}: {error}")
@@ -280,6 +276,11 @@ class JobQueue:
         for index, job in enumerate(finished):  # oldest first: dicts keep submission order
             if index < excess or (job.finished or 0) < cutoff:
                 del self._jobs[job.id]
+
+
+def _fail_by_request(job: Job, error: Exception) -> None:
+    """The request was at fault (a 4xx for the API): say why, and which field when known."""
+    job.finish(JobState.FAILED, error=str(error), error_field=getattr(error, "field", None), user_error=True)
 
 
 def _may_see(caller: Caller, job: Job) -> bool:

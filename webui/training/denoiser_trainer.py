@@ -22,7 +22,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from webui.training.objective import DenoisingObjective, ObjectiveOptions
+from webui.training.objective import DenoisingObjective, ObjectiveOptions, encode_captions, require_finite
 from webui.training.progress import RunningMean, TrainingHooks, TrainingStep, TrainingStopped
 from webui.training.state import load_state, save_state, step_generator
 from webui.training.vae_trainer import bf16_autocast
@@ -124,16 +124,6 @@ class DenoiserTrainer:
             },
         )
 
-    def encode(self, captions: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(
-            captions,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
-        return self.text_encoder(ids).last_hidden_state
-
     def run(
         self, hooks: TrainingHooks, phase: str = "denoiser", sample: Callable[[int], None] | None = None
     ) -> None:
@@ -179,12 +169,9 @@ class DenoiserTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate_at(step, options)
         with bf16_autocast(self.device, options.mixed_precision):
-            context = self.encode(captions)
+            context = encode_captions(self.tokenizer, self.text_encoder, captions, self.device)
             loss = self.objective.loss(self.unet, latents, context, generator)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"the loss became {float(loss.detach())} at step {step + 1}; lower the learning rate"
-            )
+        require_finite(loss, step)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.parameters, options.max_grad_norm)
         self.optimizer.step()

@@ -10,7 +10,7 @@ import torch
 
 from webui.model_manager.load import LoadedModel
 from webui.training.denoiser_trainer import DenoiserTrainOptions, LatentCaptionData, learning_rate_at
-from webui.training.objective import DenoisingObjective
+from webui.training.objective import DenoisingObjective, encode_captions, require_finite
 from webui.training.progress import RunningMean, TrainingError, TrainingHooks, TrainingStep, TrainingStopped
 from webui.training.state import load_state, save_state, step_generator
 
@@ -101,19 +101,9 @@ class EmbeddingTrainer:
             captions = self.data.captions(index, rng)
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate_at(self.step, options)
-            ids = self.tokenizer(
-                captions,
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(device)
-            context = self.encoder(ids).last_hidden_state
+            context = encode_captions(self.tokenizer, self.encoder, captions, device)
             loss = self.objective.loss(self.model.unet, latents.to(device, context.dtype), context, generator)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"the loss became {float(loss.detach())} at step {self.step + 1}; lower the learning rate"
-                )
+            require_finite(loss, self.step)
             loss.backward()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)

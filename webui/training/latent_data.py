@@ -9,6 +9,8 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
+from webui.training.vae_trainer import encode_images
+
 CaptionVariant = Callable[[int, np.random.Generator], str]  # (example index, rng) -> caption
 
 
@@ -41,25 +43,16 @@ class BucketedLatents:
         return [self.caption(i, rng) for i in index]
 
 
-@torch.no_grad()
 def encode_buckets(
     vae: AutoencoderKL, buckets: list[list[Image.Image]], batch_size: int = 8
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The VAE posterior (mean, std) of every image, bucket by bucket, on the CPU in fp32."""
-    device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
     means, stds = [], []
     for images in buckets:
-        bucket_means, bucket_stds = [], []
-        for start in range(0, len(images), batch_size):
-            pixels = torch.stack(
-                [
-                    torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-                    for im in images[start : start + batch_size]
-                ]
-            )
-            posterior = vae.encode((pixels.float() / 127.5 - 1.0).to(device, dtype)).latent_dist
-            bucket_means.append(posterior.mean.float().cpu())
-            bucket_stds.append(posterior.std.float().cpu())
-        means.append(torch.cat(bucket_means).contiguous())
-        stds.append(torch.cat(bucket_stds).contiguous())
+        pixels = torch.stack(
+            [torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1) for im in images]
+        )
+        mean, std = encode_images(vae, pixels, batch_size)
+        means.append(mean)
+        stds.append(std)
     return means, stds

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from webui.model_manager.detect import TRAIN_SCHEDULE
 
@@ -73,3 +74,25 @@ class DenoisingObjective:
         if self.options.prediction_type == "v_prediction":
             return clipped / (snr + 1.0)
         return clipped / snr
+
+
+def encode_captions(
+    tokenizer: CLIPTokenizer, encoder: CLIPTextModel, captions: list[str], device: torch.device
+) -> torch.Tensor:
+    """The text encoder's last hidden state for captions of one CLIP chunk (as the engine's clip skip 1)."""
+    ids = tokenizer(
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
+    return encoder(ids).last_hidden_state
+
+
+def require_finite(loss: torch.Tensor, step: int) -> None:
+    """A NaN or infinite loss ends the run with a message instead of training on garbage."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"the loss became {float(loss.detach())} at step {step + 1}; lower the learning rate"
+        )

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from webui.model_manager.detect import Arch
 from webui.model_manager.load import LoadedModel, load_model
 from webui.model_manager.state_dict import read_state_dict
 from webui.training.denoiser_trainer import DenoiserTrainer, DenoiserTrainOptions
@@ -247,35 +246,11 @@ def _metadata(request: TrainingRequest, base: Path | None) -> dict[str, str]:
 
 def _save_lora(model: LoadedModel, request: TrainingRequest, path: Path, base: Path) -> Path:
     tensors = kohya_state_dict(model)
-    if model.arch is Arch.SDXL:
-        tensors = _sdxl_kohya_names(tensors, model)
     metadata = _metadata(request, base) | {
         "ss_network_dim": str(request.rank),
         "ss_network_alpha": str(request.rank),
     }
     return save_atomically(tensors, path, metadata)
-
-
-def _sdxl_kohya_names(tensors: dict[str, torch.Tensor], model: LoadedModel) -> dict[str, torch.Tensor]:
-    # Kohya trains SDXL on the original UNet, so its LoRA keys use that UNet's module names.
-    from webui.model_manager.detect import UNET_PREFIX
-    from webui.model_manager.ldm_export import unet_to_ldm
-
-    names = {}
-    for module_name, _ in model.unet.named_modules():
-        kohya = "lora_unet_" + module_name.replace(".", "_")
-        names[kohya] = module_name
-    renamed = {}
-    for key, value in tensors.items():
-        stem, suffix = key.split(".", 1)
-        ldm = next(iter(unet_to_ldm({f"{names[stem]}.weight": value}, dict(model.unet.config))))
-        renamed[
-            "lora_unet_"
-            + ldm.removeprefix(UNET_PREFIX).removesuffix(".weight").replace(".", "_")
-            + "."
-            + suffix
-        ] = value
-    return renamed
 
 
 def _save_embedding(trainer: EmbeddingTrainer, request: TrainingRequest, path: Path, base: Path) -> Path:

@@ -102,11 +102,12 @@ def encode_images(
     vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 64, mixed_precision: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The posterior mean and std of each image, in fp32 (for a denoiser to train on)."""
-    device = next(vae.parameters()).device
+    device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
     means, stds = [], []
     for start in range(0, images.shape[0], batch_size):
+        pixels = to_unit_range(images[start : start + batch_size]).to(device, dtype)
         with bf16_autocast(device, mixed_precision):
-            posterior = vae.encode(to_unit_range(images[start : start + batch_size]).to(device)).latent_dist
+            posterior = vae.encode(pixels).latent_dist
         means.append(posterior.mean.float().cpu())
         stds.append(posterior.std.float().cpu())
     return torch.cat(means).contiguous(), torch.cat(stds).contiguous()
