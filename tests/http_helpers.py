@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from PIL import Image
 
 from webui.api.auth import Credentials
+from webui.api.login_throttle import LoginLimits, ThrottleRule
 from webui.api_client import sse_events
 from webui.jobs import Job, JobQueue
 from webui.server import BackgroundServer, Tls, create_app
@@ -26,6 +27,9 @@ from webui.studio import Studio
 # alice is the admin; bob and carol are ordinary users.
 USERS = {"alice": "alice-Secret-1", "bob": "bob-Secret-2", "carol": "carol-Secret-3"}
 AUTH_FLAG = ",".join(f"{user}:{password}" for user, password in USERS.items())
+# The shared server's tests send many wrong passwords on purpose; tests of the throttle itself
+# start their own server with the real LoginLimits().
+UNTHROTTLED = LoginLimits(ThrottleRule(10**9, 1e-9), ThrottleRule(10**9, 1e-9))
 
 
 class StepGate:
@@ -73,6 +77,7 @@ def live_server(
     auth: bool = True,
     tls: Tls | None = None,
     with_ui: bool = True,
+    login_limits: LoginLimits = UNTHROTTLED,
 ) -> Iterator[LiveServer]:
     folder = data_dir / "models" / "Stable-diffusion"
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,8 +90,15 @@ def live_server(
     gate = StepGate()
     jobs = JobQueue(studio, step_hooks=[gate]).start()
     credentials = Credentials.from_flags(AUTH_FLAG, None, "alice") if auth else None
-    flags = {"auth": AUTH_FLAG if auth else None, "listen": False, "data_dir": str(data_dir)}
-    app = create_app(studio, jobs, credentials=credentials, cmd_flags=flags, with_ui=with_ui)
+    flags = {
+        "auth": AUTH_FLAG if auth else None,
+        "admin": "alice",
+        "listen": False,
+        "data_dir": str(data_dir),
+    }
+    app = create_app(
+        studio, jobs, credentials=credentials, cmd_flags=flags, with_ui=with_ui, login_limits=login_limits
+    )
     try:
         with BackgroundServer(app, tls=tls) as url:
             yield LiveServer(url, studio, jobs, gate, data_dir, app)

@@ -17,8 +17,11 @@ from webui.api.auth import Credentials, LoginMiddleware, caller_of
 from webui.api.context import ApiContext
 from webui.api.errors import install_error_handlers
 from webui.api.extensions import extensions_router, mount_extension_routes
-from webui.api.guards import BodySizeMiddleware
+from webui.api.file_access import OwnedFilesMiddleware, PageFiles
+from webui.api.guards import BodySizeMiddleware, BodyTimeoutMiddleware
+from webui.api.login_throttle import LoginLimits
 from webui.api.options import ServerOptions
+from webui.api.queue_guard import QueueSessionMiddleware
 from webui.api.sdapi import sdapi_router
 from webui.api.v1 import v1_router
 from webui.jobs import LOCAL_CALLER, Caller, JobQueue
@@ -40,10 +43,12 @@ def create_app(
     cmd_flags: dict[str, Any] | None = None,
     with_ui: bool = True,
     live_settings: LiveSettings | None = None,
+    login_limits: LoginLimits | None = None,
 ) -> FastAPI:
     """The whole server as an ASGI app; `jobs` must be started by the caller.
 
-    Without `live_settings`, changed settings apply but are not saved to a settings file."""
+    Without `live_settings`, changed settings apply but are not saved to a settings file.
+    `login_limits`: how fast failed logins are throttled (default: LoginLimits())."""
     live = live_settings or LiveSettings(studio, jobs)
     app = FastAPIOffline(
         title="Stable Diffusion studio API",
@@ -61,15 +66,25 @@ def create_app(
     app.include_router(v1_router(ctx))
     app.include_router(extensions_router(studio))
     mount_extension_routes(app, studio.extensions)
+    page_files = PageFiles()
     if with_ui:
-        _mount_ui(app, live, credentials)
+        _mount_ui(app, live, credentials, page_files)
     # Added last = outermost: the login runs before anything reads the body or routes the request.
+    app.add_middleware(
+        OwnedFilesMiddleware,
+        jobs=jobs,
+        protected=lambda: [studio.settings.outputs_dir],
+        page_files=page_files,
+    )
     app.add_middleware(BodySizeMiddleware, limit_bytes=lambda: jobs.limits.max_body_bytes)
-    app.add_middleware(LoginMiddleware, credentials=credentials)
+    app.add_middleware(LoginMiddleware, credentials=credentials, limits=login_limits)
+    app.add_middleware(BodyTimeoutMiddleware)
     return app
 
 
-def _mount_ui(app: FastAPI, live: LiveSettings, credentials: Credentials | None) -> None:
+def _mount_ui(
+    app: FastAPI, live: LiveSettings, credentials: Credentials | None, page_files: PageFiles
+) -> None:
     import gradio as gr
 
     from webui.ui.app import build_ui, launch_options
@@ -80,12 +95,14 @@ def _mount_ui(app: FastAPI, live: LiveSettings, credentials: Credentials | None)
             return LOCAL_CALLER
         return Caller(name, admin=name in credentials.admins)
 
-    blocks = build_ui(UiContext(live.studio, live.jobs, live, caller_named)).queue()
+    blocks = build_ui(UiContext(live.studio, live.jobs, live, caller_named, page_files.record)).queue()
     extra: dict[str, Any] = {}
     if credentials is not None:
         # Gradio asks this for the user name of each event, so handlers see `request.username`.
         extra["auth_dependency"] = lambda request: caller_of(request.state).name
     gr.mount_gradio_app(app, blocks, path="", **launch_options(live.studio), **extra)
+    # Gradio keeps the sessions it streams to in its queue; there is no public accessor.
+    app.add_middleware(QueueSessionMiddleware, sessions=lambda: blocks._queue.pending_messages_per_session)
 
 
 _SECRET_FLAGS = ("auth",)

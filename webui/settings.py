@@ -165,6 +165,7 @@ def flags_given(args: argparse.Namespace) -> set[str]:
         given.add("limits")
     return given
 
+    "max_prompt_chars": "max_prompt_chars",
 
 def _named_extensions(flag: str) -> tuple[str, ...]:
     """`--disable-extensions` alone: ("all",); with names: those."""
@@ -324,3 +325,4 @@ def app_parser() -> argparse.ArgumentParser:
     ):
         limits.add_argument(flag, type=kind, metavar=metavar, help=f"{what} (default {default:g})")
     return parser
+        ("--max-prompt-chars", int, defaults.max_prompt_chars, "N", "characters in a prompt, styles applied"),

@@ -10,14 +10,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import hmac
 import json
 import logging
+import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from webui.api.login_throttle import LoginLimits, LoginThrottle
+from webui.api.passwords import ITERATIONS, check_stored, hash_password, verify
 from webui.jobs import LOCAL_CALLER, Caller
 
 log = logging.getLogger(__name__)
@@ -29,14 +34,20 @@ _FAILED_LOGIN_DELAY_S = 0.5
 
 @dataclass(frozen=True)
 class Credentials:
-    passwords: Mapping[str, str]  # user -> password
+    passwords: Mapping[str, str]  # user -> password, or its `pbkdf2_sha256$...` hash (passwords.py)
     admins: frozenset[str]
+    # Browsers send the password with every request: a hash is checked once, then its
+    # keyed digest is remembered here, so later requests cost a fast comparison only.
+    _verified: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
+    _key: bytes = field(default_factory=lambda: secrets.token_bytes(32), compare=False, repr=False)
 
     @classmethod
     def from_flags(
         cls, auth: str | None, auth_file: Path | None, admins: str | None = None
     ) -> Credentials | None:
-        """`--auth user:pass[,user2:pass2]` and `--auth-file` (one `user:pass` per line); None: no login."""
+        """`--auth user:pass[,user2:pass2]` and `--auth-file` (one `user:pass` per line); None: no login.
+
+        A password may be given as its `pbkdf2_sha256$...` hash (`python -m webui.tools.hash_password`)."""
         pairs = list(_pairs(auth.split(","), "--auth")) if auth else []
         if auth_file is not None:
             try:
@@ -57,22 +68,53 @@ class Credentials:
 
     def authenticate(self, header: str | None) -> Caller | None:
         """The caller for an `Authorization: Basic ...` header, or None."""
-        if not header or header[:6].lower() != "basic ":
+        login = basic_login(header)
+        if login is None:
             return None
-        try:
-            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        user, _, password = decoded.partition(":")
-        expected = self.passwords.get(user)
-        # Compare even for unknown users, so timing does not tell which names exist.
-        matches = hmac.compare_digest(password.encode(), (expected or "\0" + password).encode())
-        if expected is None or not matches:
+        return self.remembered(*login) or self.check(*login)
+
+    def remembered(self, user: str, password: str) -> Caller | None:
+        """The caller, when this exact password was verified for `user` before (fast)."""
+        known = self._verified.get(user)
+        if known is None or not hmac.compare_digest(known, self._digest(user, password)):
             return None
         return Caller(user, admin=user in self.admins)
 
+    def check(self, user: str, password: str) -> Caller | None:
+        """Verify a login in constant time; a hashed password takes a PBKDF2 run (~0.3 s)."""
+        expected = self.passwords.get(user)
+        # Check even for unknown names, against a hash when any password is one, so the time
+        # taken does not tell which names exist.
+        if expected is None:
+            verify(password, self._decoy)
+            return None
+        if not verify(password, expected):
+            return None
+        self._verified[user] = self._digest(user, password)
+        return Caller(user, admin=user in self.admins)
+
+    @cached_property
+    def _decoy(self) -> str:
+        hashed = any(value.startswith("pbkdf2_sha256$") for value in self.passwords.values())
+        return hash_password("decoy", ITERATIONS, salt="decoy") if hashed else "\0decoy"
+
+    def _digest(self, user: str, password: str) -> bytes:
+        return hmac.new(self._key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
+
     def secrets(self) -> list[str]:
         return [password for password in self.passwords.values() if password]
+
+
+def basic_login(header: str | None) -> tuple[str, str] | None:
+    """(user, password) from an `Authorization: Basic ...` header; None when it is not one."""
+    if not header or header[:6].lower() != "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, _, password = decoded.partition(":")
+    return user, password
 
 
 def _pairs(items: Iterable[str], flag: str) -> Iterable[tuple[str, str]]:
@@ -83,15 +125,20 @@ def _pairs(items: Iterable[str], flag: str) -> Iterable[tuple[str, str]]:
         user, colon, password = item.partition(":")
         if not colon or not user.strip() or not password:
             raise ValueError(f"{flag}: expected user:password, got an entry without both parts")
+        try:
+            check_stored(password)
+        except ValueError as error:
+            raise ValueError(f"{flag}: user {user.strip()}: {error}") from None
         yield user.strip(), password
 
 
 class LoginMiddleware:
     """ASGI middleware in front of everything; puts the Caller in `scope["state"]["caller"]`."""
 
-    def __init__(self, app: Any, credentials: Credentials | None) -> None:
+    def __init__(self, app: Any, credentials: Credentials | None, limits: LoginLimits | None = None) -> None:
         self.app = app
         self.credentials = credentials
+        self.throttle = LoginThrottle(limits)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -100,16 +147,38 @@ class LoginMiddleware:
         if self.credentials is None:
             caller: Caller | None = LOCAL_CALLER
         else:
-            header = _header(scope, b"authorization")
-            caller = self.credentials.authenticate(header)
+            caller = await self._login(scope, receive, send, self.credentials)
             if caller is None:
-                if header:
-                    log.warning("refused a login for %s from %s", scope.get("path"), _client(scope))
-                    await asyncio.sleep(_FAILED_LOGIN_DELAY_S)
-                await _refuse(scope, receive, send)
                 return
         scope.setdefault("state", {})["caller"] = caller
         await self.app(scope, receive, send)
+
+    async def _login(
+        self, scope: dict[str, Any], receive: Any, send: Any, credentials: Credentials
+    ) -> Caller | None:
+        """The caller, or None once a refusal (401, or 429 while throttled) has been sent."""
+        header = _header(scope, b"authorization")
+        if not header:
+            await _refuse(scope, receive, send)
+            return None
+        login = basic_login(header)
+        user, address = (login[0] if login else ""), _client(scope)
+        wait_s = self.throttle.retry_after(user, address)
+        if wait_s:
+            log.info("throttled a login as %r from %s for %d s", user, address, wait_s)
+            await _too_many(scope, send, wait_s)
+            return None
+        self.throttle.attempt(user, address)
+        caller = None
+        if login is not None:
+            caller = credentials.remembered(*login) or await asyncio.to_thread(credentials.check, *login)
+        if caller is None:
+            log.warning("refused a login for %s from %s", scope.get("path"), address)
+            await asyncio.sleep(_FAILED_LOGIN_DELAY_S)
+            await _refuse(scope, receive, send)
+            return None
+        self.throttle.succeeded(user, address)
+        return caller
 
 
 async def _refuse(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -124,6 +193,30 @@ async def _refuse(scope: dict[str, Any], receive: Any, send: Any) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"www-authenticate", f'Basic realm="{REALM}", charset="UTF-8"'.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body.encode()})
+
+
+async def _too_many(scope: dict[str, Any], send: Any, wait_s: int) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008, "reason": "too many failed logins"})
+        return
+    body = json.dumps(
+        {
+            "error": "too many failed logins",
+            "detail": f"too many failed logins for this user or from this address; try again in {wait_s} s",
+        }
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 429,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"retry-after", str(wait_s).encode()),
                 (b"content-length", str(len(body)).encode()),
             ],
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,7 +131,12 @@ def _same_as_first(value: str | None) -> str:
 
 def _clip_skip(overrides: dict[str, Any], default: int) -> int:
     value = overrides.get(CLIP_SKIP_OPTION, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or int(value) != value
+    ):
         raise ApiError(
             422,
             f"override_settings.{CLIP_SKIP_OPTION}: expected a whole number",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -24,6 +25,7 @@ _LIMIT_OPTIONS: dict[str, type] = {
     "max_steps": int,
     "max_body_mb": float,
     "max_queued_per_user": int,
+    "max_prompt_chars": int,
 }
 
 
@@ -108,6 +110,12 @@ def _by_name(key: str, act: Callable[[str], object], name: str) -> None:
 
 def _limit_value(key: str, value: Any) -> int | float:
     kind = _LIMIT_OPTIONS[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or kind(value) != value:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+        or kind(value) != value
+    ):
         raise ApiError(422, f"{key}: expected a positive {'whole ' if kind is int else ''}number", key)
     return kind(value)

@@ -6,10 +6,26 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from webui.engine.request import find_bad_value
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
 
+class CleanBody(BaseModel):
+    """A body with only text JSON can carry back and finite numbers: a lone surrogate or a NaN
+    would otherwise reach the job and break its listing, its maths or its image."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bad_values(cls, value: Any) -> Any:
+        problem = find_bad_value(value)
+        if problem is not None:
+            where, what = problem
+            raise ValueError(f"{where.lstrip('.')}: {what}" if where else what)
+        return value
+
+
+class _Body(CleanBody):
     @field_validator("*", mode="before")
     @classmethod
     def _null_means_default(cls, value: Any, info: ValidationInfo) -> Any:

@@ -39,6 +39,9 @@ from webui.styles import StyleError
 if TYPE_CHECKING:
     from webui.studio import Studio
 
+# cmd-flags shows these to admins only.
+_ADMIN_ONLY_FLAGS = ("admin", "auth_file")
+
 
 def sdapi_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111-compatible"])
@@ -94,8 +97,14 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
         ctx.options.write(values, caller_of(request.state))
 
     @router.get("/cmd-flags", summary="The flags the server started with (secrets removed)")
-    def cmd_flags() -> dict[str, Any]:
-        return dict(ctx.cmd_flags)
+    def cmd_flags(request: Request) -> dict[str, Any]:
+        flags = dict(ctx.cmd_flags)
+        if not caller_of(request.state).admin:
+            # Who the admins are, and where the logins live, is no one else's business.
+            for key in _ADMIN_ONLY_FLAGS:
+                if flags.get(key):
+                    flags[key] = "<hidden>"
+        return flags
 
     @router.get("/sd-models")
     def sd_models() -> list[dict[str, Any]]:

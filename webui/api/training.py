@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from webui.api.schemas import CleanBody
 from webui.jobs import Job
 from webui.training.request import MAX_RANK, MAX_TRAIN_STEPS, MAX_VECTORS, TrainingKind, TrainingRequest
 
 
-class TrainBody(BaseModel):
+class TrainBody(CleanBody):
     """What to train. Checked when it is queued: a bad folder or value answers 422 naming the field."""
 
     kind: TrainingKind = Field(TrainingKind.LORA, description="lora, embedding, finetune or scratch")

@@ -8,6 +8,7 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
+from webui.engine.request import GenerationError
 from webui.engine.steps import StepHook, StepInfo
 from webui.model_manager.detect import Arch
 from webui.model_manager.load import LoadedModel
@@ -57,6 +58,12 @@ def _decode_one(model: LoadedModel, latent: torch.Tensor) -> torch.Tensor:
     if vae.dtype == torch.float16 and torch.isnan(pixels).any():
         torch.nn.Module.to(vae, dtype=torch.float32)
         pixels = vae.decode(scaled.float(), return_dict=False)[0]
+    if not torch.isfinite(pixels).all():
+        # Saved as it is, NaN would be a black image that looks like a result.
+        raise GenerationError(
+            "the image came out as NaN (not a number): the checkpoint, its VAE or the prompt's "
+            "weights gave numbers out of range; try another VAE, lower weights or --precision fp32"
+        )
     return pixels
 
 

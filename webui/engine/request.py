@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 
 from PIL import Image
@@ -118,6 +119,7 @@ class GenerationRequest:
 
     def validate(self) -> None:
         """Raise GenerationError naming the first field that cannot work."""
+        self._validate_values()
         for name in ("width", "height"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
@@ -172,6 +174,20 @@ class GenerationRequest:
                     "mask",
                 )
 
+    def _validate_values(self) -> None:
+        """Text a JSON answer can carry and finite numbers everywhere: a lone UTF-16 surrogate
+        would break every later listing of the job, and NaN or infinity its image or the maths."""
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, Image.Image):
+                continue
+            problem = find_bad_value(value)
+            if problem is not None:
+                where, what = problem
+                raise GenerationError(f"{item.name}{where}: {what}", item.name)
+        if self.eta is not None and not 0.0 <= self.eta <= 1.0:
+            raise GenerationError(f"eta must be between 0 and 1, got {self.eta}", "eta")
+
     def _validate_hires(self) -> None:
         if self.init_image is not None:
             raise GenerationError(
@@ -197,6 +213,35 @@ class GenerationRequest:
                     f"{MIN_SIDE} and {MAX_SIDE}",
                     name,
                 )
+
+
+def find_bad_value(value: object, where: str = "") -> tuple[str, str] | None:
+    """(where inside `value`, what is wrong) for the first lone surrogate or non-finite number."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where, "the text holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not a character"
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return where, f"expected a finite number, got {value}"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            inside = f"{where}.{_printable(str(key))}"
+            problem = find_bad_value(key, inside) or find_bad_value(item, inside)
+            if problem is not None:
+                return problem
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            problem = find_bad_value(item, f"{where}.{index}")
+            if problem is not None:
+                return problem
+    return None
+
+
+def _printable(text: str) -> str:
+    """`text` with lone surrogates written as escapes, so an error message can name it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _multiple_of_8(value: float) -> int:

@@ -12,6 +12,7 @@ from webui.engine.request import (
     GenerationError,
     GenerationRequest,
 )
+from webui.styles import StyleBook, StyleError
 
 
 class LimitError(GenerationError):
@@ -27,7 +28,10 @@ _FLAGS = {
     "max_batch_size": "--max-batch-size",
     "max_batch_count": "--max-batch-count",
     "max_steps": "--max-steps",
+    "max_prompt_chars": "--max-prompt-chars",
 }
+# The engine has no prompt ceiling of its own; this one only keeps `engine_maxima` finite.
+MAX_PROMPT_CHARS = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Limits:
     max_steps: int = 150
     max_body_mb: float = 64.0  # enforced on every HTTP request body
     max_queued_per_user: int = 100
+    max_prompt_chars: int = 10_000  # each prompt, styles applied; a long one is slow and goes into every PNG
 
     def __post_init__(self) -> None:
         """A limit above what the engine can do would promise what it then refuses."""
@@ -46,6 +51,7 @@ class Limits:
             ("max_batch_size", self.max_batch_size, MAX_BATCH),
             ("max_batch_count", self.max_batch_count, MAX_BATCH_COUNT),
             ("max_steps", self.max_steps, MAX_STEPS),
+            ("max_prompt_chars", self.max_prompt_chars, MAX_PROMPT_CHARS),
         ):
             if not 1 <= value <= ceiling:
                 raise ValueError(
@@ -63,13 +69,18 @@ class Limits:
             max_batch_size=MAX_BATCH,
             max_batch_count=MAX_BATCH_COUNT,
             max_steps=MAX_STEPS,
+            max_prompt_chars=MAX_PROMPT_CHARS,
         )
 
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
 
-    def check(self, request: GenerationRequest) -> None:
+    def check(self, request: GenerationRequest, styles: StyleBook | None = None) -> None:
+        """Raise LimitError (or GenerationError for a value that cannot work at all); `styles`
+        lets the prompt ceiling apply to the prompts as the styles expand them."""
+        request.validate()  # first: the size maths below needs finite numbers
+        self._check_prompts(request, styles)
         pixels = request.width * request.height
         if pixels > self.max_pixels:
             raise LimitError(
@@ -102,6 +113,30 @@ class Limits:
             if value > ceiling:
                 raise LimitError(
                     f"{field} {value} is over this server's limit of {ceiling} ({flag})", field, flag
+                )
+
+    def _check_prompts(self, request: GenerationRequest, styles: StyleBook | None) -> None:
+        texts = [
+            ("prompt", request.prompt),
+            ("negative_prompt", request.negative_prompt),
+            ("hr_prompt", request.hr_prompt),
+            ("hr_negative_prompt", request.hr_negative_prompt),
+        ]
+        if styles is not None and request.styles:
+            try:
+                expanded = styles.apply(request.styles, request.prompt, request.negative_prompt)
+            except StyleError:
+                expanded = None  # an unknown style: the studio's preflight names it
+            if expanded is not None:
+                texts += [("styles", expanded[0]), ("styles", expanded[1])]
+        for field, text in texts:
+            if len(text) > self.max_prompt_chars:
+                applied = " with its styles applied" if field == "styles" else ""
+                raise LimitError(
+                    f"{field}{applied} is {len(text)} characters, over this server's limit of "
+                    f"{self.max_prompt_chars} (--max-prompt-chars)",
+                    field,
+                    "--max-prompt-chars",
                 )
 
 

@@ -125,7 +125,7 @@ class JobQueue:
 
         The job runs on the checkpoint selected now (or `checkpoint`), even if someone switches later.
         """
-        self.limits.check(request)
+        self.limits.check(request, self.studio.styles)
         file = self.studio.preflight(request, checkpoint, vae)
         job = Job(request, caller.name, file.name, arch=file.arch, vae=vae, save=save)
         self._enqueue(job, caller)

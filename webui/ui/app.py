@@ -128,7 +128,9 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
             with gr.Tab("Inpaint", id="inpaint", elem_id="tab-inpaint"):
                 inpaint = build_inpaint(ctx, allowed_roots)
             with gr.Tab("Extras", id="extras", elem_id="tab-extras"):
-                extras = build_extras_tab(studio, allowed_roots)
+                extras = build_extras_tab(
+                    studio, allowed_roots, lambda path, request: ctx.record_file(path, ctx.caller(request))
+                )
             with gr.Tab("Models", id="models", elem_id="tab-models") as models_page:
                 models = build_models_tab(ctx)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,9 @@ class UiContext:
     jobs: JobQueue
     live: LiveSettings
     caller_named: Callable[[str | None], Caller]  # the logged-in user name (None: no login) -> job owner
+    # Tells the server who owns a file the page saved outside any job, so the file routes serve
+    # it to them (webui/api/file_access.py); jobs' own files are known from the queue.
+    record_file: Callable[[Path, Caller], None] = lambda _path, _caller: None
 
     def caller(self, request: gr.Request) -> Caller:
         return self.caller_named(getattr(request, "username", None))

@@ -95,7 +95,11 @@ def upscale_file(studio: Studio, path: Path, options: UpscaleOptions) -> tuple[P
     return saved, f"{image.width}x{image.height} → {result.width}x{result.height}"
 
 
-def build_extras_tab(studio: Studio, allowed_roots: Callable[[], list[Path]]) -> ExtrasTab:
+def build_extras_tab(
+    studio: Studio,
+    allowed_roots: Callable[[], list[Path]],
+    record_saved: Callable[[Path, gr.Request], None] = lambda _path, _request: None,
+) -> ExtrasTab:
     with gr.Row(equal_height=False):
         with gr.Column():
             with gr.Tabs(elem_id="extras-sources") as sources:
@@ -151,6 +155,7 @@ def build_extras_tab(studio: Studio, allowed_roots: Callable[[], list[Path]]) ->
         first: str,
         second: str,
         second_visibility: float,
+        request: gr.Request,
     ) -> tuple[Any, Any, Any]:
         paths = ([image_path] if image_path else []) if which == SINGLE else list(file_paths or [])
         if not paths:
@@ -172,6 +177,7 @@ def build_extras_tab(studio: Studio, allowed_roots: Callable[[], list[Path]]) ->
             except (ValueError, OSError) as problem:  # GenerationError is a ValueError: the user can fix it
                 problems.append(str(problem) if which == SINGLE else f"{path.name}: {problem}")
                 continue
+            record_saved(saved, request)
             done.append((displayable_image(saved, allowed_roots()), change))
         lines = "\n".join(f"- {change}" for _, change in done)
         shown = show_error("; ".join(problems)) if problems else hide_error()
