@@ -9,13 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
+from starlette.routing import Match, Mount
 
 from webui import __version__
 from webui.api.auth import Credentials, LoginMiddleware, caller_of
 from webui.api.context import ApiContext
-from webui.api.errors import install_error_handlers
+from webui.api.errors import document_errors, error_body, install_error_handlers
 from webui.api.extensions import extensions_router, mount_extension_routes
 from webui.api.file_access import OwnedFilesMiddleware, PageFiles
 from webui.api.guards import BodySizeMiddleware, BodyTimeoutMiddleware
@@ -61,11 +63,13 @@ def create_app(
         redoc_url=None,
     )
     install_error_handlers(app)
+    document_errors(app)
     ctx = ApiContext(studio, jobs, ServerOptions(studio, jobs, live), redact(cmd_flags or {}, credentials))
     app.include_router(sdapi_router(ctx))
     app.include_router(v1_router(ctx))
     app.include_router(extensions_router(studio))
     mount_extension_routes(app, studio.extensions)
+    _answer_unrouted(app)
     page_files = PageFiles()
     if with_ui:
         _mount_ui(app, live, credentials, page_files)
@@ -80,6 +84,38 @@ def create_app(
     app.add_middleware(LoginMiddleware, credentials=credentials, limits=login_limits)
     app.add_middleware(BodyTimeoutMiddleware)
     return app
+
+
+_API_PREFIXES = ("/api/", "/sdapi/")
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def _answer_unrouted(app: FastAPI) -> None:
+    """Under the API prefixes, a path no route serves answers 404 and one served for other
+    methods 405 with Allow, both as ErrorBody; else the page, mounted at /, would answer 404."""
+
+    def serves(method: str, scope: dict[str, Any]) -> bool:
+        asked = {**scope, "method": method}
+        # Not this route, nor a mount: the page's, at /, takes any path and method.
+        routes = (
+            route
+            for route in app.router.routes
+            if not isinstance(route, Mount) and getattr(route, "endpoint", None) is not unrouted
+        )
+        return any(route.matches(asked)[0] is Match.FULL for route in routes)
+
+    async def unrouted(request: Request) -> JSONResponse:
+        # Each method is asked of the routes themselves: FastAPI keeps included routers opaque.
+        allowed = [method for method in _METHODS if serves(method, request.scope)]
+        if not allowed:
+            message = f"no route {request.url.path}"
+            return JSONResponse(error_body("not found", message), status_code=404)
+        methods = ", ".join(allowed)
+        message = f"{request.url.path} answers {methods}, not {request.method}"
+        return JSONResponse(error_body("method not allowed", message), 405, headers={"Allow": methods})
+
+    for prefix in _API_PREFIXES:
+        app.add_api_route(f"{prefix}{{rest:path}}", unrouted, methods=_METHODS, include_in_schema=False)
 
 
 def _mount_ui(

@@ -1,4 +1,5 @@
-"""One JSON error shape for both APIs: `{"error", "detail", "field"?, "limit"?}` with a 4xx/5xx status."""
+"""One JSON error shape for both APIs: `{"error", "detail", "field"?, "limit"?, "errors"?}` with a
+4xx/5xx status, and the OpenAPI document saying so (FastAPI's default 422 schema is not ours)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from webui.api.fields import a1111_field
@@ -18,6 +20,82 @@ from webui.model_manager.state_dict import CheckpointError
 from webui.training.progress import TrainingError
 
 log = logging.getLogger(__name__)
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(description="where: 'body', then the field path")
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """What every error answer of both APIs holds (A1111's own 422 has a list in `detail`)."""
+
+    error: str = Field(description="the kind: 'invalid request', 'not found', 'over a limit', ...")
+    detail: str = Field(description="what was wrong, in words")
+    field: str | None = Field(None, description="the request field at fault (A1111's name), when one is")
+    limit: str | None = Field(None, description="the server flag that sets the limit passed (422, 413)")
+    errors: list[ValidationIssue] | None = Field(None, description="every problem found in the body (422)")
+
+
+_WHY: dict[int | str, str] = {
+    400: "The body is not valid JSON",
+    401: "The server has a login and the request has no valid credentials",
+    403: "The caller may not do this (an admin may)",
+    404: "No such job, image or route",
+    405: "The path exists with another method (see Allow)",
+    408: "The request body stopped arriving; the connection is closed",
+    413: "The request body is over --max-body-mb",
+    422: "A field is missing, of the wrong type or out of range; `field` names it",
+    429: "Too many failed logins (see Retry-After), or the caller's queue is full",
+    500: "The server failed (not the request's fault)",
+    "4XX": "The extension refused the request; `detail` says why",
+}
+
+
+def error_responses(*statuses: int | str) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: these statuses answer an ErrorBody, as JSON whatever the route's
+    own media type (FastAPI would document a `model` under the route's, e.g. image/png)."""
+    return {
+        status: {
+            "description": _WHY[status],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+        }
+        for status in statuses
+    }
+
+
+def document_errors(app: FastAPI) -> None:
+    """Make the app's OpenAPI document tell the errors as they are answered: ErrorBody for 422
+    (not FastAPI's list), 400, 408 and 413 on every JSON body, 401 and 429 everywhere (the login)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        fresh = app.openapi_schema is None
+        document = build()  # cached by FastAPI: the changes below are made once
+        if fresh:
+            _add_errors(document)
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_errors(document: dict[str, Any]) -> None:
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    body = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(body.pop("$defs", {}))
+    schemas["ErrorBody"] = body
+    for path in document.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.setdefault("responses", {})
+            statuses = [401, 429, *((400, 408, 413) if "requestBody" in operation else ())]
+            if "422" in responses:
+                statuses.append(422)  # replaces FastAPI's HTTPValidationError
+            for status, response in error_responses(*statuses).items():
+                responses[str(status)] = response
+    if "HTTPValidationError" not in str(document.get("paths")):
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
 
 
 class ApiError(Exception):
@@ -99,6 +177,7 @@ def _reason(status: int) -> str:
         400: "bad request",
         403: "forbidden",
         404: "not found",
+        405: "method not allowed",
         409: "conflict",
         413: "request too large",
         422: "invalid request",

@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from webui.api.auth import caller_of
-from webui.api.errors import ApiError
+from webui.api.errors import ApiError, error_responses
 from webui.extensions.install import InstallError, install_from_url, install_refusal
 from webui.extensions.registry import Extension, Status
 
@@ -36,6 +36,7 @@ def extensions_router(studio: Studio) -> APIRouter:
         "/extensions/install",
         status_code=201,
         summary="Clone a git URL into extensions/ (admins; off with --listen unless allowed)",
+        responses=error_responses(403),
     )
     async def install(request: Request, body: InstallBody) -> dict[str, Any]:
         settings = studio.settings
@@ -58,8 +59,12 @@ def extensions_router(studio: Studio) -> APIRouter:
 
 def mount_extension_routes(app: FastAPI, extensions: Extensions) -> None:
     for extension, router in extensions.routers():
+        # Their errors pass through our handlers: any 4xx is an ErrorBody.
         app.include_router(
-            router, prefix=f"/api/v1/ext/{extension.name}", tags=[f"extension: {extension.name}"]
+            router,
+            prefix=f"/api/v1/ext/{extension.name}",
+            tags=[f"extension: {extension.name}"],
+            responses=error_responses("4XX"),
         )
 
 

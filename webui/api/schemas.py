@@ -94,7 +94,7 @@ class Txt2ImgBody(_Body):
 
 
 class Img2ImgBody(Txt2ImgBody):
-    init_images: list[Any] = Field(default_factory=list, description="base64 images; the first is used")
+    init_images: list[Any] = Field(..., description="a list of one base64 image")
     resize_mode: int = 0
     image_cfg_scale: float | None = None
     mask: str | None = Field(None, description="base64 image: white is repainted")
@@ -128,7 +128,7 @@ class ExtrasOptions(_Body):
 
 
 class ExtrasSingleBody(ExtrasOptions):
-    image: str = ""
+    image: str = Field(..., description="a base64 image")
 
 
 class ExtrasFile(_Body):
@@ -141,4 +141,4 @@ class ExtrasBatchBody(ExtrasOptions):
 
 
 class PngInfoBody(_Body):
-    image: str = ""
+    image: str = Field(..., description="a base64 image")

@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from webui.api.auth import caller_of
 from webui.api.context import ApiContext, raise_if_failed, wait_until_finished
 from webui.api.convert import img2img_request, response_info, txt2img_request
-from webui.api.errors import ApiError
+from webui.api.errors import ApiError, error_responses
 from webui.api.extensions import a1111_extension_info
 from webui.api.images import decode_image, encode_base64, image_to_png
 from webui.api.schemas import (
@@ -60,11 +60,18 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
         await wait_until_finished(job)
         return await run_in_threadpool(_generation_response, ctx, job, body)
 
-    @router.post("/txt2img", summary="Generate images from a prompt and wait for them")
+    # A generation that fails on the server (not through the request) answers 500.
+    @router.post(
+        "/txt2img", summary="Generate images from a prompt and wait for them", responses=error_responses(500)
+    )
     async def txt2img(request: Request, body: Txt2ImgBody) -> dict[str, Any]:
         return await generate(request, body, txt2img_request)
 
-    @router.post("/img2img", summary="Redraw an image (with a mask: inpaint) and wait for the result")
+    @router.post(
+        "/img2img",
+        summary="Redraw an image (with a mask: inpaint) and wait for the result",
+        responses=error_responses(500),
+    )
     async def img2img(request: Request, body: Img2ImgBody) -> dict[str, Any]:
         return await generate(request, body, img2img_request)
 
@@ -92,7 +99,11 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
     def get_options() -> dict[str, Any]:
         return ctx.options.read()
 
-    @router.post("/options", summary="Set options; sd_model_checkpoint switches the model")
+    @router.post(
+        "/options",
+        summary="Set options; sd_model_checkpoint switches the model",
+        responses=error_responses(403),
+    )
     def set_options(request: Request, values: dict[str, Any]) -> None:
         ctx.options.write(values, caller_of(request.state))
 
@@ -162,7 +173,7 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
     def latent_upscale_modes() -> list[dict[str, Any]]:
         return [{"name": name} for name in LATENT_UPSCALE_MODES]
 
-    @router.get("/prompt-styles", summary="The styles in styles.csv")
+    @router.get("/prompt-styles", summary="The styles in styles.csv", responses=error_responses(500))
     def prompt_styles() -> list[dict[str, Any]]:
         try:
             styles = studio.styles.styles()
@@ -231,7 +242,11 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
     def unload_checkpoint() -> None:
         studio.unload_checkpoint()
 
-    @router.post("/reload-checkpoint", summary="Load the selected model onto the GPU again")
+    @router.post(
+        "/reload-checkpoint",
+        summary="Load the selected model onto the GPU again",
+        responses=error_responses(422),
+    )
     def reload_checkpoint() -> None:
         try:
             studio.reload_checkpoint()

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from webui.api.auth import caller_of
 from webui.api.context import ApiContext
 from webui.api.convert import img2img_request, txt2img_request
-from webui.api.errors import ApiError
+from webui.api.errors import ApiError, error_responses
 from webui.api.fields import a1111_field
 from webui.api.images import encode_base64, image_to_png
 from webui.api.schemas import Img2ImgBody, Txt2ImgBody
@@ -32,6 +32,32 @@ class JobSubmitted(BaseModel):
     state: str
     position: int | None
     urls: dict[str, str]
+
+
+class EventStream(StreamingResponse):
+    media_type = "text/event-stream"
+
+
+def _event_stream_responses() -> dict[int | str, dict[str, Any]]:
+    """The events route's answers; its schema is one event, as OpenAPI before 3.2 reads it."""
+    event = {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"enum": ["progress", "done", "failed", "interrupted"]},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "description": "the job as GET /api/v1/jobs/{job_id} gives it; a progress event's may "
+                "add `preview`, a PNG data URL",
+            },
+        },
+    }
+    return {200: {"content": {"text/event-stream": {"schema": event}}}, **error_responses(404)}
+
+
+class PngImage(Response):
+    media_type = "image/png"
 
 
 class V1Txt2Img(Txt2ImgBody):
@@ -82,39 +108,62 @@ def v1_router(ctx: ApiContext) -> APIRouter:
         caller = caller_of(request.state)
         return [_describe(ctx, job) for job in ctx.jobs.jobs(caller, everyone)]
 
-    @router.get("/jobs/{job_id}", summary="A job's state, progress and results")
+    # 404 on each job route: no job with that id that the caller may see (others' jobs look absent).
+    @router.get(
+        "/jobs/{job_id}", summary="A job's state, progress and results", responses=error_responses(404)
+    )
     def get_job(request: Request, job_id: str) -> dict[str, Any]:
         return _describe(ctx, ctx.jobs.get(job_id, caller_of(request.state)))
 
-    @router.get("/jobs/{job_id}/events", summary="Server-sent events: progress with previews, then the end")
-    async def job_events(request: Request, job_id: str, previews: bool = True) -> StreamingResponse:
+    @router.get(
+        "/jobs/{job_id}/events",
+        summary="Server-sent events: progress with previews, then the end",
+        response_class=EventStream,
+        responses=_event_stream_responses(),
+    )
+    async def job_events(request: Request, job_id: str, previews: bool = True) -> EventStream:
         job = ctx.jobs.get(job_id, caller_of(request.state))
-        return StreamingResponse(
+        return EventStream(
             _events(ctx, job, request, previews),
-            media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @router.get("/jobs/{job_id}/images/{index}", summary="One finished image as PNG, infotext inside")
-    def job_image(request: Request, job_id: str, index: int) -> Response:
+    @router.get(
+        "/jobs/{job_id}/images/{index}",
+        summary="One finished image as PNG, infotext inside",
+        response_class=PngImage,
+        responses=error_responses(404),
+    )
+    def job_image(request: Request, job_id: str, index: int) -> PngImage:
         job = ctx.jobs.get(job_id, caller_of(request.state))
-        return Response(ctx.image_png(job, index), media_type="image/png")
+        return PngImage(ctx.image_png(job, index))
 
-    @router.get("/jobs/{job_id}/preview", summary="The latest live preview of a running job, as PNG")
-    def job_preview(request: Request, job_id: str) -> Response:
+    @router.get(
+        "/jobs/{job_id}/preview",
+        summary="The latest live preview of a running job, as PNG",
+        response_class=PngImage,
+        responses=error_responses(404),
+    )
+    def job_preview(request: Request, job_id: str) -> PngImage:
         job = ctx.jobs.get(job_id, caller_of(request.state))
         preview = job.preview()
         if preview is None:
             raise ApiError(404, f"job {job_id} has no preview yet")
-        return Response(image_to_png(preview[1]), media_type="image/png")
+        return PngImage(image_to_png(preview[1]))
 
-    @router.post("/jobs/{job_id}/cancel", summary="Stop a job; a running one keeps its finished images")
+    @router.post(
+        "/jobs/{job_id}/cancel",
+        summary="Stop a job; a running one keeps its finished images",
+        responses=error_responses(404),
+    )
     def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
         job = ctx.jobs.get(job_id, caller_of(request.state))
         ctx.jobs.interrupt(job)
         return _describe(ctx, job)
 
-    @router.post("/jobs/{job_id}/skip", summary="End the running batch of a job early")
+    @router.post(
+        "/jobs/{job_id}/skip", summary="End the running batch of a job early", responses=error_responses(404)
+    )
     def skip_job(request: Request, job_id: str) -> dict[str, Any]:
         job = ctx.jobs.get(job_id, caller_of(request.state))
         ctx.jobs.skip(job)
@@ -140,7 +189,11 @@ def v1_router(ctx: ApiContext) -> APIRouter:
     def memory() -> dict[str, Any]:
         return ctx.studio.memory_report()
 
-    @router.get("/models", summary="Checkpoints with architecture, hash, size and where they are now")
+    @router.get(
+        "/models",
+        summary="Checkpoints with architecture, hash, size and where they are now; then every model file "
+        "of any kind that cannot be used (`usable` false), with the reason in `error`",
+    )
     def models() -> list[dict[str, Any]]:
         return _models(ctx)
 
@@ -248,6 +301,21 @@ def _models(ctx: ApiContext) -> list[dict[str, Any]]:
                 "where": placement.tier.value if placement else "disk",
                 "last_event": placement.last_event.describe() if placement and placement.last_event else None,
                 "selected": file.name == studio.current_checkpoint(),
+                "kind": file.kind.value,
+                "usable": True,
+                "error": None,
+            }
+        )
+    # Refused files are listed too, so a damaged or misplaced file is never silently missing.
+    for file in studio.registry.unusable():
+        answer.append(
+            {
+                "name": file.name,
+                "file": file.filename,
+                "kind": file.kind.value,
+                "size_bytes": file.size_bytes,
+                "usable": False,
+                "error": file.error,
             }
         )
     return answer
