@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from webui.api.auth import Credentials
     from webui.jobs import JobQueue
+    from webui.jobs.store import JobStore
     from webui.live_settings import LiveSettings
     from webui.model_manager.state_dict import CheckpointError
     from webui.server import create_app, uvicorn_config
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     studio.start_background_hashing()
     if studio.demo_mode:
         print(f"\n*** {studio.demo_message}\n", file=sys.stderr)
-    jobs = JobQueue(studio, settings.limits)
+    # Jobs outlive a restart: waiting ones run again, finished ones stay listed with their images.
+    jobs = JobQueue(studio, settings.limits, store=JobStore.in_data_dir(settings.data_dir))
     live = LiveSettings(studio, jobs, settings_file, pinned=frozenset(flags_given(args)))
     app = create_app(studio, jobs, credentials=credentials, cmd_flags=vars(args), live_settings=live)
     host = "0.0.0.0" if settings.listen else "127.0.0.1"

@@ -231,3 +231,36 @@ def test_run_works_the_queue_on_the_calling_thread(studio: Studio) -> None:
     job = jobs.submit(small(), BOB)
     jobs.run(until=lambda: job.state.finished)
     assert job.state is JobState.DONE and set(ran_on) == {threading.current_thread()}
+
+
+def test_users_take_turns_and_each_sees_a_truthful_place(studio: Studio) -> None:
+    """Bob's three jobs do not hold Carol and Dan back; each user's own jobs keep their order, and
+    every place shown is the order the jobs then really run in."""
+    ran: list[str] = []
+    jobs = JobQueue(studio, step_hooks=[lambda job, info: info.step == 1 and ran.append(job.request.prompt)])
+    sent = [("bob", "b1"), ("bob", "b2"), ("bob", "b3"), ("carol", "c1"), ("dan", "d1"), ("carol", "c2")]
+    queued = {prompt: jobs.submit(small(prompt=prompt), Caller(owner)) for owner, prompt in sent}
+    expected = ["b1", "c1", "d1", "b2", "c2", "b3"]
+    assert {prompt: jobs.position(job) for prompt, job in queued.items()} == {
+        prompt: place for place, prompt in enumerate(expected, 1)
+    }
+    assert jobs.current(Caller("carol")) is queued["c1"] and jobs.counts() == (0, 6)
+    while len(ran) < len(expected):
+        before = {prompt: jobs.position(job) for prompt, job in queued.items() if not job.state.finished}
+        done = len(ran)
+        jobs.run(until=lambda done=done: len(ran) > done and queued[ran[-1]].state.finished)
+        # Each job that was n-th in line is now (n-1)-th: the places told the truth.
+        after = {prompt: jobs.position(job) for prompt, job in queued.items() if not job.state.finished}
+        assert after == {prompt: place - 1 for prompt, place in before.items() if place != 1}
+    assert ran == expected
+    assert jobs.interrupt(queued["b3"]) is False  # finished already
+
+
+def test_a_late_user_waits_one_turn_not_the_whole_backlog(studio: Studio) -> None:
+    jobs = JobQueue(studio)
+    backlog = [jobs.submit(small(), BOB) for _ in range(5)]
+    late = jobs.submit(small(), CAROL)
+    assert jobs.position(late) == 2 and [jobs.position(job) for job in backlog] == [1, 3, 4, 5, 6]
+    assert jobs.interrupt(backlog[0])  # a waiting job leaves the line; the places close up
+    assert [jobs.position(job) for job in (backlog[1], late, *backlog[2:])] == [1, 2, 3, 4, 5]
+    jobs.stop()

@@ -14,6 +14,8 @@ from PIL import Image
 
 from webui.engine.request import GenerationError, GenerationRequest
 from webui.engine.steps import JobControl
+from webui.jobs import Caller, JobQueue, JobState, Limits
+from webui.jobs.limits import LimitError, parse_size
 from webui.outputs import parse_infotext, read_infotext
 from webui.outputs.grid import BACKGROUND, row_band_width
 from webui.scripts import ScriptRun, builtin_scripts, find_script, scripts_for
@@ -416,3 +418,98 @@ def test_an_xyz_plot_of_too_many_combinations_is_refused_before_it_starts() -> N
     with pytest.raises(GenerationError) as refused:
         script.parse_args(["Steps", "1-100", "CFG Scale", "1-20", "Seed", "1-2"])
     assert refused.value.field == "script_args" and "4000" in str(refused.value)
+
+
+# -- the admin's limits hold for every generation a script makes -----------------------------
+LOW = Limits(max_steps=8, max_pixels=parse_size("256x256"), max_batch_size=2, max_batch_count=3)
+USER = Caller("bob")
+
+
+@pytest.mark.parametrize(
+    ("script_name", "script_args", "flag", "where"),
+    [
+        ("X/Y/Z plot", ["Steps", "4, 12", "Nothing", "", "Nothing", ""], "--max-steps", "cell Steps: 12"),
+        ("X/Y/Z plot", ["Steps", "1-6", "CFG Scale", "1-2", "Nothing", ""], "--max-batch-count", "cell"),
+        (
+            "Prompts from file or textbox",
+            [False, False, "start", "ok\n--width 320 --height 320"],
+            "--max-size",
+            "line 2",
+        ),
+        ("Prompts from file or textbox", [False, False, "start", "--steps 10"], "--max-steps", "line 1"),
+        (
+            "Prompts from file or textbox",
+            [False, False, "start", "--batch_size 3"],
+            "--max-batch-size",
+            "line 1",
+        ),
+        ("Prompts from file or textbox", [False, False, "start", "a\n" * 7], "--max-batch-count", "line 7"),
+        ("Prompt matrix", [], "--max-batch-count", "combination 7"),
+    ],
+)
+def test_a_script_cannot_get_round_the_limits(
+    studio: Studio, script_name: str, script_args: list[object], flag: str, where: str
+) -> None:
+    jobs = JobQueue(studio, LOW)  # not started: nothing runs
+    request = _request(prompt="a | b | c | d", script_name=script_name, script_args=script_args)
+    with pytest.raises(LimitError) as over:
+        jobs.submit(request, USER)
+    assert over.value.limit == flag and over.value.field == "script_args"
+    assert flag in str(over.value) and where in str(over.value)
+    assert jobs.jobs(USER) == [] and _files(studio, "") == []
+
+
+def test_outpainting_cannot_grow_past_the_size_limit(studio: Studio) -> None:
+    jobs = JobQueue(studio, LOW)
+    request = _request(init_image=_noise((SIDE, SIDE)), script_name="Poor man's outpainting")
+    with pytest.raises(LimitError, match=r"--max-size"):
+        jobs.submit(replace(request, script_args=[128, 4, "fill", ["left", "right", "up", "down"]]), USER)
+    assert jobs.submit(replace(request, script_args=[32, 4, "fill", ["left"]]), USER).state is JobState.QUEUED
+    jobs.stop()
+
+
+def test_a_script_within_the_limits_runs(studio: Studio) -> None:
+    jobs = JobQueue(studio, LOW).start()
+    try:
+        job = jobs.submit(_request(script_name="X/Y/Z plot", script_args=["Steps", "1, 2"]), USER)
+        assert job.wait(60) and job.state is JobState.DONE
+    finally:
+        jobs.stop()
+    assert len(job.result.images) == 1  # the grid
+
+
+def test_a_script_that_cannot_say_beforehand_is_stopped_at_the_limit(studio: Studio) -> None:
+    """SD upscale (no plan of its generations): its tiles count as they run, and the job fails
+    with the limit named before it makes more images than a plain job may."""
+    jobs = JobQueue(studio, replace(LOW, max_batch_count=1, max_batch_size=2))
+    request = _request(
+        init_image=_noise((SIDE, SIDE)), script_name="SD upscale", script_args=[0, "Lanczos", 2.0]
+    )
+    job = jobs.submit(request, USER)  # 4 tiles of 64x64, one image each
+    jobs.run(until=lambda: job.state.finished)
+    assert job.state is JobState.FAILED and job.user_error
+    assert job.error_field == "script_args" and "--max-batch-count" in job.error
+
+
+def test_the_api_answers_a_script_over_the_limits_with_a_4xx_naming_it(server) -> None:
+    limits = server.jobs.limits
+    server.jobs.set_limits(max_steps=8)
+    xyz = {"script_name": "X/Y/Z plot", "script_args": ["Steps", "4, 12", "Nothing", "", "Nothing", ""]}
+    lines = {
+        "script_name": "Prompts from file or textbox",
+        "script_args": [False, False, "start", "--steps 10"],
+    }
+    try:
+        with server.client("bob") as bob:
+            answers = [
+                bob.post(
+                    "/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "width": 64, "height": 64, **body}
+                )
+                for body in (xyz, lines)
+            ]
+    finally:
+        server.jobs.limits = limits
+    for answer in answers:
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["limit"] == "--max-steps" and "--max-steps" in answer.json()["detail"]
+    assert "cell Steps: 12" in answers[0].json()["detail"] and "line 1" in answers[1].json()["detail"]

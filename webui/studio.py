@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,6 +58,8 @@ _TILING_PIXELS = {
     MemoryMode.MEDVRAM: 1024 * 1024,
     MemoryMode.LOWVRAM: 512 * 512,
 }
+# Sees each generation a script's job makes, with where it comes from; may raise GenerationError.
+ScriptGuard = Callable[[GenerationRequest, str], None]
 # A1111 writes 12 hex digits of sha256 for LoRAs and embeddings ("Lora hashes", "TI hashes").
 _NETWORK_HASH_LENGTH = 12
 
@@ -357,11 +360,16 @@ class Studio:
 
     # -- generation ---------------------------------------------------------------------------
     def preflight(
-        self, request: GenerationRequest, checkpoint: str | None = None, vae: str | None = None
+        self,
+        request: GenerationRequest,
+        checkpoint: str | None = None,
+        vae: str | None = None,
+        guard: ScriptGuard | None = None,
     ) -> ModelFile:
         """Everything about a job that can be refused before it waits in a queue; its checkpoint.
 
-        Raises GenerationError (with the field at fault) or CheckpointError.
+        `guard(request, where)` sees each generation a script's job plans to make (the admin's
+        limits). Raises GenerationError (with the field at fault) or CheckpointError.
         """
         request.validate()
         sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
@@ -370,7 +378,12 @@ class Studio:
         if request.enable_hr:
             self._check_hires(request)
         if request.script_name:
-            self.find_script(request.script_name, request.mode).parse_args(request.script_args)
+            script = self.find_script(request.script_name, request.mode)
+            args = script.parse_args(request.script_args)
+            planned = getattr(script, "planned", None)
+            if guard is not None and planned is not None:
+                for each in planned(replace(request, script_name="", script_args=[]), args):
+                    guard(each.request, each.where)
         self.extensions.alwayson_args(request)
         try:
             file = self.find_checkpoint(checkpoint) if checkpoint else self._selected
@@ -416,20 +429,25 @@ class Studio:
         vae: str | None = None,
         save: bool = True,
         hooks: JobHooks | None = None,
+        guard: ScriptGuard | None = None,
+        on_images: Callable[[StudioResult], None] | None = None,
     ) -> StudioResult:
         """Run one job. `checkpoint` and `vae` pick a model and VAE for this job only (A1111's
         override_settings); `save=False` keeps the images out of the outputs folder. `hooks` are
-        the job's always-on scripts when a script's generation is part of a bigger job."""
+        the job's always-on scripts when a script's generation is part of a bigger job; `guard`
+        may refuse each generation a script makes (see `preflight`). `on_images` gets each batch's
+        images once they are saved (not a script's: it gets only the whole result)."""
         if hooks is None:
             hooks = self.job_hooks(request)
         if request.script_name:
             request = self._with_styles(request)
             self.preflight(request, checkpoint, vae)
-            result = self._run_script(request, on_step, control, checkpoint, vae, save, hooks)
+            result = self._run_script(request, on_step, control, checkpoint, vae, save, hooks, guard)
             result.warnings = list(hooks.warnings)
             return result
         request = self._with_styles(hooks.before_job(request))  # preflight then finds no styles
         file = self.preflight(request, checkpoint, vae)
+        done = StudioResult([], [], [], [])
         with self._generation, self.cache.use(file.path) as model:
             self._apply_vae(file, model, vae)
             self._configure_vae_tiling(file, model, request)
@@ -444,24 +462,57 @@ class Studio:
                 on_step = with_previews(
                     on_step, self._preview_period(), self._preview_renderer(model, file.arch)
                 )
-            result = engine.generate(request, on_step, control, on_denoise=hooks.on_denoise)
-            vae_file = model.vae_path
-        shared = self._infotext_extras(file, vae_file, result)
-        images, infotexts, paths = [], [], []
-        for index, (image, seed) in enumerate(zip(result.images, result.seeds)):
-            params = self._infotext_params(result.params, seed, file, shared)
-            if result.subseeds:
-                params["Variation seed"] = result.subseeds[index]
-            done = ImageDone(image, index, seed, request, params)
-            hooks.after_image(done)
-            infotext = format_infotext(request.prompt, request.negative_prompt, done.params)
-            images.append(done.image)
-            infotexts.append(infotext)
+            result = engine.generate(
+                request,
+                on_step,
+                control,
+                on_denoise=hooks.on_denoise,
+                on_batch=lambda batch: self._finish_batch(
+                    batch, request, file, model.vae_path, hooks, save, done, on_images
+                ),
+            )
+        done.interrupted, done.warnings = result.interrupted, list(hooks.warnings)
+        return done
+
+    def _finish_batch(
+        self,
+        batch: GenerationResult,
+        request: GenerationRequest,
+        file: ModelFile,
+        vae_file: Path | None,
+        hooks: JobHooks,
+        save: bool,
+        done: StudioResult,
+        on_images: Callable[[StudioResult], None] | None,
+    ) -> None:
+        """A batch's images: infotexts, extensions' hooks, saving; appended to `done`, then shown
+        to `on_images` (which may keep them safe from a crash before the next batch ends)."""
+        shared = self._infotext_extras(file, vae_file, batch)
+        first = len(done.images)
+        for offset, (image, seed) in enumerate(zip(batch.images, batch.seeds)):
+            params = self._infotext_params(batch.params, seed, file, shared)
+            if batch.subseeds:
+                params["Variation seed"] = batch.subseeds[offset]
+            finished = ImageDone(image, first + offset, seed, request, params)
+            hooks.after_image(finished)
+            infotext = format_infotext(request.prompt, request.negative_prompt, finished.params)
+            done.images.append(finished.image)
+            done.infotexts.append(infotext)
+            done.seeds.append(seed)
             if save:
-                path = self.saver.save(done.image, mode=request.mode, seed=seed, infotext=infotext)
-                paths.append(path)
-                hooks.after_save(ImageSaved(path, done.image, infotext, seed, request))
-        return StudioResult(images, paths, infotexts, result.seeds, result.interrupted, list(hooks.warnings))
+                path = self.saver.save(finished.image, mode=request.mode, seed=seed, infotext=infotext)
+                done.paths.append(path)
+                hooks.after_save(ImageSaved(path, finished.image, infotext, seed, request))
+        if on_images is not None:
+            on_images(
+                StudioResult(
+                    done.images[first:],
+                    done.paths[first:],
+                    done.infotexts[first:],
+                    done.seeds[first:],
+                    batch.interrupted,
+                )
+            )
 
     def job_hooks(self, request: GenerationRequest) -> JobHooks:
         """The always-on scripts' hooks for one job, arguments read; GenerationError for bad ones."""
@@ -490,12 +541,14 @@ class Studio:
         vae: str | None,
         save: bool,
         hooks: JobHooks,
+        guard: ScriptGuard | None = None,
     ) -> StudioResult:
         """A script's job: it makes its own generations (each one a plain request, through the
         always-on scripts' hooks) and any grid."""
         script = self.find_script(request.script_name, request.mode)
         args = script.parse_args(request.script_args)
-        run = ScriptRun.for_studio(self, request.mode, control, on_step, save, checkpoint, vae, hooks)
+        each = None if guard is None else (lambda generation: guard(generation, script.title))
+        run = ScriptRun.for_studio(self, request.mode, control, on_step, save, checkpoint, vae, hooks, each)
         return script.run(replace(request, script_name="", script_args=[]), args, run)
 
     # -- live previews ------------------------------------------------------------------------

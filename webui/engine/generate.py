@@ -142,8 +142,11 @@ class Engine:
         on_step: StepHook | None = None,
         control: JobControl | None = None,
         on_denoise: DenoiseHook | None = None,
+        on_batch: Callable[[GenerationResult], None] | None = None,
     ) -> GenerationResult:
-        """`on_step` observes each finished step; `on_denoise` may change each step before it runs."""
+        """`on_step` observes each finished step; `on_denoise` may change each step before it runs;
+        `on_batch` gets each batch's images as soon as they are decoded (so a caller can save them
+        before the next batch, which a crash might not let finish)."""
         request.validate()
         try:
             speed = self.speed.resolve(self.model.device)
@@ -171,6 +174,7 @@ class Engine:
 
         images: list[Image.Image] = []
         interrupted = False
+        params = self._params(request, sampler.name, schedule)
         for batch_index in range(request.n_iter):
             batch = slice(batch_index * request.batch_size, (batch_index + 1) * request.batch_size)
             try:
@@ -190,13 +194,27 @@ class Engine:
                 latents, interrupted = stop.args[0], True
             with circular_padding(self.model.vae, enabled=request.tiling):
                 decoded = tensor_to_images(vae_decode(self.model, latents))
-            images += [pix.composite(image, inpaint) for image in decoded] if inpaint else decoded
+            batch_images = [pix.composite(image, inpaint) for image in decoded] if inpaint else decoded
+            if on_batch is not None:
+                done = slice(len(images), len(images) + len(batch_images))
+                on_batch(
+                    GenerationResult(
+                        batch_images,
+                        seeds[done],
+                        params,
+                        interrupted,
+                        prompts.loras,
+                        prompts.embeddings,
+                        subseeds[done] if request.subseed_strength > 0 else [],
+                    )
+                )
+            images += batch_images
             if interrupted:
                 break
         return GenerationResult(
             images,
             seeds[: len(images)],
-            self._params(request, sampler.name, schedule),
+            params,
             interrupted,
             prompts.loras,
             prompts.embeddings,

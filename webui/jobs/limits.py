@@ -76,6 +76,11 @@ class Limits:
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
 
+    @property
+    def max_script_images(self) -> int:
+        """All the images one script's job may make: as many as the largest plain job."""
+        return self.max_batch_size * self.max_batch_count
+
     def check(self, request: GenerationRequest, styles: StyleBook | None = None) -> None:
         """Raise LimitError (or GenerationError for a value that cannot work at all); `styles`
         lets the prompt ceiling apply to the prompts as the styles expand them."""
@@ -138,6 +143,34 @@ class Limits:
                     field,
                     "--max-prompt-chars",
                 )
+
+
+class ScriptBudget:
+    """Checks each generation a script's job makes against the limits, and counts its images.
+
+    Call it once per planned generation (before the job is queued) or per real one (while it
+    runs): a script must not get round the limits a plain request is held to."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.images = 0
+
+    def __call__(self, request: GenerationRequest, where: str = "") -> None:
+        prefix = f"{where}: " if where else ""
+        try:
+            self.limits.check(request)
+        except LimitError as error:
+            raise LimitError(f"{prefix}{error}", "script_args", error.limit) from None
+        except GenerationError as error:  # a value no request may have; the script's arguments made it
+            raise GenerationError(f"{prefix}{error}", "script_args") from None
+        self.images += request.batch_size * request.n_iter
+        if self.images > self.limits.max_script_images:
+            raise LimitError(
+                f"{prefix}the script would make more than {self.limits.max_script_images} images, "
+                "the most one job may make on this server (--max-batch-size x --max-batch-count)",
+                "script_args",
+                "--max-batch-count",
+            )
 
 
 def parse_size(text: str) -> int:

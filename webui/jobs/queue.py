@@ -1,20 +1,23 @@
-"""The one queue the UI, the API and the CLI submit to: FIFO across users, one job at a time."""
+"""The one queue the UI, the API and the CLI submit to: round-robin across users, one job at a time."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from webui.engine.request import GenerationError, GenerationRequest
 from webui.engine.steps import StepInfo
+from webui.jobs.fair import FairLine
 from webui.jobs.job import Caller, Job, JobState, JobStatus
-from webui.jobs.limits import Limits
+from webui.jobs.limits import Limits, ScriptBudget
+from webui.jobs.store import FileImages, JobStore, StoredImage, StoredJob
 from webui.model_manager.state_dict import CheckpointError
+from webui.outputs.files import remove_partial_writes
+from webui.results import StudioResult
 from webui.training.progress import TrainingError, TrainingHooks, TrainingStopped
 from webui.training.request import TrainingRequest
 
@@ -35,10 +38,12 @@ class QueueFull(RuntimeError):
 
 
 class JobQueue:
-    """Owns every job. One worker thread runs them in submission order on the studio's device.
+    """Owns every job. One worker thread runs them on the studio's device, taking turns across
+    users (each user's jobs in the order they were sent; see FairLine).
 
     Finished jobs (with their images) are kept for `retention_seconds`, and at most `keep_finished`
-    of them, so a client that reconnects later can still fetch its results.
+    of them, so a client that reconnects later can still fetch its results. With a `store`, jobs
+    outlive the process: see `_restore` for what a restart does with each.
     """
 
     def __init__(
@@ -49,19 +54,26 @@ class JobQueue:
         retention_seconds: float = 3600.0,
         keep_finished: int = 500,
         step_hooks: Sequence[Callable[[Job, StepInfo], None]] = (),
+        store: JobStore | None = None,
     ) -> None:
-        """`step_hooks` run on the worker after every denoising step of every job, in order."""
+        """`step_hooks` run on the worker after every denoising step of every job, in order.
+        `store` keeps jobs across restarts; the jobs it holds are taken up at once."""
         self.studio = studio
         self.step_hooks = tuple(step_hooks)
         self.limits = limits or Limits()
         self.retention_seconds = retention_seconds
         self.keep_finished = keep_finished
         self._jobs: dict[str, Job] = {}
-        self._waiting: deque[Job] = deque()
+        self._waiting = FairLine()
         self._running: Job | None = None
         self._changed = threading.Condition()
         self._stopping = False
         self._worker: threading.Thread | None = None
+        self.store = store
+        self._cancelled: set[str] = set()  # running jobs a user stopped (not the shutdown)
+        self._resumable: dict[str, list[StoredImage]] = {}  # images of batches done before a restart
+        if store is not None:
+            self._restore(store)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> JobQueue:
@@ -84,7 +96,7 @@ class JobQueue:
                     self._changed.wait(_WAKE_S)
                 if self._stopping or until():
                     return
-                job = self._running = self._waiting.popleft()
+                job = self._running = self._waiting.pop()
             try:
                 self._run(job)
             finally:
@@ -97,7 +109,7 @@ class JobQueue:
         """Interrupt the running job, drop waiting ones, and end the worker."""
         with self._changed:
             self._stopping = True
-            waiting, self._waiting = list(self._waiting), deque()
+            waiting = self._waiting.drain()
             running = self._running
             self._changed.notify_all()
         for job in waiting:
@@ -126,7 +138,7 @@ class JobQueue:
         The job runs on the checkpoint selected now (or `checkpoint`), even if someone switches later.
         """
         self.limits.check(request, self.studio.styles)
-        file = self.studio.preflight(request, checkpoint, vae)
+        file = self.studio.preflight(request, checkpoint, vae, guard=ScriptBudget(self.limits))
         job = Job(request, caller.name, file.name, arch=file.arch, vae=vae, save=save)
         self._enqueue(job, caller)
         return job
@@ -145,15 +157,17 @@ class JobQueue:
         with self._changed:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
-            mine = sum(1 for waiting in self._waiting if waiting.owner == caller.name)
+            mine = self._waiting.count(caller.name)
             if mine >= self.limits.max_queued_per_user:
                 raise QueueFull(
                     f"you already have {mine} jobs waiting, the most this server allows "
                     f"(--max-queued); wait for some to finish"
                 )
             self._prune()
+            if self.store is not None:
+                self.store.add(job)
             self._jobs[job.id] = job
-            self._waiting.append(job)
+            self._waiting.push(job)
             self._changed.notify_all()
 
     # -- looking ---------------------------------------------------------------------------------
@@ -174,11 +188,9 @@ class JobQueue:
         return job.status(self.position(job))
 
     def position(self, job: Job) -> int | None:
+        """1-based place among waiting jobs, in the round-robin order they will run in."""
         with self._changed:
-            for index, waiting in enumerate(self._waiting):
-                if waiting is job:
-                    return index + 1
-        return None
+            return self._waiting.position(job)
 
     def counts(self) -> tuple[int, int]:
         """(running, waiting) across all users."""
@@ -190,21 +202,20 @@ class JobQueue:
         with self._changed:
             if self._running is not None and self._running.owner == caller.name:
                 return self._running
-            return next((job for job in self._waiting if job.owner == caller.name), None)
+            return self._waiting.first_of(caller.name)
 
     # -- stopping jobs -------------------------------------------------------------------------
     def interrupt(self, job: Job) -> bool:
         """Stop a job: a waiting one never runs; a running one keeps the images finished so far."""
         with self._changed:
-            if job in self._waiting:
-                self._waiting.remove(job)
-                waiting = True
-            else:
-                waiting = False
+            waiting = self._waiting.remove(job)
         if waiting:
             job.finish(JobState.INTERRUPTED)
+            self._record_end(job)
             return True
         if job.state is JobState.RUNNING:
+            with self._changed:
+                self._cancelled.add(job.id)
             job.control.interrupt()
             return True
         return False
@@ -221,19 +232,40 @@ class JobQueue:
     def _run(self, job: Job) -> None:
         if job.control.interrupted:
             job.finish(JobState.INTERRUPTED)
+            self._record_end(job)
             return
         job.mark_running()
-        if isinstance(job.request, TrainingRequest):
-            self._train(job, job.request)
-            return
+        if self.store is not None:
+            self.store.started(job)
+        try:
+            if isinstance(job.request, TrainingRequest):
+                self._train(job, job.request)
+            else:
+                self._generate(job, job.request)
+        finally:
+            self._record_end(job)
+
+    def _generate(self, job: Job, request: GenerationRequest) -> None:
+        earlier = self._resume_point(job, request)
+        if earlier is not None:
+            request = _remaining(request, earlier)
+        on_images = None
+        if self.store is not None and not request.script_name:
+            store = self.store
+
+            def on_images(batch: StudioResult) -> None:
+                store.add_images(job, batch.images, batch.paths, batch.infotexts, batch.seeds)
+
         try:
             result = self.studio.generate(
-                job.request,
+                request,
                 on_step=lambda info: self._on_step(job, info),
                 control=job.control,
                 checkpoint=job.checkpoint,
                 vae=job.vae,
                 save=job.save,
+                guard=ScriptBudget(self.limits),
+                on_images=on_images,
             )
         except (GenerationError, CheckpointError) as error:
             _fail_by_request(job, error)
@@ -241,7 +273,38 @@ class JobQueue:
             log.exception("job %s failed", job.id)
             job.finish(JobState.FAILED, error=f"{type(error).__name__}: {error}")
         else:
+            if self.store is not None and request.script_name:
+                self.store.add_images(job, result.images, result.paths, result.infotexts, result.seeds)
+            if earlier:
+                result = _joined(earlier, result, job.save)
             job.finish(JobState.INTERRUPTED if result.interrupted else JobState.DONE, result=result)
+
+    def _resume_point(self, job: Job, request: GenerationRequest) -> list[StoredImage] | None:
+        """The images of whole batches a job made before a restart cut it short, when the rest
+        can be made with the same seeds; else None (and the job starts over)."""
+        with self._changed:
+            earlier = self._resumable.pop(job.id, None)
+        if not earlier:
+            return None
+        batches_done, partial = divmod(len(earlier), request.batch_size)
+        unknown_subseeds = request.subseed_strength > 0 and request.subseed == -1
+        if request.script_name or partial or batches_done >= request.n_iter or unknown_subseeds:
+            if self.store is not None:
+                self.store.clear_images(job)
+            return None
+        return earlier
+
+    def _record_end(self, job: Job) -> None:
+        """Write down how a job ended, unless the shutdown stopped it: then it runs again later."""
+        with self._changed:
+            cancelled = job.id in self._cancelled
+            self._cancelled.discard(job.id)
+            by_shutdown = self._stopping and not cancelled and job.state is JobState.INTERRUPTED
+        if self.store is None or not job.state.finished or by_shutdown:
+            return
+        result = job.result
+        warnings = result.warnings if isinstance(result, StudioResult) else []
+        self.store.finished(job, warnings)
 
     def _train(self, job: Job, request: TrainingRequest) -> None:
         hooks = TrainingHooks(
@@ -273,9 +336,103 @@ class JobQueue:
         finished = [job for job in self._jobs.values() if job.state.finished]
         cutoff = time.time() - self.retention_seconds
         excess = len(finished) - self.keep_finished
+        forgotten = []
         for index, job in enumerate(finished):  # oldest first: dicts keep submission order
             if index < excess or (job.finished or 0) < cutoff:
                 del self._jobs[job.id]
+                forgotten.append(job.id)
+        if forgotten and self.store is not None:
+            self.store.forget(forgotten)
+
+    # -- after a restart ---------------------------------------------------------------------------
+    def _restore(self, store: JobStore) -> None:
+        """Take up the jobs a previous run of the server left in `store`.
+
+        Finished jobs are listed again with their images until their retention time is over.
+        Waiting jobs wait again, in their old order; a generation that was running runs again
+        first, from its first unfinished batch when the seeds allow, else from the start. A
+        training job that was running is not re-run: it ends as interrupted, and training it
+        again resumes from its last checkpoint (as after an interrupt).
+        """
+        for folder in (self.studio.settings.outputs_dir, store.spool):
+            for temp in remove_partial_writes(folder):
+                log.info("removed %s, left by a write the previous run did not finish", temp)
+        running: list[Job] = []
+        for stored in store.load():
+            job = stored.job
+            self._jobs[job.id] = job
+            if stored.state.finished:
+                _finish_restored(job, stored)
+            elif stored.state is JobState.RUNNING and isinstance(job.request, TrainingRequest):
+                job.finish(JobState.INTERRUPTED, error=RESTART_STOPPED_TRAINING)
+                store.finished(job)
+            elif stored.state is JobState.RUNNING:
+                self._resumable[job.id] = stored.images
+                running.append(job)
+            else:
+                self._waiting.push(job)
+        for job in reversed(running):
+            self._waiting.push_front(job)
+        with self._changed:
+            self._prune()
+        if self._jobs:
+            log.info(
+                "took up %d kept job(s): %d to run, %d finished",
+                len(self._jobs),
+                len(self._waiting),
+                len(self._jobs) - len(self._waiting),
+            )
+
+
+RESTART_STOPPED_TRAINING = (
+    "interrupted by a restart of the server; its last checkpoint is kept, train again to resume"
+)
+
+
+def _finish_restored(job: Job, stored: StoredJob) -> None:
+    result = None
+    if not isinstance(job.request, TrainingRequest):
+        images = [image for image in stored.images if image.file.is_file()]
+        result = StudioResult(
+            FileImages([image.file for image in images]),  # type: ignore[arg-type]
+            [image.file for image in images if image.saved],
+            [image.infotext for image in images],
+            [image.seed for image in images],
+            stored.state is JobState.INTERRUPTED,
+            stored.warnings,
+        )
+    job.finish(
+        stored.state,
+        result=result,
+        error=stored.error,
+        error_field=stored.error_field,
+        user_error=stored.user_error,
+    )
+    job.started, job.finished = stored.started, stored.finished
+
+
+def _remaining(request: GenerationRequest, earlier: list[StoredImage]) -> GenerationRequest:
+    """The batches still to make after `earlier` images: image i keeps seed + i."""
+    done = len(earlier)
+    subseed = request.subseed if request.subseed == -1 else (request.subseed + done) % 2**32
+    return replace(
+        request,
+        seed=(earlier[0].seed + done) % 2**32,
+        subseed=subseed,
+        n_iter=request.n_iter - done // request.batch_size,
+    )
+
+
+def _joined(earlier: list[StoredImage], later: StudioResult, saved: bool) -> StudioResult:
+    files = [image.file for image in earlier]
+    return StudioResult(
+        [*FileImages(files), *later.images],
+        [*(files if saved else []), *later.paths],
+        [*(image.infotext for image in earlier), *later.infotexts],
+        [*(image.seed for image in earlier), *later.seeds],
+        later.interrupted,
+        later.warnings,
+    )
 
 
 def _fail_by_request(job: Job, error: Exception) -> None:

@@ -26,6 +26,8 @@ _USER_COMMENT = 0x9286
 
 
 FOLDER_KINDS = ("images", "grids")
+_TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # what write_atomically names its temp files
 
 
 class ImageSaver:
@@ -80,7 +82,7 @@ class ImageSaver:
         with self._lock:
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"{_next_number(folder):05d}-{stem}.png"
-            _write_atomically(path, write)
+            write_atomically(path, write)
         return path
 
     def encode_png(self, image: Image.Image, infotext: str) -> bytes:
@@ -114,9 +116,9 @@ def _next_number(folder: Path) -> int:
     return highest + 1
 
 
-def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write via a hidden temp file in the same folder, so readers never see a partial image."""
-    temp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp")
+    temp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}{_TEMP_SUFFIX}")
     # os.open with 0o666 lets the umask decide permissions (mkstemp would force 0600).
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
@@ -129,6 +131,21 @@ def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
         temp.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def remove_partial_writes(root: Path) -> list[Path]:
+    """Delete the temp files writes cut short by a crash left under `root`; the files removed.
+
+    Call it when the app starts, before any job writes (a running write's temp file looks the same).
+    """
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for temp in root.rglob(f".*{_TEMP_SUFFIX}"):
+        if _TEMP_NAME.match(temp.name) and temp.is_file():
+            temp.unlink(missing_ok=True)
+            removed.append(temp)
+    return removed
 
 
 def _fsync_folder(folder: Path) -> None:

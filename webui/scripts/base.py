@@ -57,6 +57,15 @@ class ResultParts:
         return StudioResult(self.images, self.paths, self.infotexts, self.seeds, interrupted)
 
 
+@dataclass(frozen=True)
+class Planned:
+    """One generation a script's job will make, known before it runs (for the admin's limits)."""
+
+    where: str  # names it for an error message, e.g. "X/Y/Z plot: cell Steps: 12"
+    request: GenerationRequest
+    checkpoint: str | None = None
+
+
 class GenerateFn(Protocol):
     def __call__(
         self, request: GenerationRequest, checkpoint: str | None = None, *, save: bool = True
@@ -89,9 +98,11 @@ class ScriptRun:
         checkpoint: str | None = None,
         vae: str | None = None,
         hooks: JobHooks | None = None,
+        guard: Callable[[GenerationRequest], None] | None = None,
     ) -> ScriptRun:
         """Generations on `studio` with the job's checkpoint/VAE overrides and always-on scripts'
-        hooks; grids go to `<mode>-grids`."""
+        hooks; grids go to `<mode>-grids`. `guard` sees each request before it runs and may refuse
+        it (the admin's limits, for scripts that cannot say beforehand what they will make)."""
         # Imported here: Studio users already have torch loaded, script modules must not need it.
         from webui.engine.steps import JobControl
 
@@ -103,6 +114,8 @@ class ScriptRun:
         def generate(
             request: GenerationRequest, checkpoint: str | None = None, *, save: bool = True
         ) -> StudioResult:
+            if guard is not None:
+                guard(request)
             return studio.generate(
                 request,
                 on_step,
@@ -154,6 +167,10 @@ class Script(Protocol):
     def run(self, request: GenerationRequest, args: Any, run: ScriptRun) -> StudioResult:
         """Run the whole job: the grid first (when there is one), then the single images."""
         ...
+
+    # A script may also have `planned(request, args) -> list[Planned]`: every generation its job
+    # will make, so a server checks them against its limits before queueing the job. Without it,
+    # each generation is checked as it comes, and an over-limit one fails the job.
 
 
 def builtin_scripts() -> dict[str, Script]:

@@ -13,7 +13,7 @@ from PIL import Image
 from webui.engine.request import GenerationError, GenerationRequest, MaskedContent, ResizeMode
 from webui.results import StudioResult
 from webui.scripts.args import ScriptArg, read_args
-from webui.scripts.base import ScriptRun
+from webui.scripts.base import Planned, ScriptRun
 
 DIRECTIONS = ("left", "right", "up", "down")
 FILLS = ("fill", "original", "latent noise", "latent nothing")  # A1111's order = MaskedContent
@@ -101,11 +101,21 @@ class Outpainting:
             raise GenerationError(f"{self.title}: choose at least one direction", "script_args")
         return OutpaintArgs(**read)
 
+    def planned(self, request: GenerationRequest, args: OutpaintArgs) -> list[Planned]:
+        """One generation at the grown canvas's size."""
+        if request.init_image is None:
+            return []
+        return [Planned(f"{self.title}: the grown canvas", self._outpaint(request, args))]
+
     def run(self, request: GenerationRequest, args: OutpaintArgs, run: ScriptRun) -> StudioResult:
         if request.init_image is None:
             raise GenerationError(f"{self.title} needs an init image", "init_images")
+        return run.generate(self._outpaint(request, args), None)
+
+    def _outpaint(self, request: GenerationRequest, args: OutpaintArgs) -> GenerationRequest:
+        assert request.init_image is not None
         canvas = build_canvas(request.init_image, args.pixels, args.direction, 2 * args.mask_blur)
-        outpaint = replace(
+        return replace(
             request,
             init_image=canvas.image,
             mask=canvas.mask,
@@ -117,4 +127,3 @@ class Outpainting:
             inpainting_mask_invert=False,
             inpaint_full_res=False,
         )
-        return run.generate(outpaint, None)

@@ -10,7 +10,7 @@ from webui.engine.request import GenerationError, GenerationRequest
 from webui.outputs.grid import GridLabel, annotated_grid
 from webui.results import StudioResult
 from webui.scripts.args import ScriptArg, read_args
-from webui.scripts.base import ResultParts, ScriptRun, fixed_seed
+from webui.scripts.base import Planned, ResultParts, ScriptRun, fixed_seed
 
 MAX_OPTIONAL_PARTS = 10  # 1024 images
 
@@ -63,6 +63,13 @@ class PromptMatrix:
 
     def parse_args(self, args: Sequence[Any]) -> MatrixArgs:
         return MatrixArgs(**read_args(self.title, self.args, args))
+
+    def planned(self, request: GenerationRequest, args: MatrixArgs) -> list[Planned]:
+        """One single image per combination (more parts than allowed are refused when it runs)."""
+        source = request.negative_prompt if args.prompt_type == "negative" else request.prompt
+        combinations = 1 << min(source.count("|"), MAX_OPTIONAL_PARTS)
+        one = replace(request, batch_size=1, n_iter=1)
+        return [Planned(f"Prompt matrix: combination {n + 1}", one) for n in range(combinations)]
 
     def run(self, request: GenerationRequest, args: MatrixArgs, run: ScriptRun) -> StudioResult:
         negative = args.prompt_type == "negative"

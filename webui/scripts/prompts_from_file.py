@@ -10,7 +10,7 @@ from typing import Any
 from webui.engine.request import GenerationError, GenerationRequest
 from webui.results import StudioResult
 from webui.scripts.args import ScriptArg, read_args
-from webui.scripts.base import ResultParts, ScriptRun, fixed_seed
+from webui.scripts.base import Planned, ResultParts, ScriptRun, fixed_seed
 
 _TRUE_WORDS = ("true", "yes", "1", "on")
 _FALSE_WORDS = ("false", "no", "0", "off")
@@ -135,12 +135,19 @@ class PromptsFromFile:
                 parse_line(line, number)  # bad lines are refused with the arguments
         return FileArgs(**read)
 
-    def run(self, request: GenerationRequest, args: FileArgs, run: ScriptRun) -> StudioResult:
-        jobs = [
-            LineJob(number, parse_line(line.strip(), number))
-            for number, line in enumerate(args.prompt_txt.splitlines(), 1)
-            if line.strip()
+    def planned(self, request: GenerationRequest, args: FileArgs) -> list[Planned]:
+        """One generation per line, with the line's own options (size, steps, batch, ...)."""
+        return [
+            Planned(
+                f"Prompts from file: line {job.line_number}",
+                _line_request(request, job.options, args.prompt_position, request.seed),
+                job.options.get("sd_model"),
+            )
+            for job in _line_jobs(args)
         ]
+
+    def run(self, request: GenerationRequest, args: FileArgs, run: ScriptRun) -> StudioResult:
+        jobs = _line_jobs(args)
         if not jobs:
             raise GenerationError(
                 "Prompts from file: there are no prompts (all lines are empty)", "script_args"
@@ -171,6 +178,14 @@ class PromptsFromFile:
             if result.interrupted or run.control.interrupted:
                 return parts.result(True)
         return parts.result()
+
+
+def _line_jobs(args: FileArgs) -> list[LineJob]:
+    return [
+        LineJob(number, parse_line(line.strip(), number))
+        for number, line in enumerate(args.prompt_txt.splitlines(), 1)
+        if line.strip()
+    ]
 
 
 def _line_request(

@@ -13,7 +13,7 @@ from webui.engine.request import GenerationError, GenerationRequest
 from webui.outputs.grid import annotated_grid, stack_grids
 from webui.results import StudioResult
 from webui.scripts.args import ScriptArg, read_args
-from webui.scripts.base import ResultParts, ScriptRun, fixed_seed
+from webui.scripts.base import Planned, ResultParts, ScriptRun, fixed_seed
 from webui.scripts.xyz_axes import AXIS_NAMES, Axis, Cell, axis_type, parse_axis
 
 _LETTERS = ("X", "Y", "Z")
@@ -95,6 +95,13 @@ class XyzPlot:
             margin_size=read["margin_size"],
         )
 
+    def planned(self, request: GenerationRequest, args: XyzArgs) -> list[Planned]:
+        """One generation per cell, each with the request's batch settings."""
+        return [
+            Planned(f"X/Y/Z plot: cell {_where(args.axes, position)}", cell.request, cell.checkpoint)
+            for position, cell in _cells(Cell(request), args.axes).items()
+        ]
+
     def run(self, request: GenerationRequest, args: XyzArgs, run: ScriptRun) -> StudioResult:
         if not args.no_fixed_seeds:
             request = replace(request, seed=fixed_seed(request.seed), subseed=fixed_seed(request.subseed))
@@ -152,10 +159,12 @@ def _check(
             cell = axis.type.apply(base, value, axis.values[0])
             _preflight(run, cell, f"{letter} axis ({axis.type.name}) value {value!r}")
     for position, cell in cells.items():
-        where = ", ".join(
-            axis.label(axis.values[i]) for axis, i in zip(axes, position) if not axis.is_nothing
-        )
-        _preflight(run, cell, f"cell {where}")
+        _preflight(run, cell, f"cell {_where(axes, position)}")
+
+
+def _where(axes: tuple[Axis, Axis, Axis], position: Position) -> str:
+    """A cell as its labels name it, e.g. "Steps: 12, CFG Scale: 5"."""
+    return ", ".join(axis.label(axis.values[i]) for axis, i in zip(axes, position) if not axis.is_nothing)
 
 
 def _preflight(run: ScriptRun, cell: Cell, where: str) -> None:
