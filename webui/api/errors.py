@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -42,7 +43,7 @@ _WHY: dict[int | str, str] = {
     400: "The body is not valid JSON",
     401: "The server has a login and the request has no valid credentials",
     403: "The caller may not do this (an admin may)",
-    404: "No such job, image or route",
+    404: "No such job, image, route or other item the path names",
     405: "The path exists with another method (see Allow)",
     408: "The request body stopped arriving; the connection is closed",
     413: "The request body is over --max-body-mb",
@@ -58,7 +59,7 @@ def error_responses(*statuses: int | str) -> dict[int | str, dict[str, Any]]:
     own media type (FastAPI would document a `model` under the route's, e.g. image/png)."""
     return {
         status: {
-            "description": _WHY[status],
+            "description": _WHY.get(status) or HTTPStatus(int(status)).phrase,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
         }
         for status in statuses
