@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from webui.api.login_throttle import LoginLimits, LoginThrottle
-from webui.api.passwords import ITERATIONS, check_stored, hash_password, verify
+from webui.api.passwords import check_stored, hash_password, is_hashed, verify
+from webui.api.tokens import TokenStore, bearer_token, token_id_of
 from webui.jobs import LOCAL_CALLER, Caller
 
 log = logging.getLogger(__name__)
@@ -93,10 +94,20 @@ class Credentials:
         self._verified[user] = self._digest(user, password)
         return Caller(user, admin=user in self.admins)
 
+    def slow_to_check(self, user: str) -> bool:
+        """Whether checking `user`'s password runs PBKDF2 (a hash is stored, or any is for a stranger)."""
+        stored = self.passwords.get(user)
+        return is_hashed(stored) if stored is not None else self._any_hashed
+
+    @cached_property
+    def _any_hashed(self) -> bool:
+        return any(is_hashed(value) for value in self.passwords.values())
+
     @cached_property
     def _decoy(self) -> str:
-        hashed = any(value.startswith("pbkdf2_sha256$") for value in self.passwords.values())
-        return hash_password("decoy", ITERATIONS, salt="decoy") if hashed else "\0decoy"
+        # As slow as the stored hashes are, so a stranger's name takes as long as a real one.
+        costs = [int(value.split("$")[1]) for value in self.passwords.values() if is_hashed(value)]
+        return hash_password("decoy", max(costs), salt="decoy") if costs else "\0decoy"
 
     def _digest(self, user: str, password: str) -> bytes:
         return hmac.new(self._key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
@@ -135,10 +146,17 @@ def _pairs(items: Iterable[str], flag: str) -> Iterable[tuple[str, str]]:
 class LoginMiddleware:
     """ASGI middleware in front of everything; puts the Caller in `scope["state"]["caller"]`."""
 
-    def __init__(self, app: Any, credentials: Credentials | None, limits: LoginLimits | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        credentials: Credentials | None,
+        limits: LoginLimits | None = None,
+        tokens: TokenStore | None = None,
+    ) -> None:
         self.app = app
         self.credentials = credentials
         self.throttle = LoginThrottle(limits)
+        self.tokens = tokens  # API tokens (tokens.py), taken as `Authorization: Bearer ...`
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -161,8 +179,10 @@ class LoginMiddleware:
         if not header:
             await _refuse(scope, receive, send)
             return None
-        login = basic_login(header)
-        user, address = (login[0] if login else ""), _client(scope)
+        login, token = basic_login(header), bearer_token(header)
+        # A token is throttled under its id, as a login is under its user name.
+        user = login[0] if login else f"token {token_id_of(token)}" if token is not None else ""
+        address = _client(scope)
         wait_s = self.throttle.retry_after(user, address)
         if wait_s:
             log.info("throttled a login as %r from %s for %d s", user, address, wait_s)
@@ -171,7 +191,15 @@ class LoginMiddleware:
         self.throttle.attempt(user, address)
         caller = None
         if login is not None:
-            caller = credentials.remembered(*login) or await asyncio.to_thread(credentials.check, *login)
+            caller = credentials.remembered(*login)
+            if caller is None and credentials.slow_to_check(login[0]):
+                caller = await asyncio.to_thread(credentials.check, *login)  # PBKDF2: off the event loop
+            elif caller is None:
+                caller = credentials.check(*login)
+        elif token is not None and self.tokens is not None:
+            owner = await asyncio.to_thread(self.tokens.user_of, token)
+            if owner is not None and owner in credentials.passwords:  # a user removed from --auth: no entry
+                caller = Caller(owner, admin=owner in credentials.admins)
         if caller is None:
             log.warning("refused a login for %s from %s", scope.get("path"), address)
             await asyncio.sleep(_FAILED_LOGIN_DELAY_S)
