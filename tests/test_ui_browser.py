@@ -85,16 +85,19 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     settings = Settings.for_data_dir(data_dir, device="cpu", ckpt="tiny", watermark=False)
     write_tiny_checkpoint("sd15", settings.ckpt_dir / "tiny.safetensors")
     write_tiny_checkpoint("sd15", settings.ckpt_dir / "other.safetensors", seed=1)
-    # Its header passes the scan but one tensor does not fit: choosing it must show a
-    # CheckpointError and keep the page working. (A corrupt header is not even listed.)
-    tensors = build_tiny_state_dict("sd15")
-    tensors["first_stage_model.decoder.mid.block_1.conv1.weight"] = torch.zeros(32, 32, 1, 1)
-    save_file(tensors, str(settings.ckpt_dir / "broken.safetensors"))
+    # A corrupt file is listed as unusable from the start, never offered.
     (settings.ckpt_dir / "corrupt.safetensors").write_bytes(b"not a checkpoint")
     write_tiny_lora("sd15", data_dir / "models" / "Lora" / "ink.safetensors")
     write_tiny_embedding("sd15", data_dir / "embeddings" / "style-x.safetensors")
+    write_tiny_checkpoint("sd15", settings.ckpt_dir / "broken.safetensors", seed=2)
 
     studio = Studio(settings)
+    # Replaced after the scan by a copy with one tensor that does not fit, as a download
+    # finishing under a running server would: choosing it must show a CheckpointError and keep
+    # the page working. (A scan would refuse it.)
+    tensors = build_tiny_state_dict("sd15")
+    tensors["first_stage_model.decoder.mid.block_1.conv1.weight"] = torch.zeros(32, 32, 1, 1)
+    save_file(tensors, str(settings.ckpt_dir / "broken.safetensors"))
     steps = SlowSteps()
     jobs = JobQueue(studio, step_hooks=[steps]).start()
     try:
@@ -275,7 +278,9 @@ def test_send_to_img2img_and_inpaint_with_a_painted_mask(app: App, page: Page) -
     assert "paint over" in error_text(page, "inpaint-error")
 
 
-def test_models_tab_switch_lists_and_merge(app: App, page: Page) -> None:
+def test_models_tab_switch_lists_merge_and_unusable_files(
+    app: App, page: Page, caplog: pytest.LogCaptureFixture
+) -> None:
     open_tab(page, "Models")
     table = page.locator("#models-table")
     wait_for_text(page, "models-table", "tiny ✓")
@@ -325,6 +330,21 @@ def test_models_tab_switch_lists_and_merge(app: App, page: Page) -> None:
     page.get_by_role("option", name="tiny", exact=True).click()
     page.locator("#models-switch").click()
     wait_for_text(page, "models-table", "tiny ✓")
+
+    # Files that cannot be used are listed with the reason; new ones appear on a refresh.
+    wait_for_text(page, "models-unusable", "corrupt.safetensors")
+    assert "truncated or corrupt" in page.locator("#models-unusable").inner_text()
+    good = (app.studio.settings.ckpt_dir / "tiny.safetensors").read_bytes()
+    (app.studio.settings.ckpt_dir / "noise.safetensors").write_bytes(bytes(range(256)) * 64)
+    (app.studio.settings.ckpt_dir / "half.safetensors").write_bytes(good[: len(good) // 2])
+    page.locator("#models-refresh").click()
+    wait_for_text(page, "models-unusable", "half.safetensors")
+    unusable = page.locator("#models-unusable").inner_text()
+    assert "noise.safetensors" in unusable and "broken.safetensors" in unusable and "do not fit" in unusable
+    assert "noise" not in page.locator("#models-table").inner_text()
+    logged = [r.getMessage() for r in caplog.records if r.name == "webui.model_manager.registry"]
+    assert any("half.safetensors cannot be used: not a readable" in message for message in logged)
+    _screenshot(page, "ui-models-unusable")
 
 
 def test_pnginfo_round_trip_into_txt2img(app: App, page: Page, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from webui import __version__
 from webui.engine.devices import resolve_device, resolve_dtype
+from webui.engine.extra_networks import RefusedNetworks
 from webui.engine.generate import Engine, GenerationResult
 from webui.engine.latent_upscale import LATENT_UPSCALE_MODES
 from webui.engine.preview import PreviewRenderer, vae_decode, with_previews
@@ -80,7 +81,7 @@ class Studio:
         if self.speed.compile_mode is not None:
             use_compile_cache(settings.data_dir / "cache" / "torch-compile")
         log.info("running on %s as %s; speed options: %s", self.device, self.dtype, self.speed)
-        self.facts = FileFactsCache(settings.data_dir / "cache.json")
+        self.facts = FileFactsCache.in_data_dir(settings.data_dir)
         self.saver = self._saver(settings)
         self.registry = ModelRegistry(ModelFolders.under(settings.data_dir, [settings.ckpt_dir]), self.facts)
         self.cache = ModelCache(
@@ -457,6 +458,7 @@ class Studio:
                 embeddings=self._paths(ModelKind.EMBEDDING),
                 upscale_image=self._hires_upscale,
                 speed=self.settings.speed,
+                refused=RefusedNetworks(self._refused(ModelKind.LORA), self._refused(ModelKind.EMBEDDING)),
             )
             if on_step is not None:
                 on_step = with_previews(
@@ -585,6 +587,9 @@ class Studio:
 
     def _paths(self, kind: ModelKind) -> dict[str, Path]:
         return {file.name: file.path for file in self.registry.files(kind)}
+
+    def _refused(self, kind: ModelKind) -> dict[str, str]:
+        return {file.name: file.error or "" for file in self.registry.unusable() if file.kind is kind}
 
     def _configure_vae_tiling(self, file: ModelFile, model: LoadedModel, request: GenerationRequest) -> None:
         mode = self.cache.memory_mode_of(file.path)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from webui.engine.request import GenerationError
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,14 @@ class LoraTag:
     def weight(self) -> float:
         """The one weight infotext shows: A1111 writes the text-encoder multiplier."""
         return self.text_encoder_weight
+
+
+@dataclass(frozen=True)
+class RefusedNetworks:
+    """LoRA and embedding files that cannot be used, by the name prompts would use: the reason."""
+
+    loras: Mapping[str, str] = field(default_factory=dict)
+    embeddings: Mapping[str, str] = field(default_factory=dict)
 
 
 def parse_lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
@@ -49,6 +60,34 @@ def parse_lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
     cleaned = _TAG.sub(take, prompt)
     # A prompt without tags stays exactly as typed.
     return (prompt if cleaned == prompt else _tidy(cleaned)), tags
+
+
+def lora_list_name(written: str, usable: Collection[str], refused: Mapping[str, str]) -> str:
+    """The LoRA list's name for a tag's name: exact, else the one match ignoring case.
+
+    Otherwise a GenerationError on the prompt; when a file of that name was refused by the
+    scan, it gives the scan's reason, since "unknown" would send the user looking for a typo.
+    """
+    if written in usable:
+        return written
+    folded = [name for name in usable if name.lower() == written.lower()]
+    if len(folded) == 1:
+        return folded[0]
+    reason = refused.get(written)
+    if reason is None:
+        reason = next((why for name, why in refused.items() if name.lower() == written.lower()), None)
+    if reason is not None:
+        raise refused_network("LoRA", written, reason)
+    raise GenerationError(
+        f"unknown LoRA '{written}' in the prompt; check its name in the LoRA list "
+        "(refresh the list after adding files)",
+        "prompt",
+    )
+
+
+def refused_network(kind: str, name: str, reason: str) -> GenerationError:
+    """The job error for a LoRA or embedding named in a prompt whose file cannot be used."""
+    return GenerationError(f"{kind} '{name}' could not be used: {reason}", "prompt")
 
 
 def _lora_tag(name: str, args: list[str]) -> LoraTag | None:

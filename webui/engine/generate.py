@@ -16,7 +16,13 @@ from PIL import Image
 
 from webui.engine import images as pix
 from webui.engine.conditioning import Conditioning, PromptSchedule
-from webui.engine.extra_networks import LoraTag, parse_lora_tags
+from webui.engine.extra_networks import (
+    LoraTag,
+    RefusedNetworks,
+    lora_list_name,
+    parse_lora_tags,
+    refused_network,
+)
 from webui.engine.latent_upscale import is_latent_mode, upscale_latent
 from webui.engine.noise import image_noise
 from webui.engine.preview import tensor_to_images, vae_decode
@@ -27,7 +33,7 @@ from webui.engine.steps import DenoiseHook, DenoiseStep, Interrupted, JobControl
 from webui.engine.tiling import circular_padding
 from webui.engine.upscale import upscale
 from webui.model_manager.detect import Arch
-from webui.model_manager.embeddings import apply_embeddings
+from webui.model_manager.embeddings import apply_embeddings, embedding_names_in
 from webui.model_manager.load import LoadedModel
 from webui.model_manager.lora import activate_loras
 from webui.model_manager.state_dict import CheckpointError
@@ -115,7 +121,8 @@ class Engine:
     """Runs generation requests on one loaded model. Not thread-safe: one job at a time.
 
     `loras` and `embeddings` map the names prompts use to files; they are read at each job,
-    so a mapping the caller refreshes in place is seen at once.
+    so a mapping the caller refreshes in place is seen at once. `refused` maps the names of
+    LoRA and embedding files the caller cannot use to the reason, which a prompt naming one gets.
     """
 
     def __init__(
@@ -125,8 +132,10 @@ class Engine:
         embeddings: Mapping[str, Path] | None = None,
         upscale_image: PixelUpscale | None = None,
         speed: SpeedOptions | None = None,
+        refused: RefusedNetworks | None = None,
     ) -> None:
         self.model = model
+        self.refused = refused or RefusedNetworks()
         self.speed = speed or SpeedOptions()
         self._unet: UNetCall = model.unet
         self._batch_cond_uncond = True
@@ -226,8 +235,14 @@ class Engine:
         positive, tags = parse_lora_tags(request.prompt)
         negative, negative_tags = parse_lora_tags(request.negative_prompt)
         chosen: dict[str, LoraTag] = {}
-        for tag in tags + negative_tags:
-            chosen[self._lora_name(tag.name)] = tag  # a name tagged twice: the last tag wins
+        try:
+            for tag in tags + negative_tags:
+                # A name tagged twice: the last tag wins.
+                chosen[lora_list_name(tag.name, self.loras, self.refused.loras)] = tag
+            self._refuse_unusable_embeddings([positive, negative])
+        except GenerationError:
+            activate_loras(self.model, [])  # the job fails: leave the model with its plain weights
+            raise
         try:
             # Always called, also without tags: it switches off the previous job's LoRAs.
             activate_loras(
@@ -242,19 +257,13 @@ class Engine:
             raise GenerationError(str(error), "prompt") from error
         return _Prompts(positive, negative, [(name, tag.weight) for name, tag in chosen.items()], used)
 
-    def _lora_name(self, written: str) -> str:
-        """The LoRA list's name for a tag's name: exact, else the one match ignoring case."""
-        if written in self.loras:
-            return written
-        folded = [name for name in self.loras if name.lower() == written.lower()]
-        if len(folded) == 1:
-            return folded[0]
-        activate_loras(self.model, [])  # the job fails: leave the model with its plain weights
-        raise GenerationError(
-            f"unknown LoRA '{written}' in the prompt; check its name in the LoRA list "
-            "(refresh the list after adding files)",
-            "prompt",
-        )
+    def _refuse_unusable_embeddings(self, prompts: list[str]) -> None:
+        """GenerationError with the reason for the first refused embedding the prompts name."""
+        refused = {k: v for k, v in self.refused.embeddings.items() if k not in self.embeddings}
+        # Usable names take part in the match, so "style-x" is not read as a refused "style".
+        for name in embedding_names_in(prompts, [*self.embeddings, *refused]):
+            if name in refused:
+                raise refused_network("embedding", name, refused[name])
 
     @torch.inference_mode()
     def _run_batch(

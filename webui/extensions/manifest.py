@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
-import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,11 +13,6 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 
 from webui import __version__
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # the same parser, before it joined the standard library
-    import tomli as tomllib
 
 MANIFEST_NAME = "extension.toml"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from webui.model_manager.state_dict import CheckpointError
+from webui.model_manager.tokenizer import MAX_LENGTH
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -32,6 +33,8 @@ TRAIN_SCHEDULE: dict[str, Any] = {
 }
 # CLIP text transformers of all three families use 64-wide attention heads.
 CLIP_HEAD_WIDTH = 64
+# Every family tokenizes with CLIP's vocabulary: token ids go up to 49407 (end of text).
+CLIP_VOCAB_SIZE = 49408
 # SD1's UNet uses 8 heads per attention block; SD2 and SDXL use 64-wide heads instead.
 SD1_UNET_HEADS = 8
 GROUP_NORM_GROUPS = 32
@@ -83,6 +86,22 @@ class ModelSpec:
 
 def detect_model(tensors: dict[str, torch.Tensor], metadata: dict[str, str], name: str) -> ModelSpec:
     """Identify a single-file LDM-layout checkpoint; raise CheckpointError for anything else."""
+    # The reading below takes the tensors it expects at the shapes it expects; a damaged or
+    # hand-edited file breaks those expectations, and that must be a reason, not a crash.
+    try:
+        return _detect(tensors, metadata, name)
+    except KeyError as error:
+        raise CheckpointError(f"{name}: a tensor the model needs is missing: {error}") from error
+    except (IndexError, StopIteration, TypeError, ValueError, ZeroDivisionError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        detail = f": {error}" if str(error) else ""
+        raise CheckpointError(
+            f"{name}: a tensor is missing or has a shape no Stable Diffusion model has{detail}"
+        ) from error
+
+
+def _detect(tensors: dict[str, torch.Tensor], metadata: dict[str, str], name: str) -> ModelSpec:
     unet = _strip(tensors, UNET_PREFIX)
     if "input_blocks.0.0.weight" not in unet:
         raise CheckpointError(
@@ -107,6 +126,8 @@ def detect_model(tensors: dict[str, torch.Tensor], metadata: dict[str, str], nam
     else:
         raise CheckpointError(f"{name}: unknown checkpoint kind: it has a UNet but no text encoder we know")
 
+    for encoder in encoders:
+        _check_token_tables(encoder.config, name)
     text_width = sum(spec.config["hidden_size"] for spec in encoders)
     if context_dim != text_width:
         raise CheckpointError(
@@ -124,6 +145,21 @@ def detect_model(tensors: dict[str, torch.Tensor], metadata: dict[str, str], nam
     unet_config = _unet_config(unet, arch, pooled_dim, prediction_type)
     vae_config = _vae_config(_strip(tensors, VAE_PREFIX), arch, name)
     return ModelSpec(arch, unet_config, vae_config, encoders, prediction_type, in_channels == 9)
+
+
+def _check_token_tables(config: dict[str, Any], name: str) -> None:
+    """A text encoder with fewer token or position rows than the tokenizer fills would fail on
+    the first prompt; say so now."""
+    if config["vocab_size"] < CLIP_VOCAB_SIZE:
+        raise CheckpointError(
+            f"{name}: its text encoder knows {config['vocab_size']} tokens, "
+            f"CLIP's tokenizer uses {CLIP_VOCAB_SIZE}"
+        )
+    if config["max_position_embeddings"] < MAX_LENGTH:
+        raise CheckpointError(
+            f"{name}: its text encoder takes {config['max_position_embeddings']} positions, "
+            f"prompts need {MAX_LENGTH}"
+        )
 
 
 def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

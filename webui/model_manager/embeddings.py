@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,8 +122,11 @@ def _as_table(path: Path, value: object) -> torch.Tensor:
         table = table[0]
     if table.ndim == 1:
         table = table[None]
-    if table.ndim != 2 or table.shape[0] == 0:
+    if table.ndim != 2 or table.shape[0] == 0 or table.shape[1] == 0:
         raise EmbeddingError(f"{path.name}: vectors of shape {tuple(value.shape)} are not an embedding")
+    if not bool(torch.isfinite(table).all()):
+        # They would turn every prompt that names the embedding into a black image.
+        raise EmbeddingError(f"{path.name}: its vectors contain NaN or infinite values")
     return table
 
 
@@ -136,23 +139,36 @@ def apply_embeddings(
     read and installed into the model once; EmbeddingError if it does not fit the model.
     """
     lookup = {name.lower(): name for name in sorted(available, key=len, reverse=True)}
-    if not lookup:
+    used = embedding_names_in(prompts, available)
+    if not used:
         return list(prompts), []
-    words = "|".join(re.escape(name) for name in lookup)
-    pattern = re.compile(rf"(?<!\w)({words})(?!\w)", re.IGNORECASE)
+    pattern = _name_pattern(lookup)
+    tokens = {name: _install(model, name, Path(available[name])) for name in used}
+    rewritten = [
+        pattern.sub(lambda match: " ".join(tokens[lookup[match[1].lower()]]), prompt) for prompt in prompts
+    ]
+    return rewritten, used
+
+
+def embedding_names_in(prompts: Sequence[str], names: Iterable[str]) -> list[str]:
+    """The names that stand as words of their own in the prompts, in any letter case, in order."""
+    lookup = {name.lower(): name for name in sorted(names, key=len, reverse=True)}
+    if not lookup:
+        return []
+    pattern = _name_pattern(lookup)
     used: list[str] = []
     for prompt in prompts:
         for match in pattern.finditer(prompt):
             name = lookup[match[1].lower()]
             if name not in used:
                 used.append(name)
-    if not used:
-        return list(prompts), []
-    tokens = {name: _install(model, name, Path(available[name])) for name in used}
-    rewritten = [
-        pattern.sub(lambda match: " ".join(tokens[lookup[match[1].lower()]]), prompt) for prompt in prompts
-    ]
-    return rewritten, used
+    return used
+
+
+def _name_pattern(lookup: Mapping[str, str]) -> re.Pattern[str]:
+    # Longest names first, so "style-x" wins over "style" where both would match.
+    words = "|".join(re.escape(name) for name in lookup)
+    return re.compile(rf"(?<!\w)({words})(?!\w)", re.IGNORECASE)
 
 
 def _install(model: LoadedModel, name: str, path: Path) -> list[str]:
@@ -170,7 +186,11 @@ def _install(model: LoadedModel, name: str, path: Path) -> list[str]:
     installed = _installed_tokens(model, digest)
     if installed:
         return installed
-    embedding = dataclasses.replace(read_embedding(path), name=name)
+    try:
+        embedding = dataclasses.replace(read_embedding(path), name=name)
+    except EmbeddingError as error:
+        reason = str(error).removeprefix(f"{path.name}: ")
+        raise EmbeddingError(f"embedding '{name}' could not be used: {reason}") from error
     check_embedding_fits(model, embedding)
     tokens = [f"<ti-{digest}-{index}>" for index in range(embedding.vector_count)]
     with torch.no_grad():

@@ -3,6 +3,9 @@
 A1111's "Model hash" is the first 10 hex digits of the whole file's sha256; hashing a 7 GB
 file takes seconds, and reading a pickle's shapes means reading it whole, so each is done
 once per file version and kept in one JSON file.
+
+That file has a name of our own: a data folder may be an A1111 install, whose `cache.json`
+(A1111's hash cache, with keys we do not know) is A1111's to write, never ours.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 _HASH_CHUNK = 1 << 20
+FACTS_FILE_NAME = "webui-file-facts.json"
 
 
 class FileFactsCache:
@@ -24,6 +28,10 @@ class FileFactsCache:
         self._file = Path(cache_file)
         self._lock = threading.Lock()
         self._entries: dict[str, dict[str, Any]] = self._read()
+
+    @classmethod
+    def in_data_dir(cls, data_dir: Path) -> FileFactsCache:
+        return cls(Path(data_dir) / FACTS_FILE_NAME)
 
     # -- hashes -------------------------------------------------------------------------------
     def sha256(self, path: Path) -> str | None:

@@ -268,3 +268,29 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def check_single_file(tensors: dict[str, torch.Tensor], spec: ModelSpec, name: str) -> None:
+    """Build each component of `spec` from `tensors` as a load does, or CheckpointError saying
+    which part does not fit. Meta tensors (a header read) suffice: nothing is allocated or read,
+    so a scan refuses a damaged file up front instead of its first job failing."""
+    builds: dict[str, Callable[[], object]] = {
+        "UNet": lambda: _load_weights(
+            _empty(lambda: UNet2DConditionModel.from_config(spec.unet_config)),
+            convert_ldm_unet_checkpoint(tensors, spec.unet_config),
+            "UNet",
+            name,
+        ),
+        "VAE": lambda: build_vae(tensors, spec.vae_config, name),
+    }
+    for index, encoder in enumerate(spec.text_encoders, start=1):
+        builds[f"text encoder {index}"] = lambda e=encoder: _build_text_encoder(tensors, e, name)
+    for part, build in builds.items():
+        try:
+            build()
+        except CheckpointError:
+            raise
+        except KeyError as error:
+            raise CheckpointError(f"{name}: the {part} lacks the tensor {error}") from error
+        except Exception as error:  # diffusers' converters on damaged input fail in many ways
+            raise CheckpointError(f"{name}: the {part} cannot be built from its tensors: {error}") from error

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -51,6 +52,13 @@ _PROJ_IN_KEY = re.compile(rf"^(?:lora_unet_|unet\.).*proj[._]in[._]{_DOWN}")
 _LDM_UNET_KEY = re.compile(r"^lora_unet_(?:input_blocks|middle_block|output_blocks)_")
 # The names diffusers' converter gives the text encoder parts, in the model's encoder order.
 _TEXT_PARTS = ("text_encoder", "text_encoder_2")
+# A layer's down (rank x inputs) and up (outputs x rank) projections, in each format's spelling.
+_PAIR_SUFFIXES = (
+    (".lora_down.weight", ".lora_up.weight"),
+    (".lora_A.weight", ".lora_B.weight"),
+    (".lora.down.weight", ".lora.up.weight"),
+    ("_lora.down.weight", "_lora.up.weight"),
+)
 _STATE_ATTRIBUTE = "_webui_lora_state"
 
 
@@ -108,7 +116,44 @@ def detect_lora_arch(path: Path) -> Arch | None:
     shapes = _read_shapes(path)
     if not any("lora" in key for key in shapes):
         raise LoraError(f"{path.name}: not a LoRA (no lora_* tensors)")
+    if problem := lora_shape_problem(shapes):
+        raise LoraError(f"{path.name}: {problem}")
     return lora_arch_from_shapes(shapes)
+
+
+def lora_shape_problem(shapes: Mapping[str, Sequence[int]]) -> str | None:
+    """What makes these LoRA tensors unusable whatever the model (a missing half of a pair,
+    ranks that differ, a projection that is not a matrix or a 1x1 kernel), or None."""
+    for key in sorted(shapes):
+        for down_suffix, up_suffix in _PAIR_SUFFIXES:
+            if key.endswith(up_suffix) and key.removesuffix(up_suffix) + down_suffix not in shapes:
+                return f"layer {key.removesuffix(up_suffix)} has an up projection and no down projection"
+            if not key.endswith(down_suffix):
+                continue
+            base = key.removesuffix(down_suffix)
+            down, up = tuple(shapes[key]), shapes.get(base + up_suffix)
+            if up is None:
+                return f"layer {base} has a down projection and no up projection"
+            up = tuple(up)
+            if len(down) not in (2, 4) or len(up) not in (2, 4):
+                return f"layer {base} has projections of shapes {down} and {up}, not matrices"
+            if down[0] == 0 or down[0] != up[1]:
+                return f"layer {base} has projections of ranks {down[0]} (down) and {up[1]} (up)"
+        if key.endswith(".alpha") and math.prod(shapes[key]) != 1:
+            return f"{key} holds {math.prod(shapes[key])} numbers, not one"
+    return None
+
+
+def lora_value_problem(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """A tensor that is not floating point or holds NaN or infinity (which would blacken every
+    image), or None."""
+    for key in sorted(tensors):
+        value = tensors[key]
+        if not value.is_floating_point():
+            return f"{key} holds {str(value.dtype).removeprefix('torch.')} values, not floating point"
+        if not bool(torch.isfinite(value).all()):
+            return f"its weights contain NaN or infinite values (in {key})"
+    return None
 
 
 def lora_arch_from_shapes(shapes: Mapping[str, Sequence[int]]) -> Arch | None:
@@ -211,6 +256,9 @@ def _load(model: LoadedModel, name: str, path: Path, signature: tuple[int, int])
     tensors = _read_tensors(path)
     if not any("lora" in key for key in tensors):
         raise LoraError(f"LoRA '{name}' ({path.name}): not a LoRA (no lora_* tensors)")
+    problem = lora_shape_problem({key: tuple(value.shape) for key, value in tensors.items()})
+    if problem := problem or lora_value_problem(tensors):
+        raise LoraError(f"LoRA '{name}' could not be used: {problem}")
     file_arch = lora_arch_from_shapes({key: tuple(value.shape) for key, value in tensors.items()})
     if file_arch is not None and file_arch is not model.arch:
         raise LoraError(f"LoRA '{name}' is for {file_arch.label}, the current model is {model.arch.label}")

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -371,7 +371,7 @@ def _metadata(
         "architecture": primary_spec.kind,
         "is_inpainting": primary_spec.is_inpainting,
         "bake_in_vae": recipe.vae.name if recipe.vae else None,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     models: dict[str, Any] = {}
     for role, index in (("primary", 0), ("secondary", 1), ("tertiary", 2)):

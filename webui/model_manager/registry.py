@@ -22,7 +22,7 @@ from webui.model_manager.state_dict import CHECKPOINT_SUFFIXES, CheckpointError,
 log = logging.getLogger(__name__)
 
 # Bumped when what `_inspect_*` derives changes, so cached facts from older versions are redone.
-_FACTS_VERSION = 1
+_FACTS_VERSION = 3
 # A1111 keeps a checkpoint's own VAE beside it as `<name>.vae.safetensors`; that is not a checkpoint.
 VAE_SIDECAR_SUFFIX = ".vae"
 
@@ -89,6 +89,9 @@ class ModelRegistry:
             for path in self._added[kind]:
                 if path not in scanned and path.exists():
                     self._files[kind].append(self._describe(kind, path.parent, path))
+            for file in self._files[kind]:
+                if not file.usable:
+                    log.warning("%s %s cannot be used: %s", kind.value, file.path, file.error)
 
     def files(self, kind: ModelKind, usable_only: bool = True) -> list[ModelFile]:
         return [f for f in self._files[kind] if f.usable or not usable_only]
@@ -177,11 +180,14 @@ class ModelRegistry:
     def _describe(self, kind: ModelKind, folder: Path, path: Path) -> ModelFile:
         relative = path.relative_to(folder) if folder in path.parents else Path(path.name)
         name = relative.as_posix() if path.is_dir() else relative.with_suffix("").as_posix()
-        size = _size_on_disk(path)
         try:
+            size = _size_on_disk(path)
             facts = self.facts.remember(path, f"inspect-{kind.value}-v{_FACTS_VERSION}", _INSPECTORS[kind])
         except OSError as error:
-            facts = {"error": f"cannot read: {error}"}
+            size, facts = 0, {"error": f"cannot read: {error.strerror or error}"}
+        except Exception as error:  # one file's surprise must not end the scan, the start or a refresh
+            log.exception("inspecting %s failed", path)
+            size, facts = 0, {"error": f"could not be inspected ({type(error).__name__}: {error})"}
         arch = Arch(facts["arch"]) if facts.get("arch") else None
         return ModelFile(kind, name, path, size, arch, facts.get("label", kind.value), facts.get("error"))
 
@@ -222,13 +228,15 @@ Facts = dict[str, str]
 def _inspect_checkpoint(path: Path) -> Facts:
     if path.is_dir():
         return _inspect_diffusers_folder(path)
+    from webui.model_manager.load import check_single_file, spec_with_yaml_override
+
     try:
         state = read_tensor_shapes(path)
         spec = detect_model(state.tensors, state.metadata, path.name)
+        # Every tensor, not only those detection reads, must fit: else the first job would fail.
+        check_single_file(state.tensors, spec, path.name)
     except CheckpointError as error:
         return {"error": str(error).removeprefix(f"{path.name}: ")}
-    from webui.model_manager.load import spec_with_yaml_override
-
     spec = spec_with_yaml_override(spec, path)
     return {"arch": spec.arch.value, "label": spec.kind}
 

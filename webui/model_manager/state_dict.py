@@ -16,6 +16,24 @@ from safetensors.torch import load_file, safe_open
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 CHECKPOINT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+# safetensors' dtype names; shape-only reads keep the dtype so that checks can see it.
+_SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+# torch.save writes a zip archive; the legacy format is a bare pickle, which starts with PROTO.
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = b"\x80"
 
 
 class CheckpointError(ValueError):
@@ -49,6 +67,7 @@ def open_safetensors(path: Path) -> Iterator[Any]:
 
 def load_weights_only_pickle(path: Path, error: type[CheckpointError] = CheckpointError) -> Any:
     """Unpickle a .ckpt/.pt/.bin with torch's weights-only loader: code in the file never runs."""
+    _check_pickle_container(path, error)
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as refused:
@@ -58,6 +77,20 @@ def load_weights_only_pickle(path: Path, error: type[CheckpointError] = Checkpoi
         ) from refused
     except (RuntimeError, EOFError, OSError, ValueError) as broken:
         raise error(f"{path.name}: not a readable file (truncated or corrupt?): {broken}") from broken
+
+
+def _check_pickle_container(path: Path, error: type[CheckpointError]) -> None:
+    """Refuse bytes that are neither of torch's formats before torch reads them: its weights-only
+    loader would call any such file a pickle that "tries to run code", which misleads."""
+    try:
+        with Path(path).open("rb") as handle:
+            head = handle.read(4)
+    except OSError as unreadable:
+        raise error(f"{path.name}: cannot read: {unreadable.strerror or unreadable}") from unreadable
+    if not head:
+        raise error(f"{path.name}: the file is empty")
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_PROTO)):
+        raise error(f"{path.name}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
 
 
 def read_state_dict(path: Path) -> StateDict:
@@ -88,10 +121,16 @@ def read_tensor_shapes(path: Path) -> StateDict:
     with open_safetensors(path) as handle:
         metadata = dict(handle.metadata() or {})
         names = handle.keys()  # a safe_open handle is not iterable itself
-        tensors = {key: torch.empty(handle.get_slice(key).get_shape(), device="meta") for key in names}
+        tensors = {key: _meta_tensor(handle.get_slice(key)) for key in names}
     if not tensors:
         raise CheckpointError(f"{path.name}: the file holds no tensors")
     return StateDict(tensors, metadata)
+
+
+def _meta_tensor(view: Any) -> torch.Tensor:
+    # A dtype torch has no name for here counts as not floating point: no model can use it.
+    dtype = _SAFETENSORS_DTYPES.get(view.get_dtype(), torch.uint8)
+    return torch.empty(view.get_shape(), dtype=dtype, device="meta")
 
 
 def read_tensors_with_prefix(path: Path, prefix: str) -> dict[str, torch.Tensor]:

@@ -598,7 +598,7 @@ def run(args: argparse.Namespace) -> Report:
         use_compile_cache(folder / "torch-compile")
     peak, source, measured = peak_flops(device, dtype)
     report = Report(
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         git_commit=swap_bench.git_commit(),
         device=swap_bench.describe_device(device),
         versions={**swap_bench.versions(), "diffusers": diffusers.__version__},

@@ -389,7 +389,7 @@ def run(
     paths = {arch: checkpoint_for(arch, folder, tiny=tiny) for arch in arches}
     bandwidth = measure_bandwidth(device, bandwidth_bytes)
     report = Report(
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         git_commit=git_commit(),
         stand_in=device.type != "cuda",
         tiny=tiny,

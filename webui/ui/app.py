@@ -28,6 +28,7 @@ from webui.ui.models_tab import (
     insert_tag,
     prompt_tag,
     refresh_outputs,
+    unusable_rows,
 )
 from webui.ui.pnginfo import build_pnginfo_tab
 from webui.ui.results import error_box, hide_error, selected_item, show_error
@@ -174,9 +175,9 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
         )
 
         def run_refresh() -> tuple[Any, ...]:
-            table, choice, vae, loras, embeddings = refresh_outputs(studio)
+            table, choice, vae, loras, embeddings, unusable = refresh_outputs(studio)
             header = gr.Dropdown(choices=studio.checkpoint_titles(), value=studio.current_checkpoint())
-            return header, table, choice, vae, loras, embeddings
+            return header, table, choice, vae, loras, embeddings, unusable
 
         refresh_targets = [
             checkpoint,
@@ -185,6 +186,7 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
             models.vae,
             models.loras,
             models.embeddings,
+            models.unusable,
         ]
         refresh.click(run_refresh, outputs=refresh_targets, **PRIVATE)
         training.started.then(run_refresh, outputs=refresh_targets, **PRIVATE)  # its file appears
@@ -193,7 +195,11 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
         def sync_header() -> tuple[Any, Any]:
             return gr.Dropdown(value=studio.current_checkpoint()), _model_status(studio)
 
-        models_page.select(lambda: checkpoint_rows(studio), outputs=models.table, **PRIVATE)
+        models_page.select(
+            lambda: (checkpoint_rows(studio), unusable_rows(studio)),
+            outputs=[models.table, models.unusable],
+            **PRIVATE,
+        )
         for button in (models.switch, models.unload, models.evict):
             button.click(sync_header, outputs=[checkpoint, model_status], **PRIVATE)
         history_page.select(history.load, outputs=history.outputs, **PRIVATE)

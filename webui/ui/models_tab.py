@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TABLE_HEADERS = ["Checkpoint", "Architecture", "Hash", "Size", "Where now", "Last load or move"]
+UNUSABLE_HEADERS = ["Kind", "File", "Why it cannot be used"]
 INSERT_TARGETS = ("txt2img", "img2img", "inpaint")
 
 
@@ -39,6 +40,7 @@ class ModelsTab:
     switch: gr.Button
     unload: gr.Button
     evict: gr.Button
+    unusable: gr.Dataframe
 
 
 def format_size(size: int) -> str:
@@ -69,6 +71,14 @@ def checkpoint_rows(studio: Studio) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def unusable_rows(studio: Studio) -> list[list[str]]:
+    """One row per model file of any kind that the last scan refused, with its reason."""
+    return [
+        [file.kind.value, f"{file.name}{file.path.suffix}", file.error or ""]
+        for file in studio.registry.unusable()
+    ]
 
 
 def network_samples(studio: Studio, kind: ModelKind) -> list[list[str]]:
@@ -139,8 +149,28 @@ def build_models_tab(ctx: UiContext) -> ModelsTab:
             elem_id="models-embeddings",
             samples_per_page=40,
         )
+    unusable = gr.Dataframe(
+        value=unusable_rows(studio),
+        headers=UNUSABLE_HEADERS,
+        interactive=False,
+        wrap=True,
+        elem_id="models-unusable",
+        label="Files that cannot be used (fix or remove them, then refresh)",
+    )
     tab = ModelsTab(
-        table, choice, vae, status, error, loras, embeddings, insert_into, refresh, switch, unload, evict
+        table,
+        choice,
+        vae,
+        status,
+        error,
+        loras,
+        embeddings,
+        insert_into,
+        refresh,
+        switch,
+        unload,
+        evict,
+        unusable,
     )
     _build_merger(ctx, tab)
 
@@ -186,7 +216,7 @@ def build_models_tab(ctx: UiContext) -> ModelsTab:
 
 
 def refresh_outputs(studio: Studio) -> tuple[Any, ...]:
-    """After a rescan: the table, the dropdown, the VAE list and both network lists."""
+    """After a rescan: the table, the dropdown, the VAE list, both network lists and the refused files."""
     studio.refresh_checkpoints()
     return (
         checkpoint_rows(studio),
@@ -194,6 +224,7 @@ def refresh_outputs(studio: Studio) -> tuple[Any, ...]:
         gr.Dropdown(choices=studio.vae_choices(), value=studio.vae_choice),
         gr.Dataset(samples=network_samples(studio, ModelKind.LORA)),
         gr.Dataset(samples=network_samples(studio, ModelKind.EMBEDDING)),
+        unusable_rows(studio),
     )
 
 
