@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,12 +24,16 @@ from webui.api.extensions import extensions_router, mount_extension_routes
 from webui.api.file_access import OwnedFilesMiddleware, PageFiles
 from webui.api.guards import BodySizeMiddleware, BodyTimeoutMiddleware
 from webui.api.login_throttle import LoginLimits
+from webui.api.openai_images import openai_images_router
 from webui.api.options import ServerOptions
 from webui.api.queue_guard import QueueSessionMiddleware
 from webui.api.sdapi import sdapi_router
+from webui.api.token_routes import tokens_router
+from webui.api.tokens import TokenStore
 from webui.api.v1 import v1_router
 from webui.jobs import LOCAL_CALLER, Caller, JobQueue
 from webui.live_settings import LiveSettings
+from webui.mcp.server import McpEndpoint
 
 if TYPE_CHECKING:
     import uvicorn
@@ -46,11 +52,17 @@ def create_app(
     with_ui: bool = True,
     live_settings: LiveSettings | None = None,
     login_limits: LoginLimits | None = None,
+    tokens: TokenStore | None = None,
 ) -> FastAPI:
     """The whole server as an ASGI app; `jobs` must be started by the caller.
 
     Without `live_settings`, changed settings apply but are not saved to a settings file.
-    `login_limits`: how fast failed logins are throttled (default: LoginLimits())."""
+    `login_limits`: how fast failed logins are throttled (default: LoginLimits()).
+    `tokens`: API tokens taken as Bearer logins (default: with a login, those in the data folder)."""
+    if credentials is None:
+        tokens = None  # no login: nothing to log in with
+    elif tokens is None:
+        tokens = TokenStore.in_data_dir(studio.settings.data_dir)
     live = live_settings or LiveSettings(studio, jobs)
     app = FastAPIOffline(
         title="Stable Diffusion studio API",
@@ -68,11 +80,16 @@ def create_app(
     app.include_router(sdapi_router(ctx))
     app.include_router(v1_router(ctx))
     app.include_router(extensions_router(studio))
+    app.include_router(tokens_router(tokens))
+    app.include_router(openai_images_router(ctx))
+    mcp = McpEndpoint(ctx)
+    app.add_route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
+    _run_during_lifespan(app, mcp.running)
     mount_extension_routes(app, studio.extensions)
     _answer_unrouted(app)
     page_files = PageFiles()
     if with_ui:
-        _mount_ui(app, live, credentials, page_files)
+        _mount_ui(app, live, credentials, page_files, tokens)
     # Added last = outermost: the login runs before anything reads the body or routes the request.
     app.add_middleware(
         OwnedFilesMiddleware,
@@ -81,9 +98,21 @@ def create_app(
         page_files=page_files,
     )
     app.add_middleware(BodySizeMiddleware, limit_bytes=lambda: jobs.limits.max_body_bytes)
-    app.add_middleware(LoginMiddleware, credentials=credentials, limits=login_limits)
+    app.add_middleware(LoginMiddleware, credentials=credentials, limits=login_limits, tokens=tokens)
     app.add_middleware(BodyTimeoutMiddleware)
     return app
+
+
+def _run_during_lifespan(app: FastAPI, running: Callable[[], AbstractAsyncContextManager[None]]) -> None:
+    """Keep `running()` entered while the server runs (the MCP session manager's task group)."""
+    outer = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app_: Any) -> AsyncIterator[Any]:
+        async with outer(app_) as state, running():
+            yield state
+
+    app.router.lifespan_context = lifespan
 
 
 _API_PREFIXES = ("/api/", "/sdapi/")
@@ -119,7 +148,11 @@ def _answer_unrouted(app: FastAPI) -> None:
 
 
 def _mount_ui(
-    app: FastAPI, live: LiveSettings, credentials: Credentials | None, page_files: PageFiles
+    app: FastAPI,
+    live: LiveSettings,
+    credentials: Credentials | None,
+    page_files: PageFiles,
+    tokens: TokenStore | None = None,
 ) -> None:
     import gradio as gr
 
@@ -131,7 +164,8 @@ def _mount_ui(
             return LOCAL_CALLER
         return Caller(name, admin=name in credentials.admins)
 
-    blocks = build_ui(UiContext(live.studio, live.jobs, live, caller_named, page_files.record)).queue()
+    ui = UiContext(live.studio, live.jobs, live, caller_named, page_files.record, tokens)
+    blocks = build_ui(ui).queue()
     extra: dict[str, Any] = {}
     if credentials is not None:
         # Gradio asks this for the user name of each event, so handlers see `request.username`.

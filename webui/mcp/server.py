@@ -320,6 +320,9 @@ class StudioTools:
                 with contextlib.suppress(Exception):  # a client gone mid-job must not fail the wait
                     await context.report_progress(percent, 100, message)
             await asyncio.sleep(_POLL_S)
+        if reported < 100:
+            with contextlib.suppress(Exception):
+                await context.report_progress(100, 100, f"job {job.state.value}")
 
     def _images(self, context: Context, job: Job) -> CallToolResult:
         try:

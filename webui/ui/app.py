@@ -13,6 +13,7 @@ from PIL import Image
 from webui.model_manager.registry import ModelKind
 from webui.model_manager.state_dict import CheckpointError
 from webui.outputs import parse_infotext
+from webui.ui.account_tab import build_account_tab
 from webui.ui.context import PRIVATE, UiContext
 from webui.ui.extensions_tab import build_extension_tabs, build_extensions_settings
 from webui.ui.extras import SINGLE, build_extras_tab
@@ -144,6 +145,10 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
             with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
                 build_settings_tab(ctx)
                 extension_settings = build_extensions_settings(ctx)
+            if ctx.tokens is not None:
+                with gr.Tab("Account", id="account", elem_id="tab-account"):
+                    account = build_account_tab(ctx, ctx.tokens)
+                demo.load(account.refresh, outputs=account.outputs, **PRIVATE)
 
         # A page opened (or reloaded) shows the extension settings as saved now, not at start.
         demo.load(extension_settings.current, outputs=extension_settings.outputs, **PRIVATE)

@@ -13,6 +13,7 @@ from webui.jobs import Caller, JobQueue
 if TYPE_CHECKING:
     import gradio as gr
 
+    from webui.api.tokens import TokenStore
     from webui.live_settings import LiveSettings
     from webui.studio import Studio
 
@@ -26,6 +27,7 @@ class UiContext:
     # Tells the server who owns a file the page saved outside any job, so the file routes serve
     # it to them (webui/api/file_access.py); jobs' own files are known from the queue.
     record_file: Callable[[Path, Caller], None] = lambda _path, _caller: None
+    tokens: TokenStore | None = None  # the users' API tokens; None: no login, no Account tab
 
     def caller(self, request: gr.Request) -> Caller:
         return self.caller_named(getattr(request, "username", None))
