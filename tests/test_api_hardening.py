@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.browser_helpers import CHROMIUM, TIMEOUT_MS, generate_and_wait, open_tab, small_job
 from tests.http_helpers import USERS, LiveServer, b64_png, decode_png, live_server
 from webui.api.auth import Credentials
 from webui.api.login_throttle import LoginLimits
@@ -239,3 +240,33 @@ def test_hashed_passwords_in_the_auth_file(
         logins.write_text(f"dave:{broken}\n", encoding="utf-8")
         with pytest.raises(ValueError, match="dave"):
             Credentials.from_flags(None, logins)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)")
+def test_the_page_still_shows_a_user_their_own_images(server: LiveServer, browser, tmp_path: Path) -> None:
+    """The file routes now check owners: a non-admin's own results and extras must still show
+    (Gradio shows them from its cache, named by a hash of their content)."""
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 900},
+        http_credentials={"username": "carol", "password": USERS["carol"]},
+    )
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(server.url + "/")
+        page.locator("#txt2img-prompt textarea").wait_for()
+        small_job(page, "txt2img", "a red square", steps="1")
+        generate_and_wait(page)  # waits for the gallery's image to load
+        source = tmp_path / "small.png"
+        Image.new("RGB", (64, 64), (0, 90, 200)).save(source)
+        open_tab(page, "Extras")
+        page.locator("#extras-image input[type=file]").set_input_files(str(source))
+        page.locator("#extras-image img").wait_for()
+        page.locator("#extras-run").click()
+        page.wait_for_function(
+            "() => { const img = document.querySelector('#extras-gallery img');"
+            " return img && img.complete && img.naturalWidth === 128; }"
+        )
+    finally:
+        context.close()
