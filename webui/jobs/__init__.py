@@ -3,6 +3,7 @@
 from webui.jobs.job import LOCAL_CALLER, Caller, Job, JobKind, JobState, JobStatus
 from webui.jobs.limits import Limits
 from webui.jobs.queue import JobNotFound, JobQueue, QueueFull
+from webui.jobs.store import JobStore
 
 __all__ = [
     "LOCAL_CALLER",
@@ -13,6 +14,7 @@ __all__ = [
     "JobQueue",
     "JobState",
     "JobStatus",
+    "JobStore",
     "Limits",
     "QueueFull",
 ]

@@ -106,7 +106,8 @@ class JobQueue:
                     self._changed.notify_all()
 
     def stop(self, timeout: float | None = 10.0) -> None:
-        """Interrupt the running job, drop waiting ones, and end the worker."""
+        """Interrupt the running job, drop waiting ones, and end the worker. With a store, both
+        stay written down as they were, and the next start runs them again."""
         with self._changed:
             self._stopping = True
             waiting = self._waiting.drain()
@@ -247,8 +248,9 @@ class JobQueue:
 
     def _generate(self, job: Job, request: GenerationRequest) -> None:
         earlier = self._resume_point(job, request)
+        skipped = 0  # batches made before a restart: progress counts on from them
         if earlier is not None:
-            request = _remaining(request, earlier)
+            request, skipped = _remaining(request, earlier), len(earlier) // request.batch_size
         on_images = None
         if self.store is not None and not request.script_name:
             store = self.store
@@ -259,7 +261,9 @@ class JobQueue:
         try:
             result = self.studio.generate(
                 request,
-                on_step=lambda info: self._on_step(job, info),
+                on_step=lambda info: self._on_step(
+                    job, replace(info, batch_index=info.batch_index + skipped) if skipped else info
+                ),
                 control=job.control,
                 checkpoint=job.checkpoint,
                 vae=job.vae,
