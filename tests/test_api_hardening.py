@@ -270,3 +270,21 @@ def test_the_page_still_shows_a_user_their_own_images(server: LiveServer, browse
         )
     finally:
         context.close()
+
+
+def test_non_finite_numbers_elsewhere_are_refused(server: LiveServer) -> None:
+    json_body = {"content-type": "application/json"}
+    with server.client("alice") as admin:
+        for body in ('{"max_steps": Infinity}', '{"max_body_mb": NaN}', '{"CLIP_stop_at_last_layers": NaN}'):
+            answer = admin.post("/sdapi/v1/options", content=body, headers=json_body)
+            assert answer.status_code == 422, (body, answer.text)
+        assert admin.get("/sdapi/v1/options").json()["max_steps"] == server.jobs.limits.max_steps
+        image = b64_png(Image.new("RGB", (8, 8)))
+        answer = admin.post(
+            "/sdapi/v1/extra-single-image",
+            content=f'{{"image": "{image}", "upscaling_resize": NaN}}',
+            headers=json_body,
+        )
+        assert answer.status_code == 422, answer.text
+        answer = admin.post("/api/v1/train", content='{"name": "x\\ud800", "steps": 1}', headers=json_body)
+        assert answer.status_code == 422, answer.text
