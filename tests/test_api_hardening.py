@@ -212,6 +212,17 @@ def test_login_guessing_is_throttled_per_user_and_per_address(tiny_dir: Path, tm
         assert sprayed.count(401) <= 32 and sprayed[-1] == 429, sprayed
         assert _status(srv.url, "bob", USERS["bob"], "127.0.0.3").status_code == 429
         assert _status(srv.url, "bob", USERS["bob"], "127.0.0.2").status_code == 200
+        # X-Forwarded-For (uvicorn trusts it from 127.0.0.1 by default) does not choose the
+        # address that is counted: the peer's is.
+        with httpx.Client(base_url=srv.url, transport=_from("127.0.0.1"), timeout=30) as client:
+
+            def forged(i: int) -> int:
+                headers = {"X-Forwarded-For": f"10.0.0.{i}"}
+                return client.get("/api/v1/me", auth=(f"name{i}", "guess"), headers=headers).status_code
+
+            with ThreadPoolExecutor(max_workers=20) as pool:
+                codes = list(pool.map(forged, range(60)))
+        assert codes.count(429) >= 20, codes
 
 
 def test_hashed_passwords_in_the_auth_file(

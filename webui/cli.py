@@ -26,6 +26,8 @@ LOCAL_ONLY_FLAGS = (
     "--device",
     "--precision",
     "--no-watermark",
+    "--no-ema",
+    "--safety-checker",
     "--vram-budget",
     "--ram-budget",
     "--memory-mode",

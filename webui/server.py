@@ -209,6 +209,9 @@ def uvicorn_config(
         ssl_keyfile=str(tls.keyfile) if tls else None,
         ssl_certfile=str(tls.certfile) if tls else None,
         timeout_graceful_shutdown=shutdown_grace_s,
+        # The login throttle counts failures per client address; trusting X-Forwarded-For (which
+        # uvicorn does for loopback peers by default) would let a local client choose its address.
+        proxy_headers=False,
     )
 
 

@@ -35,6 +35,9 @@ class Settings:
     device: str = "auto"
     precision: str = "auto"
     watermark: bool = True
+    use_ema: bool = True  # files with CompVis EMA weights load with them (--no-ema: the raw ones)
+    ema_choices: Mapping[str, bool] = field(default_factory=dict)  # per checkpoint name, over use_ema
+    safety_checker: bool = False  # screen every image with models/safety_checker (--safety-checker)
     filename_pattern: str = DEFAULT_PATTERN  # after the number: "00012-<pattern>.png"
     preview_method: str = "linear"
     preview_period: int = 1  # a preview every this many steps
@@ -70,6 +73,10 @@ class Settings:
             isinstance(section, Mapping) for section in self.extension_settings.values()
         ):
             raise ValueError("extension settings must map each extension's name to its settings")
+        if not isinstance(self.ema_choices, Mapping) or not all(
+            isinstance(name, str) and isinstance(use, bool) for name, use in self.ema_choices.items()
+        ):
+            raise ValueError("ema choices must map checkpoint names to true (EMA weights) or false (raw)")
         for name in ("vram_budget_gb", "ram_budget_gb"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1_000_000:
@@ -98,6 +105,8 @@ class Settings:
             "vram_budget_gb": args.vram_budget,
             "ram_budget_gb": args.ram_budget,
             "watermark": False if args.no_watermark else None,
+            "use_ema": False if getattr(args, "no_ema", False) else None,
+            "safety_checker": True if getattr(args, "safety_checker", False) else None,
             "preview_method": getattr(args, "preview_method", None),
             "preview_period": getattr(args, "preview_period", None),
             "extension_timeout_s": getattr(args, "extension_timeout", None),
@@ -130,6 +139,7 @@ EDITABLE_FIELDS = (
     "outputs_dir",
     "filename_pattern",
     "watermark",
+    "ema_choices",
     "preview_method",
     "preview_period",
     "vram_budget_gb",
@@ -155,6 +165,7 @@ _LIMIT_FLAGS = {
     "max_steps": "max_steps",
     "max_body_mb": "max_body_mb",
     "max_queued_per_user": "max_queued",
+    "max_prompt_chars": "max_prompt_chars",
 }
 
 
@@ -165,7 +176,6 @@ def flags_given(args: argparse.Namespace) -> set[str]:
         given.add("limits")
     return given
 
-    "max_prompt_chars": "max_prompt_chars",
 
 def _named_extensions(flag: str) -> tuple[str, ...]:
     """`--disable-extensions` alone: ("all",); with names: those."""
@@ -197,6 +207,16 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         "--precision", choices=PRECISIONS, default="auto", help="auto: fp16 on CUDA, fp32 on CPU"
     )
     parser.add_argument("--no-watermark", action="store_true", help="do not embed the invisible watermark")
+    parser.add_argument(
+        "--no-ema",
+        action="store_true",
+        help="load checkpoints that hold EMA weights with their raw weights instead",
+    )
+    parser.add_argument(
+        "--safety-checker",
+        action="store_true",
+        help="blur images the safety checker in DATA_DIR/models/safety_checker flags",
+    )
     parser.add_argument(
         "--preview-method", choices=PREVIEW_METHODS, help="live previews: linear (default), taesd, vae, none"
     )
@@ -322,7 +342,7 @@ def app_parser() -> argparse.ArgumentParser:
         ("--max-steps", int, defaults.max_steps, "N", "sampling steps"),
         ("--max-body-mb", float, defaults.max_body_mb, "MB", "largest request body"),
         ("--max-queued", int, defaults.max_queued_per_user, "N", "waiting jobs per user"),
+        ("--max-prompt-chars", int, defaults.max_prompt_chars, "N", "characters in a prompt, styles applied"),
     ):
         limits.add_argument(flag, type=kind, metavar=metavar, help=f"{what} (default {default:g})")
     return parser
-        ("--max-prompt-chars", int, defaults.max_prompt_chars, "N", "characters in a prompt, styles applied"),
