@@ -34,6 +34,7 @@ from webui.model_manager.merge import MergeRecipe, merge_checkpoints
 from webui.model_manager.offload import MemoryMode
 from webui.model_manager.placement import HOST
 from webui.model_manager.registry import ModelFile, ModelFolders, ModelKind, ModelRegistry
+from webui.model_manager.safety_checker import SafetyChecker, load_safety_checker
 from webui.model_manager.state_dict import CheckpointError
 from webui.model_manager.taesd import find_taesd, load_taesd, taesd_decode
 from webui.model_manager.vae import AUTOMATIC, BUILT_IN, resolve_vae_file, swap_vae
@@ -106,6 +107,12 @@ class Studio:
         )
         self._vae_file(self._selected)  # an unknown --vae is an error at start, not at the first job
         self.extensions = extensions if extensions is not None else Extensions.for_settings(settings)
+        # Loaded at start so that a missing checker stops the start, not the first job.
+        self.safety: SafetyChecker | None = (
+            load_safety_checker(settings.data_dir / "models", self.device, self.dtype)
+            if settings.safety_checker
+            else None
+        )
 
     @property
     def demo_message(self) -> str:
@@ -144,6 +151,9 @@ class Studio:
             new.filename_pattern,
         ):
             self.saver = self._saver(new)
+        if old.ema_choices != new.ema_choices:
+            for file in self.checkpoints():
+                self._match_weights(file)  # a model in use now is matched before its next job
         if (old.vram_budget_gb, old.ram_budget_gb) != (new.vram_budget_gb, new.ram_budget_gb):
             self.cache.set_budgets(
                 MemoryBudgets.for_machine(self.device, new.vram_budget_gb, new.ram_budget_gb)
@@ -167,11 +177,23 @@ class Studio:
         return usable[0]
 
     def _load_to_host(self, path: Path) -> LoadedModel:
-        model = load_model(path, HOST, self.dtype)
         # The registry's name ("xl/base") is what lists, events and the infotext show.
         known = next((f for f in self.checkpoints() if f.path == path), None)
+        use_ema = self.uses_ema(known) if known else self.settings.use_ema
+        model = load_model(path, HOST, self.dtype, use_ema=use_ema)
         model.name = known.name if known else model.name
         return model
+
+    # -- EMA weights --------------------------------------------------------------------------
+    def uses_ema(self, file: ModelFile) -> bool:
+        """Whether `file` is (to be) loaded with its EMA weights: its own choice, else --no-ema's."""
+        return file.has_ema and self.settings.ema_choices.get(file.name, self.settings.use_ema)
+
+    def _match_weights(self, file: ModelFile) -> None:
+        """Drop a cached copy of `file` built with the other weights than now chosen."""
+        cached = self.cache.cached(file.path)
+        if cached is not None and file.has_ema and cached.uses_ema != self.uses_ema(file):
+            self.cache.evict(file.path)
 
     def start_background_hashing(self) -> threading.Thread:
         """Hash files not hashed yet, so titles and the API show hashes without a wait later."""
@@ -233,6 +255,7 @@ class Studio:
         return self.model()
 
     def _activate(self, file: ModelFile) -> LoadedModel:
+        self._match_weights(file)
         model = self.cache.activate(file.path)
         self._apply_vae(file, model)
         return model
@@ -449,6 +472,7 @@ class Studio:
         request = self._with_styles(hooks.before_job(request))  # preflight then finds no styles
         file = self.preflight(request, checkpoint, vae)
         done = StudioResult([], [], [], [])
+        self._match_weights(file)  # jobs run one at a time: no other job holds this model now
         with self._generation, self.cache.use(file.path) as model:
             self._apply_vae(file, model, vae)
             self._configure_vae_tiling(file, model, request)
@@ -470,7 +494,7 @@ class Studio:
                 control,
                 on_denoise=hooks.on_denoise,
                 on_batch=lambda batch: self._finish_batch(
-                    batch, request, file, model.vae_path, hooks, save, done, on_images
+                    batch, request, file, model, hooks, save, done, on_images
                 ),
             )
         done.interrupted, done.warnings = result.interrupted, list(hooks.warnings)
@@ -481,16 +505,20 @@ class Studio:
         batch: GenerationResult,
         request: GenerationRequest,
         file: ModelFile,
-        vae_file: Path | None,
+        model: LoadedModel,
         hooks: JobHooks,
         save: bool,
         done: StudioResult,
         on_images: Callable[[StudioResult], None] | None,
     ) -> None:
-        """A batch's images: infotexts, extensions' hooks, saving; appended to `done`, then shown
-        to `on_images` (which may keep them safe from a crash before the next batch ends)."""
-        shared = self._infotext_extras(file, vae_file, batch)
+        """A batch's images: the safety checker, infotexts, extensions' hooks, saving; appended to
+        `done`, then shown to `on_images` (which may keep them safe from a crash before the next
+        batch ends)."""
         first = len(done.images)
+        hooks.warnings.extend(self._screen(batch, first))
+        shared = self._infotext_extras(file, model.vae_path, batch)
+        if model.weights_label is not None:
+            shared["Weights"] = model.weights_label
         for offset, (image, seed) in enumerate(zip(batch.images, batch.seeds)):
             params = self._infotext_params(batch.params, seed, file, shared)
             if batch.subseeds:
@@ -555,7 +583,10 @@ class Studio:
 
     # -- live previews ------------------------------------------------------------------------
     def _preview_period(self) -> int:
-        return 0 if self.settings.preview_method == "none" else self.settings.preview_period
+        # With the safety checker on, nothing unscreened may show, previews included.
+        if self.settings.preview_method == "none" or self.safety is not None:
+            return 0
+        return self.settings.preview_period
 
     def _preview_renderer(self, model: LoadedModel, arch: Arch | None) -> PreviewRenderer | None:
         """None for the linear preview (drawn lazily by whoever looks); else a decoder on this device."""
@@ -584,6 +615,18 @@ class Studio:
                 log.warning("%s; using linear previews", error)
                 self._taesd[path] = None
         return self._taesd[path]
+
+    def _screen(self, batch: GenerationResult, first: int) -> list[str]:
+        """Blur, in place, the images the safety checker flags (before anything shows or saves
+        them); a note for each. `first`: the job's number of the batch's first image."""
+        if self.safety is None:
+            return []
+        batch.images, flagged = self.safety.screen(batch.images)
+        return [
+            f"image {first + index + 1} (seed {seed}) was flagged by the safety checker and blurred"
+            for index, (seed, flag) in enumerate(zip(batch.seeds, flagged))
+            if flag
+        ]
 
     def _paths(self, kind: ModelKind) -> dict[str, Path]:
         return {file.name: file.path for file in self.registry.files(kind)}

@@ -296,6 +296,8 @@ def _models(ctx: ApiContext) -> list[dict[str, Any]]:
                 "name": file.name,
                 "title": studio.registry.title(file),
                 "architecture": file.label,
+                # null: the file has no EMA weights; else whether they are the ones used
+                "ema_weights": studio.uses_ema(file) if file.has_ema else None,
                 "hash": digest[:10] if digest else None,
                 "size_bytes": file.size_bytes,
                 "where": placement.tier.value if placement else "disk",

@@ -210,6 +210,11 @@ class ModelCache:
                 if self._is_free(entry):
                     self._drop(entry)
 
+    def cached(self, path: Path) -> LoadedModel | None:
+        """The model of `path` if it is in memory (any tier but disk); never loads it."""
+        entry = self._entries.get(_key(path))
+        return entry.model if entry else None
+
     def tier(self, path: Path) -> Tier:
         entry = self._entries.get(_key(path))
         return entry.tier if entry else Tier.DISK

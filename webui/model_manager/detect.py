@@ -23,6 +23,8 @@ SD1_TEXT_PREFIX = "cond_stage_model.transformer."
 SD2_TEXT_PREFIX = "cond_stage_model.model."
 SDXL_TEXT1_PREFIX = "conditioner.embedders.0.transformer."
 SDXL_TEXT2_PREFIX = "conditioner.embedders.1.model."
+# CompVis EMA buffers of the UNet: `model_ema.diffusion_model<key without dots>` (see ema.py).
+EMA_UNET_PREFIX = "model_ema.diffusion_model"
 
 # The training schedule shared by SD 1.x, 2.x and SDXL.
 TRAIN_SCHEDULE: dict[str, Any] = {
@@ -68,6 +70,7 @@ class ModelSpec:
     text_encoders: tuple[TextEncoderSpec, ...]
     prediction_type: str  # "epsilon" or "v_prediction"
     is_inpainting: bool
+    has_ema: bool = False  # the file also holds CompVis EMA weights of its UNet (see ema.py)
 
     @property
     def scheduler_config(self) -> dict[str, Any]:
@@ -144,7 +147,8 @@ def _detect(tensors: dict[str, torch.Tensor], metadata: dict[str, str], name: st
     pooled_dim = encoders[-1].config.get("projection_dim") if arch is Arch.SDXL else None
     unet_config = _unet_config(unet, arch, pooled_dim, prediction_type)
     vae_config = _vae_config(_strip(tensors, VAE_PREFIX), arch, name)
-    return ModelSpec(arch, unet_config, vae_config, encoders, prediction_type, in_channels == 9)
+    has_ema = any(key.startswith(EMA_UNET_PREFIX) for key in tensors)
+    return ModelSpec(arch, unet_config, vae_config, encoders, prediction_type, in_channels == 9, has_ema)
 
 
 def _check_token_tables(config: dict[str, Any], name: str) -> None:

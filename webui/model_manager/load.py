@@ -23,6 +23,7 @@ from diffusers.loaders.single_file_utils import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from webui.model_manager.detect import Arch, ModelSpec, TextEncoderSpec, detect_model
+from webui.model_manager.ema import select_weights
 from webui.model_manager.ldm_export import canonical_text_keys
 from webui.model_manager.state_dict import CheckpointError, read_state_dict
 from webui.model_manager.tokenizer import build_clip_tokenizer
@@ -49,6 +50,14 @@ class LoadedModel:
     dtype: torch.dtype
     load_seconds: float = 0.0
     vae_path: Path | None = None  # a VAE file used instead of the checkpoint's own; None: built-in
+    uses_ema: bool = False  # the UNet holds the file's EMA weights rather than its raw ones
+
+    @property
+    def weights_label(self) -> str | None:
+        """`EMA` or `raw` for files that hold both (as the infotext writes it); None otherwise."""
+        if not self.spec.has_ema:
+            return None
+        return "EMA" if self.uses_ema else "raw"
 
     @property
     def arch(self) -> Arch:
@@ -60,14 +69,17 @@ class LoadedModel:
         return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
 
 
-def load_model(path: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """Load a `.safetensors`/`.ckpt` file or a diffusers folder; CheckpointError says what is wrong."""
+def load_model(path: Path, device: torch.device, dtype: torch.dtype, use_ema: bool = True) -> LoadedModel:
+    """Load a `.safetensors`/`.ckpt` file or a diffusers folder; CheckpointError says what is wrong.
+
+    `use_ema`: a file with CompVis EMA weights is built with them (as CompVis samples); False
+    takes its raw weights. Files without EMA weights load the same either way."""
     path = Path(path)
     started = time.perf_counter()
     if path.is_dir():
         model = _load_diffusers_folder(path, device, dtype)
     else:
-        model = _load_single_file(path, device, dtype)
+        model = _load_single_file(path, device, dtype, use_ema)
     model.load_seconds = time.perf_counter() - started
     log.info(
         "loaded %s (%s) to %s as %s: %.2f GB in %.2f s",
@@ -81,11 +93,11 @@ def load_model(path: Path, device: torch.device, dtype: torch.dtype) -> LoadedMo
     return model
 
 
-def _load_single_file(path: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def _load_single_file(path: Path, device: torch.device, dtype: torch.dtype, use_ema: bool) -> LoadedModel:
     state = read_state_dict(path)
     spec = detect_model(state.tensors, state.metadata, path.name)
     spec = spec_with_yaml_override(spec, path)
-    tensors = state.tensors
+    tensors = select_weights(state.tensors, use_ema, path.name)
     unet = _load_weights(
         _empty(lambda: UNet2DConditionModel.from_config(spec.unet_config)),
         convert_ldm_unet_checkpoint(tensors, spec.unet_config),
@@ -98,7 +110,9 @@ def _load_single_file(path: Path, device: torch.device, dtype: torch.dtype) -> L
         build_clip_tokenizer(pad_with_exclamation=e.pad_with_exclamation) for e in spec.text_encoders
     ]
     del tensors, state
-    return _place(path.stem, path, spec, unet, vae, encoders, tokenizers, device, dtype)
+    model = _place(path.stem, path, spec, unet, vae, encoders, tokenizers, device, dtype)
+    model.uses_ema = use_ema and spec.has_ema
+    return model
 
 
 def build_vae(tensors: dict[str, torch.Tensor], config: dict[str, Any], name: str) -> AutoencoderKL:

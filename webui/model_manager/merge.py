@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from webui.model_manager.detect import UNET_PREFIX, VAE_PREFIX, ModelSpec, detect_model
+from webui.model_manager.ema import EMA_DECAY_KEY, EMA_UPDATES_KEY, ema_key, has_ema, is_ema_key
 from webui.model_manager.load import spec_with_yaml_override
 from webui.model_manager.state_dict import (
     SAFETENSORS_SUFFIXES,
@@ -305,26 +306,54 @@ def _merge_tensors(
     progress: ProgressFunction | None,
 ) -> dict[str, torch.Tensor]:
     primary = sources[0]
+    keys = [key for key in primary.shapes if not is_ema_key(key)]
+    # The result has EMA weights when any input has: each input gives its EMA tensor, or its
+    # raw one when it has none, so the merged EMA is the merge of what each model samples with.
+    averaged = [key for key in keys if key.startswith(UNET_PREFIX)] if _any_ema(sources) else []
+    total = len(keys) + len(averaged)
     merged: dict[str, torch.Tensor] = {}
-    for done, key in enumerate(primary.shapes, start=1):
+    for done, key in enumerate(keys, start=1):
         baked = vae.get(key.removeprefix(VAE_PREFIX)) if key.startswith(VAE_PREFIX) else None
         if baked is not None:
             merged[key] = _copy(baked, SAVE_DTYPES[recipe.save_dtype] or primary.tensor(key).dtype)
         else:
             merged[key] = _merge_key(recipe, sources, key)
         if progress is not None:
-            progress(done, len(primary.shapes))
+            progress(done, total)
+    for done, key in enumerate(averaged, start=len(keys) + 1):
+        target = ema_key(key)
+        merged[target] = _merge_key(
+            recipe, sources, key, lambda s, k=target, raw=key: k if k in s.shapes else raw
+        )
+        if progress is not None:
+            progress(done, total)
+    for counter in (EMA_DECAY_KEY, EMA_UPDATES_KEY) if averaged else ():
+        owner = next((source for source in sources if counter in source.shapes), None)
+        if owner is not None:
+            merged[counter] = owner.tensor(counter).clone()
     return merged
 
 
-def _merge_key(recipe: MergeRecipe, sources: list[_Source], key: str) -> torch.Tensor:
-    a = sources[0].tensor(key)
+def _any_ema(sources: list[_Source]) -> bool:
+    return any(has_ema(source.shapes) for source in sources)
+
+
+def _merge_key(
+    recipe: MergeRecipe,
+    sources: list[_Source],
+    key: str,
+    source_key: Callable[[_Source], str] | None = None,
+) -> torch.Tensor:
+    """`key` merged across the sources; `source_key(source)` names the tensor each one gives
+    (by default `key` itself)."""
+    keys = [source_key(source) if source_key else key for source in sources]
+    a = sources[0].tensor(keys[0])
     target = SAVE_DTYPES[recipe.save_dtype] or a.dtype
-    others = sources[1:]
+    others = list(zip(sources[1:], keys[1:]))
     # Keys only in A are copied, as are keys that the other models lack (B − C counts as zero).
-    if key.endswith(_NEVER_BLENDED_SUFFIXES) or any(key not in source.shapes for source in others):
+    if key.endswith(_NEVER_BLENDED_SUFFIXES) or any(name not in source.shapes for source, name in others):
         return _copy(a, target)
-    b, *rest = (source.tensor(key) for source in others)
+    b, *rest = (source.tensor(name) for source, name in others)
     c = rest[0] if rest else None
     if not all(t.is_floating_point() for t in (a, b, *rest)):
         return _copy(a, target)

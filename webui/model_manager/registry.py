@@ -62,6 +62,7 @@ class ModelFile:
     arch: Arch | None  # None when the file does not say (VAEs, tiny test files)
     label: str  # "SD 1.x inpainting", "VAE", "LoRA (SDXL)"
     error: str | None = None  # why the file cannot be used; None when it can
+    has_ema: bool = False  # a checkpoint that also holds CompVis EMA weights of its UNet
 
     @property
     def usable(self) -> bool:
@@ -189,7 +190,16 @@ class ModelRegistry:
             log.exception("inspecting %s failed", path)
             size, facts = 0, {"error": f"could not be inspected ({type(error).__name__}: {error})"}
         arch = Arch(facts["arch"]) if facts.get("arch") else None
-        return ModelFile(kind, name, path, size, arch, facts.get("label", kind.value), facts.get("error"))
+        return ModelFile(
+            kind,
+            name,
+            path,
+            size,
+            arch,
+            facts.get("label", kind.value),
+            facts.get("error"),
+            bool(facts.get("ema")),
+        )
 
 
 def _candidate_paths(folder: Path, kind: ModelKind) -> list[Path]:
@@ -238,7 +248,8 @@ def _inspect_checkpoint(path: Path) -> Facts:
     except CheckpointError as error:
         return {"error": str(error).removeprefix(f"{path.name}: ")}
     spec = spec_with_yaml_override(spec, path)
-    return {"arch": spec.arch.value, "label": spec.kind}
+    facts = {"arch": spec.arch.value, "label": spec.kind}
+    return facts | {"ema": "yes"} if spec.has_ema else facts
 
 
 def _inspect_diffusers_folder(path: Path) -> Facts:

@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from webui.model_manager.detect import UNET_PREFIX
+from webui.model_manager.ema import ema_tensors
 from webui.model_manager.tokenizer import build_clip_tokenizer
 from webui.training.denoiser_trainer import DenoiserTrainer, DenoiserTrainOptions
 from webui.training.folder_dataset import fit_to_bucket, read_folder
@@ -188,10 +190,17 @@ def train_tiny_model(
             refine_decoder(vae, data.render(), recipe.decoder, hooks)
             save_atomically(vae.state_dict(), decoder_file, {})
             timings["decoder_s"] = time.monotonic() - started
+    raw_unet = sd1_state_dict(unet, vae, text_encoder, torch.float16) if trainer.ema is not None else {}
     with trainer.averaged_weights():
         tensors = sd1_state_dict(unet, vae, text_encoder, torch.float16)
         if sample_prompts:
             sample(recipe.denoiser.steps)
+    if trainer.ema is not None:
+        # CompVis's layout: raw UNet weights, their average under model_ema. It has no place for
+        # a second text encoder, so the file's text encoder is the averaged one.
+        averaged_unet = {key: value for key, value in tensors.items() if key.startswith(UNET_PREFIX)}
+        tensors |= {key: value for key, value in raw_unet.items() if key.startswith(UNET_PREFIX)}
+        tensors |= ema_tensors(averaged_unet, trainer.ema.decay, trainer.ema.optimization_step)
     metadata = metadata | {
         "modelspec.architecture": "stable-diffusion-v1",
         "modelspec.resolution": f"{recipe.image_size}x{recipe.image_size}",
