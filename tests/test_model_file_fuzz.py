@@ -88,6 +88,25 @@ def _tensor_mutations() -> dict[str, Callable[[Tensors], Tensors]]:
     return mutations
 
 
+# The OpenCLIP encoders (SD 2.x, SDXL's second) and SDXL's size/crop conditioning.
+_OPENCLIP = ("token_embedding.weight", "positional_embedding", "transformer.resblocks.0.mlp.c_fc.weight")
+OTHER_ARCH_KEYS = {
+    "sd2": tuple(f"cond_stage_model.model.{key}" for key in _OPENCLIP),
+    "sdxl": (
+        *(f"conditioner.embedders.1.model.{key}" for key in (*_OPENCLIP, "text_projection")),
+        "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
+        f"{_UNET}label_emb.0.0.weight",
+        f"{_UNET}label_emb.0.2.weight",
+    ),
+}
+OTHER_ARCH_MUTATIONS: dict[str, Callable[[str], Callable[[Tensors], Tensors]]] = {
+    "drop": _drop,
+    "flatten": lambda key: _replace(key, lambda v: v.flatten()),
+    "narrow": lambda key: _replace(key, lambda v: v[: max(1, v.shape[0] // 2)]),
+    "int64": lambda key: _replace(key, lambda v: v.to(torch.int64)),
+}
+
+
 def _write_tensors(path: Path, tensors: Tensors) -> None:
     save_file(tensors, str(path))
 
@@ -216,3 +235,15 @@ def test_a_damaged_file_is_refused_with_a_reason(
     refused = {f.filename: f.error for f in registry.unusable()}
     assert refused.get(f"damaged{suffix}"), refused
     assert [f.filename for f in registry.files(ModelKind.CHECKPOINT)] == ["good.safetensors"]
+
+
+@pytest.mark.parametrize(
+    ("arch", "key", "mutation"),
+    [(arch, key, m) for arch, keys in OTHER_ARCH_KEYS.items() for key in keys for m in OTHER_ARCH_MUTATIONS],
+)
+def test_mutated_sd2_and_sdxl_checkpoints_are_refused_with_a_reason_or_load(
+    arch: str, key: str, mutation: str, tiny_dir: Path, checkpoint_folder: Path
+) -> None:
+    tensors = load_file(tiny_dir / f"tiny-{arch}.safetensors")
+    _write_tensors(checkpoint_folder / "damaged.safetensors", OTHER_ARCH_MUTATIONS[mutation](key)(tensors))
+    _check_folder(checkpoint_folder.parent.parent, "damaged.safetensors")
