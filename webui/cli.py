@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 # Model-manager flags (webui.settings.add_model_flags) that only the local engine can honour.
 LOCAL_ONLY_FLAGS = (
     "--ckpt-dir",
+    "--models-config",
     "--device",
     "--precision",
     "--no-watermark",

@@ -26,6 +26,7 @@ class Settings:
     data_dir: Path
     ckpt_dir: Path  # scanned besides DATA_DIR/models/Stable-diffusion; new files go here
     outputs_dir: Path
+    models_config: Path | None = None  # ComfyUI's extra_model_paths.yaml format: more model folders
     ckpt: str | None = None  # a checkpoint title, file name or path to start with
     vae: str = "Automatic"  # "Automatic", "None" (the checkpoint's own) or a file in models/VAE
     vram_budget_gb: float | None = None  # models kept on the GPU; None: 60% of its memory
@@ -102,6 +103,7 @@ class Settings:
         limits = _limits(args, values.pop("limits", None))
         flagged = {
             "outputs_dir": _path(args.outputs_dir),
+            "models_config": _path(getattr(args, "models_config", None)),
             "vram_budget_gb": args.vram_budget,
             "ram_budget_gb": args.ram_budget,
             "watermark": False if args.no_watermark else None,
@@ -198,6 +200,11 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=".", help="folder holding models/ and outputs/ (default: .)")
     parser.add_argument("--ckpt-dir", help="checkpoint folder (default: DATA_DIR/models/Stable-diffusion)")
     parser.add_argument("--outputs-dir", help="where images are saved (default: DATA_DIR/outputs)")
+    parser.add_argument(
+        "--models-config",
+        help="more model folders, in ComfyUI's extra_model_paths.yaml format (DATA_DIR may be an "
+        "A1111 or a ComfyUI install)",
+    )
     parser.add_argument(
         "--ckpt", help="checkpoint to load first: a file name in the checkpoint folder, or a path"
     )

@@ -29,6 +29,7 @@ from webui.extensions.registry import Extensions
 from webui.model_manager.cache import MemoryBudgets, ModelCache, ModelEvent, Placement, Tier
 from webui.model_manager.detect import Arch
 from webui.model_manager.facts import FileFactsCache
+from webui.model_manager.folders import ModelLibrary
 from webui.model_manager.load import LoadedModel, load_model
 from webui.model_manager.merge import MergeRecipe, merge_checkpoints
 from webui.model_manager.offload import MemoryMode
@@ -84,7 +85,9 @@ class Studio:
         log.info("running on %s as %s; speed options: %s", self.device, self.dtype, self.speed)
         self.facts = FileFactsCache.in_data_dir(settings.data_dir)
         self.saver = self._saver(settings)
-        self.registry = ModelRegistry(ModelFolders.under(settings.data_dir, [settings.ckpt_dir]), self.facts)
+        # An A1111 or ComfyUI install under DATA_DIR, plus any --models-config folders.
+        self.library = ModelLibrary.find(settings.data_dir, settings.models_config)
+        self.registry = ModelRegistry(ModelFolders.of(self.library, [settings.ckpt_dir]), self.facts)
         self.cache = ModelCache(
             self._load_to_host,
             self.device,
@@ -97,7 +100,7 @@ class Studio:
         self._vae_choice = settings.vae
         self.styles = StyleBook(settings.data_dir / "styles.csv")
         # Upscaler models run in float32: half precision has no CPU kernels for some of their layers.
-        self.upscalers = Upscalers(settings.data_dir / "models" / "ESRGAN", device=self.device)
+        self.upscalers = Upscalers(self.library.upscalers, device=self.device)
         self.demo_mode = not self.checkpoints() and settings.ckpt is None
         if self.demo_mode:
             self._add_demo_checkpoint()
@@ -583,6 +586,8 @@ class Studio:
 
     # -- live previews ------------------------------------------------------------------------
     def _preview_period(self) -> int:
+        if not request.save_grid:
+            run.save_grid = lambda _grid, _infotext: None
         # With the safety checker on, nothing unscreened may show, previews included.
         if self.settings.preview_method == "none" or self.safety is not None:
             return 0
@@ -602,7 +607,7 @@ class Studio:
     def _taesd_decoder(self, arch: Arch) -> AutoencoderTiny | None:
         """The TAESD decoder for `arch` from models/VAE-approx, loaded once; None (linear previews,
         logged once) when there is none or it cannot be read."""
-        path = find_taesd(self.settings.data_dir / "models" / "VAE-approx", arch)
+        path = next(filter(None, (find_taesd(folder, arch) for folder in self.library.vae_approx)), None)
         if path is None:
             if arch not in self._taesd_missing:
                 self._taesd_missing.add(arch)
@@ -675,7 +680,7 @@ class Studio:
                 ordered["Seed"] = seed
             if key == "Size":
                 ordered["Model hash"] = self.registry.short_hash(file)
-                ordered["Model"] = file.name
+                ordered["Model"] = Path(file.name).name  # A1111: the file name, not its folder
                 ordered.update({k: v for k, v in extras.items() if k in ("VAE hash", "VAE")})
         ordered.update({k: v for k, v in extras.items() if k not in ordered})
         ordered["Version"] = f"webui {__version__}"

@@ -7,14 +7,22 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from webui import __version__
 from webui.api.errors import ApiError
-from webui.api.fields import CHECKPOINT_OPTION, CLIP_SKIP_OPTION, SAVE_OPTION, VAE_OPTION
+from webui.api.fields import (
+    CHECKPOINT_OPTION,
+    CLIP_SKIP_OPTION,
+    RNG_OPTION,
+    SAVE_OPTION,
+    VAE_OPTION,
+)
 from webui.api.images import decode_image, flatten_alpha
 from webui.api.schemas import Img2ImgBody, Txt2ImgBody
-from webui.engine.request import GenerationRequest, MaskedContent, ResizeMode
+from webui.engine.request import RNG_SOURCES, GenerationRequest, MaskedContent, ResizeMode
 from webui.jobs import Job
-from webui.outputs import parse_infotext
+from webui.outputs import parse_infotext, request_fields_from_params
 
 
 @dataclass(frozen=True)
@@ -26,13 +34,16 @@ class JobChoices:
     save: bool
 
 
-def txt2img_request(body: Txt2ImgBody, default_clip_skip: int) -> tuple[GenerationRequest, JobChoices]:
+def txt2img_request(
+    body: Txt2ImgBody, default_clip_skip: int, default_rng: str = "CPU"
+) -> tuple[GenerationRequest, JobChoices]:
+    body = with_infotext(body)
     _refuse_unsupported(body)
     overrides = body.override_settings
     request = GenerationRequest(
         prompt=body.prompt,
         negative_prompt=body.negative_prompt,
-        sampler_name=body.sampler_name or body.sampler_index or "Euler a",
+        sampler_name=body.sampler_name or body.sampler_index or "Euler",  # A1111 API default
         scheduler=body.scheduler or "Automatic",
         steps=body.steps,
         cfg_scale=body.cfg_scale,
@@ -43,6 +54,8 @@ def txt2img_request(body: Txt2ImgBody, default_clip_skip: int) -> tuple[Generati
         n_iter=body.n_iter,
         clip_skip=_clip_skip(overrides, default_clip_skip),
         eta=body.eta,
+        rng=_rng(overrides, default_rng),
+        disable_extra_networks=body.disable_extra_networks,
         styles=list(body.styles),
         subseed=body.subseed,
         subseed_strength=body.subseed_strength,
@@ -62,9 +75,14 @@ def txt2img_request(body: Txt2ImgBody, default_clip_skip: int) -> tuple[Generati
         script_name=body.script_name or "",
         script_args=list(body.script_args),
         alwayson_scripts=_alwayson_args(body.alwayson_scripts),
+        save_grid=not body.do_not_save_grid,
     )
     if body.denoising_strength is not None:
         request.denoising_strength = body.denoising_strength
+    if body.enable_hr and body.firstphase_width > 0 and body.firstphase_height > 0:
+        # A1111's first hires fix API: the first pass at firstphase size, upscaled to width x height.
+        request.width, request.height = body.firstphase_width, body.firstphase_height
+        request.hr_resize_x, request.hr_resize_y = body.width, body.height
     save = body.save_images and not body.do_not_save_samples and overrides.get(SAVE_OPTION, True) is not False
     checkpoint = overrides.get(CHECKPOINT_OPTION)
     vae = overrides.get(VAE_OPTION)
@@ -74,22 +92,40 @@ def txt2img_request(body: Txt2ImgBody, default_clip_skip: int) -> tuple[Generati
     return request, JobChoices(checkpoint or None, vae or None, save)
 
 
-def img2img_request(body: Img2ImgBody, default_clip_skip: int) -> tuple[GenerationRequest, JobChoices]:
-    request, choices = txt2img_request(body, default_clip_skip)
+def img2img_request(
+    body: Img2ImgBody, default_clip_skip: int, default_rng: str = "CPU"
+) -> tuple[GenerationRequest, JobChoices]:
+    body = with_infotext(body)
+    request, choices = txt2img_request(body, default_clip_skip, default_rng)
     if not body.init_images:
-        raise ApiError(422, "init_images: img2img needs one base64 image", "init_images")
-    if len(body.init_images) > 1:
-        raise ApiError(422, "init_images: send one image per request", "init_images")
-    request.init_image = decode_image(body.init_images[0], "init_images.0")
+        raise ApiError(422, "init_images: img2img needs a base64 image", "init_images")
+    images = [decode_image(data, f"init_images.{i}") for i, data in enumerate(body.init_images)]
     request.mask = decode_image(body.mask, "mask") if body.mask else None
     if request.mask is None:
         # A1111's API flattens transparency; only our own page and CLI read alpha as a mask.
-        request.init_image = flatten_alpha(request.init_image)
+        images = [flatten_alpha(image) for image in images]
+    elif len(images) > 1:
+        raise ApiError(422, "init_images: with a mask, send one image", "init_images")
+    if len(images) > 1:
+        # As A1111: several images make one batch of as many, an image each.
+        if len(images) > body.batch_size:
+            raise ApiError(
+                422,
+                f"init_images: {len(images)} images need batch_size of at least as many, "
+                f"got {body.batch_size}",
+                "init_images",
+            )
+        request.batch_size = len(images)
+    request.init_image, request.more_init_images = images[0], images[1:]
     request.denoising_strength = 0.75 if body.denoising_strength is None else body.denoising_strength
     request.resize_mode = _enum(ResizeMode, body.resize_mode, "resize_mode")
-    request.mask_blur = (
-        body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x, body.mask_blur_y)
+    request.initial_noise_multiplier = (
+        1.0 if body.initial_noise_multiplier is None else body.initial_noise_multiplier
     )
+    if body.mask_blur is not None:
+        request.mask_blur = body.mask_blur
+    else:
+        request.mask_blur, request.mask_blur_y = body.mask_blur_x, body.mask_blur_y
     request.inpainting_fill = _enum(MaskedContent, body.inpainting_fill, "inpainting_fill")
     request.inpaint_full_res = body.inpaint_full_res
     request.inpaint_full_res_padding = body.inpaint_full_res_padding
@@ -99,16 +135,73 @@ def img2img_request(body: Img2ImgBody, default_clip_skip: int) -> tuple[Generati
     return request, choices
 
 
+# k-diffusion's churn options and their values that mean "off" (A1111's defaults).
+_SIGMA_OPTIONS = {"s_churn": 0.0, "s_tmin": 0.0, "s_noise": 1.0, "s_min_uncond": 0.0}
+
+
 def _refuse_unsupported(body: Txt2ImgBody) -> None:
     """Features this server does not have yet fail loudly instead of being silently dropped."""
     unsupported = (
-        ("restore_faces", body.restore_faces, "no face restorer is installed"),
+        ("restore_faces", body.restore_faces, "face restoration (GFPGAN/CodeFormer) is not built"),
         ("refiner_checkpoint", body.refiner_checkpoint, "a refiner is not available yet"),
         ("hr_checkpoint_name", body.hr_checkpoint_name, "hires fix uses the job's checkpoint"),
+        ("comments", body.comments, "comments are not stored; put notes in the prompt or a style"),
+        (
+            "mask_round",
+            isinstance(body, Img2ImgBody) and not body.mask_round,
+            "only a rounded latent mask (A1111's default) is built",
+        ),
+        # A1111 ignores the switch point without a refiner, and so do we; with one it is refused above.
+        *(
+            (
+                name,
+                getattr(body, name) is not None and getattr(body, name) != off,
+                "k-diffusion's churn options are not available in diffusers' schedulers",
+            )
+            for name, off in _SIGMA_OPTIONS.items()
+        ),
+        (
+            "s_tmax",
+            body.s_tmax is not None and math.isfinite(body.s_tmax) and body.s_tmax != 0,
+            "k-diffusion's churn options are not available in diffusers' schedulers",
+        ),
     )
     for field, used, reason in unsupported:
         if used:
             raise ApiError(422, f"{field}: {reason}", field)
+
+
+# A1111 settings an infotext carries, by our request field, and their override_settings key.
+_INFOTEXT_SETTINGS = {"clip_skip": CLIP_SKIP_OPTION, "rng": RNG_OPTION}
+
+
+def with_infotext(body: Txt2ImgBody) -> Txt2ImgBody:
+    """A1111 1.9+: the fields (and settings) a body does not give are taken from its `infotext`."""
+    if not body.infotext:
+        return body
+    parsed = parse_infotext(body.infotext)
+    found: dict[str, Any] = {"prompt": parsed.prompt, "negative_prompt": parsed.negative_prompt}
+    found.update(request_fields_from_params(parsed.params))
+    if "rng" not in found and not parsed.params.get("Version", "").startswith("webui "):
+        found["rng"] = "GPU"  # A1111 writes no RNG for its default, the GPU (our own texts always do)
+    given = body.model_fields_set
+    update: dict[str, Any] = {
+        name: value
+        for name, value in found.items()
+        if name in type(body).model_fields and name not in given and name not in _INFOTEXT_SETTINGS
+    }
+    overrides = dict(body.override_settings)
+    for name, key in _INFOTEXT_SETTINGS.items():
+        if name in found:
+            overrides.setdefault(key, found[name])
+    update["override_settings"] = overrides
+    update["infotext"] = None  # applied once: img2img's builder passes the body on to txt2img's
+    try:
+        return body.model_validate({**body.model_dump(), **update})
+    except ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        raise ApiError(422, f"infotext: {where}: {problem['msg']}", "infotext") from None
 
 
 def _alwayson_args(scripts: dict[str, Any]) -> dict[str, list[object]]:
@@ -127,6 +220,17 @@ def _alwayson_args(scripts: dict[str, Any]) -> dict[str, list[object]]:
 def _same_as_first(value: str | None) -> str:
     """A1111 clients send "Use same sampler"/"Use same scheduler" (or nothing) for the first pass's."""
     return "" if not value or value.lower().startswith("use same") else value
+
+
+def _rng(overrides: dict[str, Any], default: str) -> str:
+    value = overrides.get(RNG_OPTION, default)
+    if not isinstance(value, str) or value.strip().upper() not in RNG_SOURCES:
+        raise ApiError(
+            422,
+            f"override_settings.{RNG_OPTION}: expected one of {', '.join(RNG_SOURCES)}",
+            f"override_settings.{RNG_OPTION}",
+        )
+    return value.strip().upper()
 
 
 def _clip_skip(overrides: dict[str, Any], default: int) -> int:

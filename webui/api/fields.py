@@ -7,6 +7,7 @@ CHECKPOINT_OPTION = "sd_model_checkpoint"
 VAE_OPTION = "sd_vae"
 CLIP_SKIP_OPTION = "CLIP_stop_at_last_layers"
 SAVE_OPTION = "samples_save"
+RNG_OPTION = "randn_source"  # A1111's "Random number generator source": CPU, GPU or NV
 
 # Our request's field names where A1111's body calls the same thing something else.
 _A1111_FIELDS = {
@@ -14,6 +15,9 @@ _A1111_FIELDS = {
     "vae": f"override_settings.{VAE_OPTION}",
     "clip_skip": f"override_settings.{CLIP_SKIP_OPTION}",
     "init_image": "init_images.0",
+    "more_init_images": "init_images",
+    "rng": f"override_settings.{RNG_OPTION}",
+    "mask_blur_y": "mask_blur_y",
 }
 
 

@@ -9,7 +9,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from webui.api.errors import ApiError
-from webui.api.fields import CHECKPOINT_OPTION, CLIP_SKIP_OPTION, VAE_OPTION
+from webui.api.fields import CHECKPOINT_OPTION, CLIP_SKIP_OPTION, RNG_OPTION, VAE_OPTION
+from webui.engine.request import RNG_SOURCES
 from webui.jobs import Caller, JobQueue
 from webui.model_manager.state_dict import CheckpointError
 
@@ -37,6 +38,7 @@ class ServerOptions:
         self.jobs = jobs
         self.live = live
         self.clip_skip = clip_skip
+        self.randn_source = "CPU"  # the same noise on every machine; A1111's default is "GPU"
         self._writing = threading.Lock()
 
     def read(self) -> dict[str, Any]:
@@ -49,6 +51,7 @@ class ServerOptions:
             "sd_checkpoint_hash": studio.facts.cached_sha256(current.path),
             VAE_OPTION: studio.vae_choice,
             CLIP_SKIP_OPTION: self.clip_skip,
+            RNG_OPTION: self.randn_source,
             "samples_format": "png",
             "outdir_samples": "",
             "outdir_txt2img_samples": str(outputs / "txt2img-images"),
@@ -72,7 +75,13 @@ class ServerOptions:
 
     def write(self, values: dict[str, Any], caller: Caller) -> None:
         """Apply the known keys; a bad value is a 422 naming its key and changes nothing after it."""
-        limit_changes = {key: values[key] for key in _LIMIT_OPTIONS if key in values}
+        # Clients such as Open WebUI post back the whole dict they read: unchanged limits are no change.
+        current = self.jobs.limits
+        limit_changes = {
+            key: values[key]
+            for key in _LIMIT_OPTIONS
+            if key in values and values[key] != getattr(current, key)
+        }
         if limit_changes and not caller.admin:
             raise ApiError(
                 403, f"only an admin may change {', '.join(limit_changes)}", next(iter(limit_changes))
@@ -80,6 +89,9 @@ class ServerOptions:
         clip_skip = values.get(CLIP_SKIP_OPTION, self.clip_skip)
         if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 1 <= clip_skip <= 12:
             raise ApiError(422, f"{CLIP_SKIP_OPTION}: expected a whole number from 1 to 12", CLIP_SKIP_OPTION)
+        randn_source = values.get(RNG_OPTION, self.randn_source)
+        if not isinstance(randn_source, str) or randn_source.strip().upper() not in RNG_SOURCES:
+            raise ApiError(422, f"{RNG_OPTION}: expected one of {', '.join(RNG_SOURCES)}", RNG_OPTION)
         checked = {key: _limit_value(key, value) for key, value in limit_changes.items()}
         limits = self.jobs.limits
         if checked:
@@ -96,6 +108,7 @@ class ServerOptions:
                 if key in values:
                     _by_name(key, apply, values[key])
             self.clip_skip = clip_skip
+            self.randn_source = randn_source.strip().upper()
             if checked:
                 self.live.update(limits=limits)  # saved, like a change in the Settings tab
 

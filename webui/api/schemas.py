@@ -90,11 +90,14 @@ class Txt2ImgBody(_Body):
     send_images: bool = True
     save_images: bool = False
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
-    infotext: str | None = None
+    infotext: str | None = Field(None, description="A1111 infotext: fills every field not given")
+    comments: dict[str, Any] | None = Field(None, description="refused when not empty: not stored")
 
 
 class Img2ImgBody(Txt2ImgBody):
-    init_images: list[Any] = Field(..., description="a list of one base64 image")
+    init_images: list[Any] = Field(
+        ..., description="base64 images: one, or one per batch item (then batch_size becomes their count)"
+    )
     resize_mode: int = 0
     image_cfg_scale: float | None = None
     mask: str | None = Field(None, description="base64 image: white is repainted")

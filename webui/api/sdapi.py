@@ -18,6 +18,7 @@ from webui.api.convert import img2img_request, response_info, txt2img_request
 from webui.api.errors import ApiError, error_responses
 from webui.api.extensions import a1111_extension_info
 from webui.api.images import decode_image, encode_base64, image_to_png
+from webui.api.interrogate import interrogate_router
 from webui.api.schemas import (
     ExtrasBatchBody,
     ExtrasOptions,
@@ -46,12 +47,13 @@ _ADMIN_ONLY_FLAGS = ("admin", "auth_file")
 def sdapi_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111-compatible"])
     studio = ctx.studio
+    router.include_router(interrogate_router(studio.settings.data_dir / "models", studio.device))
 
     async def generate(request: Request, body: Txt2ImgBody, build: Any) -> dict[str, Any]:
         caller = caller_of(request.state)
 
         def submit() -> Job:
-            generation, choices = build(body, ctx.options.clip_skip)
+            generation, choices = build(body, ctx.options.clip_skip, ctx.options.randn_source)
             return ctx.jobs.submit(
                 generation, caller, checkpoint=choices.checkpoint, vae=choices.vae, save=choices.save
             )

@@ -24,7 +24,7 @@ from webui.engine.extra_networks import (
     refused_network,
 )
 from webui.engine.latent_upscale import is_latent_mode, upscale_latent
-from webui.engine.noise import image_noise
+from webui.engine.noise import image_noise, sampler_generator
 from webui.engine.preview import tensor_to_images, vae_decode
 from webui.engine.request import GenerationError, GenerationRequest, MaskedContent
 from webui.engine.samplers import make_scheduler, resolve_sampler
@@ -162,10 +162,10 @@ class Engine:
         except ValueError as error:
             raise GenerationError(str(error)) from error
         sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
-        make_scheduler(sampler.name, schedule, self.model.spec.scheduler_config)  # fail before any work
+        self._scheduler(sampler.name, schedule)  # fail before any work
         if request.enable_hr:
             hires = _hires_pass(request)
-            make_scheduler(hires.sampler, hires.scheduler, self.model.spec.scheduler_config)
+            self._scheduler(hires.sampler, hires.scheduler)
         base_seed = request.seed if request.seed != -1 else random.randrange(2**32)
         total = request.batch_size * request.n_iter
         seeds = [(base_seed + i) % 2**32 for i in range(total)]
@@ -230,10 +230,16 @@ class Engine:
             subseeds[: len(images)] if request.subseed_strength > 0 else [],
         )
 
+    def _scheduler(self, sampler: str, schedule: str, seed: int | None = None) -> SchedulerMixin:
+        config = self.model.spec.scheduler_config
+        return make_scheduler(sampler, schedule, config, seed=seed, sdxl=self.model.arch is Arch.SDXL)
+
     def _prepare_networks(self, request: GenerationRequest) -> _Prompts:
         """Switch the model's LoRAs to this job's tags and turn embedding names into tokens."""
         positive, tags = parse_lora_tags(request.prompt)
         negative, negative_tags = parse_lora_tags(request.negative_prompt)
+        if request.disable_extra_networks:
+            tags, negative_tags = [], []  # A1111: the tags still leave the prompt, unapplied
         chosen: dict[str, LoraTag] = {}
         try:
             for tag in tags + negative_tags:
@@ -281,9 +287,7 @@ class Engine:
         """The batch's latents after the first pass and, when asked, hires fix's second pass."""
         count = len(seeds)
         first = _Pass(request.width, request.height, request.steps, request.sampler_name, request.scheduler)
-        first_scheduler = make_scheduler(
-            first.sampler, first.scheduler, self.model.spec.scheduler_config, seed=seeds[0]
-        )
+        first_scheduler = self._scheduler(first.sampler, first.scheduler, seeds[0])
         noise, generators = self._noise(request, seeds, subseeds, first)
         batch = self._batch_inputs(request, init_image, inpaint, count, noise)
         strength = None if batch.init_latents is None else request.denoising_strength
@@ -291,9 +295,7 @@ class Engine:
         hires = _hires_pass(request) if request.enable_hr else None
         hires_scheduler = hires_timesteps = None
         if hires is not None:
-            hires_scheduler = make_scheduler(
-                hires.sampler, hires.scheduler, self.model.spec.scheduler_config, seed=seeds[0]
-            )
+            hires_scheduler = self._scheduler(hires.sampler, hires.scheduler, seeds[0])
             hires_timesteps = _pass_timesteps(
                 hires_scheduler, hires.steps, request.denoising_strength, self.model.device
             )
@@ -374,7 +376,9 @@ class Engine:
         elif strength >= 1.0:
             latents = noise * scheduler.init_noise_sigma
         else:
-            latents = scheduler.add_noise(batch.init_latents, noise, timesteps[:1].repeat(count))
+            # A1111's "Noise multiplier" scales img2img's added noise (not hires fix's).
+            scale = request.initial_noise_multiplier if request.init_image is not None else 1.0
+            latents = scheduler.add_noise(batch.init_latents, noise * scale, timesteps[:1].repeat(count))
         step_kwargs = _step_kwargs(scheduler, generators, request.eta)
         plan = _CallPlan(
             lambda group: self._added_conditioning(group, spec),
@@ -475,7 +479,8 @@ class Engine:
                 max(request.seed_resize_from_h // LATENT_SCALE, 1),
                 max(request.seed_resize_from_w // LATENT_SCALE, 1),
             )
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        device = self.model.device
+        generators = [sampler_generator(seed, request.rng, device) for seed in seeds]
         noise = [
             image_noise(
                 seed,
@@ -485,6 +490,8 @@ class Engine:
                 subseed_strength=request.subseed_strength,
                 resize_from=resize_from,
                 generator=generator,
+                source=request.rng,
+                device=device,
             )
             for seed, subseed, generator in zip(seeds, subseeds, generators)
         ]
@@ -529,8 +536,13 @@ class Engine:
             grey = self._encode(torch.zeros((1, 3, request.height, request.width))).expand(count, -1, -1, -1)
             return _BatchInputs(inpaint_cond=torch.cat([ones, grey], dim=1))
         pixels = pix.image_to_tensor(init_image)
-        latents = self._encode(pixels).expand(count, -1, -1, -1).clone()
+        latents = self._init_latents(pixels, noise).expand(count, -1, -1, -1).clone()
         if inpaint is None:
+            if request.more_init_images:  # one image per batch item (A1111's several init_images)
+                more = [pix.prepare_init_image(request, image) for image in request.more_init_images]
+                latents = torch.cat(
+                    [latents[:1]] + [self._init_latents(pix.image_to_tensor(image), noise) for image in more]
+                )
             return _BatchInputs(init_latents=latents)
         mask = pix.mask_to_tensor(inpaint.mask)
         latent_mask = torch.nn.functional.interpolate(mask, size=latents.shape[2:], mode="bilinear").round()
@@ -544,6 +556,14 @@ class Engine:
             masked_image = self._encode(pixels * (mask < 0.5)).expand(count, -1, -1, -1)
             inpaint_cond = torch.cat([latent_mask.expand(count, -1, -1, -1), masked_image], dim=1)
         return _BatchInputs(latents, latent_mask, inpaint_cond, inpaint)
+
+    def _init_latents(self, pixels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """An init image's latents at the noise's size; resize mode 3 encodes at the image's own
+        size and resizes the latents (bilinear, as A1111's default latent upscaler)."""
+        latents = self._encode(pixels)
+        if latents.shape[2:] != noise.shape[2:]:
+            latents = torch.nn.functional.interpolate(latents, size=noise.shape[2:], mode="bilinear")
+        return latents
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         vae = self.model.vae
@@ -575,8 +595,14 @@ class Engine:
             params["Eta"] = request.eta
         if request.init_image is not None:
             params["Denoising strength"] = request.denoising_strength
+            if request.initial_noise_multiplier != 1.0:
+                params["Noise multiplier"] = request.initial_noise_multiplier
         if request.is_inpaint:
-            params["Mask blur"] = request.mask_blur
+            if request.mask_blur_y is None or request.mask_blur_y == request.mask_blur:
+                params["Mask blur"] = request.mask_blur  # A1111 writes it only when both axes agree
+            if request.inpaint_full_res:
+                params["Inpaint area"] = "Only masked"
+                params["Masked area padding"] = request.inpaint_full_res_padding
         if request.subseed_strength > 0:
             params["Variation seed"] = None  # per image, filled in by the caller with the image's subseed
             params["Variation seed strength"] = request.subseed_strength
@@ -584,6 +610,8 @@ class Engine:
             params["Seed resize from"] = f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
         if request.tiling:
             params["Tiling"] = True
+        if request.rng != "GPU":
+            params["RNG"] = request.rng  # A1111 writes the source unless it is its default, GPU
         if request.enable_hr:
             params.update(_hires_params(request, sampler, schedule))
         return params

@@ -12,6 +12,10 @@ from webui.engine.request import GenerationError, GenerationRequest, MaskedConte
 
 
 def resize_image(image: Image.Image, width: int, height: int, mode: ResizeMode) -> Image.Image:
+    if mode is ResizeMode.LATENT_UPSCALE:
+        # Encoded at its own size (whole latent cells); the latents are then resized, not the pixels.
+        size = (max(8, image.width // 8 * 8), max(8, image.height // 8 * 8))
+        return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
     if mode is ResizeMode.JUST_RESIZE or image.size == (width, height):
         return image.resize((width, height), Image.Resampling.LANCZOS)
     scale_cover = max(width / image.width, height / image.height)
@@ -42,9 +46,11 @@ class InpaintInputs:
     crop_box: tuple[int, int, int, int] | None  # where the generated image goes in `original`
 
 
-def prepare_init_image(request: GenerationRequest) -> Image.Image:
-    assert request.init_image is not None
-    return resize_image(request.init_image.convert("RGB"), request.width, request.height, request.resize_mode)
+def prepare_init_image(request: GenerationRequest, image: Image.Image | None = None) -> Image.Image:
+    """The init image (or `image`, one of the further ones) ready to encode."""
+    image = image or request.init_image
+    assert image is not None
+    return resize_image(image.convert("RGB"), request.width, request.height, request.resize_mode)
 
 
 def prepare_inpaint(request: GenerationRequest) -> InpaintInputs:
@@ -61,7 +67,7 @@ def prepare_inpaint(request: GenerationRequest) -> InpaintInputs:
     rgb = init.convert("RGB")
     if request.inpaint_full_res:
         original = rgb
-        blurred = _blur(mask, request.mask_blur)
+        blurred = _blur(mask, _blur_radius(request))
         box = _crop_box(mask, request.width, request.height, request.inpaint_full_res_padding)
         size = (request.width, request.height)
         image = original.crop(box).resize(size, Image.Resampling.LANCZOS)
@@ -70,15 +76,22 @@ def prepare_inpaint(request: GenerationRequest) -> InpaintInputs:
     else:
         original = resize_image(rgb, request.width, request.height, request.resize_mode)
         mask = resize_image(mask, request.width, request.height, request.resize_mode)
-        work_mask = full_mask = _blur(mask, request.mask_blur)
+        work_mask = full_mask = _blur(mask, _blur_radius(request))
         image, box = original, None
     if request.inpainting_fill is MaskedContent.FILL:
         image = _fill_masked(image, work_mask)
     return InpaintInputs(image, work_mask, original, full_mask, box)
 
 
-def _blur(mask: Image.Image, radius: int) -> Image.Image:
-    return mask.filter(ImageFilter.GaussianBlur(radius)) if radius > 0 else mask
+def _blur_radius(request: GenerationRequest) -> int | tuple[int, int]:
+    """A1111's mask_blur_x/mask_blur_y: one radius, or (horizontal, vertical) when they differ."""
+    if request.mask_blur_y is None or request.mask_blur_y == request.mask_blur:
+        return request.mask_blur
+    return request.mask_blur, request.mask_blur_y
+
+
+def _blur(mask: Image.Image, radius: int | tuple[int, int]) -> Image.Image:
+    return mask.filter(ImageFilter.GaussianBlur(radius)) if radius != 0 and radius != (0, 0) else mask
 
 
 def _crop_box(mask: Image.Image, width: int, height: int, padding: int) -> tuple[int, int, int, int]:

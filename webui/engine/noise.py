@@ -1,21 +1,51 @@
-"""The starting noise of each image: its seed, an optional variation seed, and "resize seed from"."""
+"""The starting noise of each image: its seed, an optional variation seed, and "resize seed from".
+
+Where the noise comes from is A1111's "Random number generator source" (`randn_source`):
+"CPU" draws with torch on the CPU, the same on every machine (our default); "GPU" draws on the
+generating device, as A1111 does by default, so only the same kind of device repeats it; "NV"
+computes an NVIDIA GPU's draw with numpy (engine/philox.py), so an A1111 GPU seed repeats on a
+Mac or a CPU.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from webui.engine.philox import PhiloxGenerator
+
 LATENT_CHANNELS = 4
+_CPU = torch.device("cpu")
+
+
+def sampler_generator(seed: int, source: str = "CPU", device: torch.device = _CPU) -> torch.Generator:
+    """The torch generator a sampler continues for its own noise (ancestral and SDE steps).
+
+    For "NV" this is a CPU generator: diffusers' samplers only take torch generators, so their
+    step noise is the CPU's, not CUDA's (the starting noise, which fixes the composition, is NV's).
+    """
+    where = device if source == "GPU" else _CPU
+    return torch.Generator(where).manual_seed(seed)
 
 
 def seeded_noise(
-    seed: int, height: int, width: int, generator: torch.Generator | None = None
+    seed: int,
+    height: int,
+    width: int,
+    generator: torch.Generator | None = None,
+    source: str = "CPU",
+    device: torch.device = _CPU,
 ) -> torch.Tensor:
-    """(1, 4, height, width) float32 noise drawn on the CPU, so a seed means the same on every device.
+    """(1, 4, height, width) float32 noise for a seed, from the given RNG source (on the CPU after).
 
-    A given `generator` (seeded with `seed`) is drawn from, so a sampler can continue it.
+    A given `generator` (from `sampler_generator`) is drawn from, so a sampler can continue it;
+    "NV" draws from its own Philox generator instead.
     """
-    generator = generator or torch.Generator("cpu").manual_seed(seed)
-    return torch.randn((1, LATENT_CHANNELS, height, width), generator=generator, dtype=torch.float32)
+    shape = (1, LATENT_CHANNELS, height, width)
+    if source == "NV":
+        return torch.from_numpy(PhiloxGenerator(seed).randn(shape).astype(np.float32))
+    generator = generator or sampler_generator(seed, source, device)
+    return torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device).cpu()
 
 
 def slerp(t: float, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
@@ -38,6 +68,8 @@ def image_noise(
     subseed_strength: float = 0.0,
     resize_from: tuple[int, int] | None = None,
     generator: torch.Generator | None = None,
+    source: str = "CPU",
+    device: torch.device = _CPU,
 ) -> torch.Tensor:
     """Noise for one image of latent size `height` x `width`.
 
@@ -46,12 +78,13 @@ def image_noise(
     noise of the real size, so a composition found at one size mostly survives at another.
     """
     drawn_height, drawn_width = resize_from or (height, width)
-    noise = seeded_noise(seed, drawn_height, drawn_width, generator)
+    noise = seeded_noise(seed, drawn_height, drawn_width, generator, source, device)
     if subseed is not None and subseed_strength > 0:
-        noise = slerp(subseed_strength, noise, seeded_noise(subseed, drawn_height, drawn_width))
+        variation = seeded_noise(subseed, drawn_height, drawn_width, source=source, device=device)
+        noise = slerp(subseed_strength, noise, variation)
     if (drawn_height, drawn_width) == (height, width):
         return noise
-    canvas = seeded_noise(seed, height, width)
+    canvas = seeded_noise(seed, height, width, source=source, device=device)
     rows = _centred(drawn_height, height)
     columns = _centred(drawn_width, width)
     canvas[:, :, rows[1], columns[1]] = noise[:, :, rows[0], columns[0]]

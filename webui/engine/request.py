@@ -13,6 +13,7 @@ MAX_SIDE = 4096
 MAX_STEPS = 500
 MAX_BATCH = 64  # images sampled together
 MAX_BATCH_COUNT = 100  # batches run one after another (A1111's batch count)
+RNG_SOURCES = ("CPU", "GPU", "NV")  # A1111's randn_source; see engine/noise.py
 
 
 class GenerationError(ValueError):
@@ -34,6 +35,7 @@ class ResizeMode(IntEnum):
     JUST_RESIZE = 0
     CROP_AND_RESIZE = 1
     RESIZE_AND_FILL = 2
+    LATENT_UPSCALE = 3  # A1111's "Just resize (latent upscale)": encode at its size, upscale latents
 
 
 class MaskedContent(IntEnum):
@@ -60,12 +62,18 @@ class GenerationRequest:
     n_iter: int = 1
     clip_skip: int = 1
     eta: float | None = None
+    rng: str = "CPU"  # where the noise comes from: "CPU", "GPU" (the device) or "NV" (CUDA's, anywhere)
+    disable_extra_networks: bool = False  # <lora:...> tags are taken out of the prompt but not applied
     # img2img and inpainting
     init_image: Image.Image | None = None
+    # More init images, one per further batch item (A1111's several `init_images`); plain img2img only.
+    more_init_images: list[Image.Image] = field(default_factory=list)
+    initial_noise_multiplier: float = 1.0  # img2img: the added noise is scaled by this
     denoising_strength: float = 0.75
     resize_mode: ResizeMode = ResizeMode.JUST_RESIZE
     mask: Image.Image | None = None
     mask_blur: int = 4
+    mask_blur_y: int | None = None  # a vertical radius of its own; None: mask_blur both ways
     inpainting_mask_invert: bool = False
     inpainting_fill: MaskedContent = MaskedContent.ORIGINAL
     inpaint_full_res: bool = False
@@ -92,6 +100,7 @@ class GenerationRequest:
     styles: list[str] = field(default_factory=list)  # styles.csv names, applied to the prompts
     script_name: str = ""  # a script's title ("X/Y/Z plot", ...): the job runs the script instead
     script_args: list[object] = field(default_factory=list)  # the script's positional arguments
+    save_grid: bool = True  # a script's grid is saved with the job's images (False: A1111's do_not_save_grid)
     # Always-on scripts' positional arguments by title (A1111's `alwayson_scripts`); others get defaults.
     alwayson_scripts: dict[str, list[object]] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
@@ -145,6 +154,7 @@ class GenerationRequest:
                 f"denoising_strength must be between 0 and 1, got {self.denoising_strength}",
                 "denoising_strength",
             )
+        self._validate_img2img_extras()
         if self.mask_blur < 0 or self.inpaint_full_res_padding < 0:
             raise GenerationError(
                 "mask_blur and inpaint_full_res_padding must not be negative",
@@ -173,6 +183,32 @@ class GenerationRequest:
                     f"{self.init_image.size[0]}x{self.init_image.size[1]}",
                     "mask",
                 )
+
+    def _validate_img2img_extras(self) -> None:
+        if self.rng not in RNG_SOURCES:
+            raise GenerationError(f"rng must be one of {', '.join(RNG_SOURCES)}, got {self.rng!r}", "rng")
+        if not 0.0 <= self.initial_noise_multiplier <= 2.0:
+            raise GenerationError(
+                f"initial_noise_multiplier must be between 0 and 2, got {self.initial_noise_multiplier}",
+                "initial_noise_multiplier",
+            )
+        if self.mask_blur_y is not None and self.mask_blur_y < 0:
+            raise GenerationError("mask_blur_y must not be negative", "mask_blur_y")
+        if self.more_init_images:
+            if self.init_image is None or self.is_inpaint:
+                raise GenerationError(
+                    "several init images work for img2img without a mask only", "more_init_images"
+                )
+            if len(self.more_init_images) + 1 != self.batch_size:
+                raise GenerationError(
+                    f"{len(self.more_init_images) + 1} init images need a batch size of as many, "
+                    f"got {self.batch_size}",
+                    "more_init_images",
+                )
+        if self.resize_mode is ResizeMode.LATENT_UPSCALE and self.is_inpaint:
+            raise GenerationError(
+                "resize_mode 3 (latent upscale) is for img2img without a mask", "resize_mode"
+            )
 
     def _validate_values(self) -> None:
         """Text a JSON answer can carry and finite numbers everywhere: a lone UTF-16 surrogate

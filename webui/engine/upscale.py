@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -35,11 +36,12 @@ MAX_MODEL_PASSES = 3  # as A1111: a 2x model reaches 8x
 
 
 class Upscalers:
-    """The upscalers a user can pick: the plain resamplers, then one per model file in `folder`."""
+    """The upscalers a user can pick: the plain resamplers, then one per model file in `folder`
+    (or folders: A1111's ESRGAN and RealESRGAN, ComfyUI's upscale_models, extra ones)."""
 
     def __init__(
         self,
-        folder: Path | None = None,
+        folder: Path | Sequence[Path] | None = None,
         *,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
@@ -47,7 +49,8 @@ class Upscalers:
         tile: int = DEFAULT_TILE,
         overlap: int = DEFAULT_OVERLAP,
     ) -> None:
-        self.folder = Path(folder) if folder is not None else None
+        many = () if folder is None else (folder,) if isinstance(folder, str | Path) else tuple(folder)
+        self.folders = tuple(Path(each) for each in many)
         self.device = torch.device(device)
         self.dtype = dtype
         self.max_loaded = max(max_loaded, 1)
@@ -60,7 +63,9 @@ class Upscalers:
 
     def refresh(self) -> None:
         """Rescan the folder; loaded models are dropped, since their files may have changed."""
-        files = _scan(self.folder) if self.folder is not None else {}
+        files: dict[str, Path] = {}
+        for folder in self.folders:  # a name in an earlier folder wins
+            files.update({name: path for name, path in _scan(folder).items() if name not in files})
         with self._lock:
             self._files = files
             self._loaded.clear()

@@ -33,6 +33,7 @@ from safetensors import SafetensorError, safe_open
 
 from webui.model_manager.detect import Arch
 from webui.model_manager.load import LoadedModel
+from webui.model_manager.lycoris import LycorisError, inject_lycoris, is_lycoris, unwrap_empty
 from webui.model_manager.state_dict import SAFETENSORS_SUFFIXES, CheckpointError, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class _Adapter:
     path: Path
     signature: tuple[int, int]  # (mtime_ns, size): an edited file is read again
     parts: tuple[str, ...]  # "unet", "text_encoder", "text_encoder_2": where it has layers
+    lycoris: bool = False  # a LoHa/LoKr network (webui/model_manager/lycoris.py)
     last_job: int = 0
 
 
@@ -224,6 +226,8 @@ def activate_loras(model: LoadedModel, wanted: Sequence[tuple[str, Path, LoraWei
             te_weight, unet_weight = weight if isinstance(weight, tuple) else (weight, weight)
             weights[name] = (float(te_weight), float(unet_weight))  # given twice: the last one wins
             _ensure_loaded(model, state, name, Path(path)).last_job = state.jobs
+        for name, path, _weight in wanted:  # LyCORIS ones a later LoRA took out come back
+            _ensure_loaded(model, state, name, Path(path)).last_job = state.jobs
     except LoraError:
         _switch(model, state, {})  # whoever uses the model next gets its plain weights
         raise
@@ -238,6 +242,11 @@ def _ensure_loaded(model: LoadedModel, state: LoraState, name: str, path: Path) 
         return known
     if known is not None:
         _unload(model, state, known)
+    if any(other.lycoris for other in state.adapters.values()) and not is_lycoris(_read_shapes(path)):
+        # peft's LoRA layers cannot wrap LyCORIS ones (the other way round works): take those
+        # out; they are loaded again, around the LoRA layers, when next wanted.
+        for other in [other for other in state.adapters.values() if other.lycoris]:
+            _unload(model, state, other)
     adapter = _load(model, name, path, signature)
     state.files_read += 1
     state.adapters[name] = adapter
@@ -262,6 +271,8 @@ def _load(model: LoadedModel, name: str, path: Path, signature: tuple[int, int])
     file_arch = lora_arch_from_shapes({key: tuple(value.shape) for key, value in tensors.items()})
     if file_arch is not None and file_arch is not model.arch:
         raise LoraError(f"LoRA '{name}' is for {file_arch.label}, the current model is {model.arch.label}")
+    if is_lycoris(tensors):
+        return _load_lycoris(model, name, path, signature, tensors)
     parts = _convert(model, name, tensors)
     _check_fits(model, name, file_arch, parts)
     adapter = _Adapter(name, _adapter_name(name), path, signature, tuple(parts))
@@ -271,6 +282,24 @@ def _load(model: LoadedModel, name: str, path: Path, signature: tuple[int, int])
         _delete_layers(model, adapter)
         raise LoraError(f"LoRA '{name}': diffusers could not load it: {error}") from error
     log.info("loaded LoRA %s (%s) into %s", name, ", ".join(parts), model.name)
+    return adapter
+
+
+def _load_lycoris(
+    model: LoadedModel, name: str, path: Path, signature: tuple[int, int], tensors: dict[str, torch.Tensor]
+) -> _Adapter:
+    """LoHa/LoKr files: peft's own layers, put in by webui/model_manager/lycoris.py."""
+    adapter = _Adapter(name, _adapter_name(name), path, signature, (), lycoris=True)
+    try:
+        with torch.no_grad():
+            adapter.parts = inject_lycoris(_components(model), adapter.adapter, tensors)
+    except (LycorisError, ValueError, RuntimeError, TypeError) as error:
+        _delete_layers(model, adapter)
+        unwrap_empty(_components(model))
+        raise LoraError(
+            f"LoRA '{name}' (LyCORIS) does not fit the current model {model.name}: {error}"
+        ) from error
+    log.info("loaded LyCORIS network %s (%s) into %s", name, ", ".join(adapter.parts), model.name)
     return adapter
 
 
@@ -452,6 +481,8 @@ def _unload_idle(model: LoadedModel, state: LoraState, keep: Iterable[str]) -> N
 
 def _unload(model: LoadedModel, state: LoraState, adapter: _Adapter) -> None:
     _delete_layers(model, adapter)
+    if adapter.lycoris:
+        unwrap_empty(_components(model))
     state.adapters.pop(adapter.name, None)
     log.info("unloaded LoRA %s from %s", adapter.name, model.name)
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
 from webui.model_manager.detect import VAE_PREFIX, Arch, detect_model
 from webui.model_manager.facts import FileFactsCache
+from webui.model_manager.folders import ModelLibrary
 from webui.model_manager.state_dict import CHECKPOINT_SUFFIXES, CheckpointError, read_tensor_shapes
 
 log = logging.getLogger(__name__)
@@ -36,21 +37,32 @@ class ModelKind(str, Enum):
 
 @dataclass(frozen=True)
 class ModelFolders:
-    """Where each kind lives; the A1111 layout under one data folder by default."""
+    """Where each kind lives; the A1111 (or ComfyUI) layout under one data folder by default.
+
+    `vae`, `lora` and `embeddings` are where new files go; `more` lists further folders scanned.
+    """
 
     checkpoints: tuple[Path, ...]
     vae: Path
     lora: Path
     embeddings: Path
+    more: dict[ModelKind, tuple[Path, ...]] = field(default_factory=dict)
 
     @classmethod
-    def under(cls, data_dir: Path, extra_checkpoint_dirs: Iterable[Path] = ()) -> ModelFolders:
-        models = Path(data_dir) / "models"
-        checkpoint_dirs = [models / "Stable-diffusion"]
+    def under(
+        cls, data_dir: Path, extra_checkpoint_dirs: Iterable[Path] = (), models_config: Path | None = None
+    ) -> ModelFolders:
+        return cls.of(ModelLibrary.find(Path(data_dir), models_config), extra_checkpoint_dirs)
+
+    @classmethod
+    def of(cls, library: ModelLibrary, extra_checkpoint_dirs: Iterable[Path] = ()) -> ModelFolders:
+        checkpoint_dirs = list(library.checkpoints)
         for folder in extra_checkpoint_dirs:
             if Path(folder).resolve() not in {d.resolve() for d in checkpoint_dirs}:
                 checkpoint_dirs.append(Path(folder))
-        return cls(tuple(checkpoint_dirs), models / "VAE", models / "Lora", Path(data_dir) / "embeddings")
+        more = {ModelKind.VAE: library.vae[1:], ModelKind.LORA: library.lora[1:]}
+        more[ModelKind.EMBEDDING] = library.embeddings[1:]
+        return cls(tuple(checkpoint_dirs), library.vae[0], library.lora[0], library.embeddings[0], more)
 
 
 @dataclass(frozen=True)
@@ -169,7 +181,7 @@ class ModelRegistry:
             ModelKind.VAE: (self.folders.vae,),
             ModelKind.LORA: (self.folders.lora,),
             ModelKind.EMBEDDING: (self.folders.embeddings,),
-        }[kind]
+        }[kind] + self.folders.more.get(kind, ())
 
     def _scan(self, kind: ModelKind) -> list[ModelFile]:
         found: list[ModelFile] = []

@@ -8,6 +8,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+# A1111's RNG sources; the engine's list, repeated here because outputs does not import the engine.
+RNG_SOURCES = ("CPU", "GPU", "NV")
 NEGATIVE_PREFIX = "Negative prompt:"
 # A1111's rule: the last line is parameters only when it holds at least this many pairs,
 # so a prompt that merely contains "a: b" is not mistaken for one.
@@ -103,6 +105,8 @@ def request_fields_from_params(params: Mapping[str, str]) -> dict[str, object]:
             fields[width_field], fields[height_field] = size
     if "Hires upscale" in params or "Hires resize" in params:
         fields["enable_hr"] = True
+    if str(params.get("Inpaint area", "")).strip().lower() == "only masked":
+        fields["inpaint_full_res"] = True
     return fields
 
 
@@ -118,6 +122,12 @@ def _to_int(value: object) -> int | None:
         pass
     number = _to_float(text)  # "20.0" from hand-edited or foreign infotexts
     return int(number) if number is not None and number.is_integer() else None
+
+
+def _to_rng(value: object) -> str | None:
+    """A1111's RNG sources ("CPU", "GPU", "NV"), any case."""
+    text = str(value).strip().upper()
+    return text if text in RNG_SOURCES else None
 
 
 def _to_bool(value: object) -> bool | None:
@@ -163,6 +173,9 @@ _FIELD_CONVERSIONS: tuple[tuple[str, str, Callable[[str], object | None]], ...] 
     ("Variation seed", "subseed", _to_int),
     ("Variation seed strength", "subseed_strength", _to_float),
     ("Tiling", "tiling", _to_bool),
+    ("RNG", "rng", _to_rng),
+    ("Noise multiplier", "initial_noise_multiplier", _to_float),
+    ("Masked area padding", "inpaint_full_res_padding", _to_int),
     ("Hires upscale", "hr_scale", _to_float),
     ("Hires steps", "hr_second_pass_steps", _to_int),
     ("Hires upscaler", "hr_upscaler", _to_text),
