@@ -582,12 +582,12 @@ class Studio:
         args = script.parse_args(request.script_args)
         each = None if guard is None else (lambda generation: guard(generation, script.title))
         run = ScriptRun.for_studio(self, request.mode, control, on_step, save, checkpoint, vae, hooks, each)
+        if not request.save_grid:
+            run.save_grid = lambda _grid, _infotext: None
         return script.run(replace(request, script_name="", script_args=[]), args, run)
 
     # -- live previews ------------------------------------------------------------------------
     def _preview_period(self) -> int:
-        if not request.save_grid:
-            run.save_grid = lambda _grid, _infotext: None
         # With the safety checker on, nothing unscreened may show, previews included.
         if self.settings.preview_method == "none" or self.safety is not None:
             return 0
