@@ -226,3 +226,11 @@ def _png(image: Image.Image) -> bytes:
     stream = io.BytesIO()
     image.save(stream, format="PNG")
     return stream.getvalue()
+
+
+def test_other_methods_get_405(server: LiveServer, tokens: dict[str, str]) -> None:
+    # Stateless MCP: no session to stream to (GET) or to end (DELETE); an open GET would hang.
+    headers = {"Authorization": f"Bearer {tokens['bob']}"}
+    for method in ("GET", "DELETE", "PUT"):
+        answer = httpx.request(method, f"{server.url}/mcp", headers=headers, timeout=30)
+        assert answer.status_code == 405 and answer.headers["allow"] == "POST", method

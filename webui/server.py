@@ -83,7 +83,7 @@ def create_app(
     app.include_router(tokens_router(tokens))
     app.include_router(openai_images_router(ctx))
     mcp = McpEndpoint(ctx)
-    app.add_route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
+    app.add_route("/mcp", mcp, methods=_METHODS, include_in_schema=False)
     _run_during_lifespan(app, mcp.running)
     mount_extension_routes(app, studio.extensions)
     _answer_unrouted(app)

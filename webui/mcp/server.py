@@ -394,6 +394,22 @@ def _describe(ctx: ApiContext, job: Job) -> str:
     )
 
 
+async def _method_not_allowed(scope: dict[str, Any], send: Any) -> None:
+    body = json.dumps(
+        {
+            "error": "method not allowed",
+            "detail": f"/mcp answers POST (MCP over streamable HTTP), not {scope['method']}",
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"allow", b"POST"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 405, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def _request(context: Context) -> Any:
     request = context.request_context.request
     if request is None:
@@ -428,6 +444,10 @@ class McpEndpoint:
         self._manager = self.server.session_manager
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] != "POST":
+            # Stateless: no session to stream to (GET) or to end (DELETE); an open GET would hang.
+            await _method_not_allowed(scope, send)
+            return
         await self._manager.handle_request(scope, receive, send)
 
     @contextlib.asynccontextmanager
