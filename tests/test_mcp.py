@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -234,3 +235,12 @@ def test_other_methods_get_405(server: LiveServer, tokens: dict[str, str]) -> No
     for method in ("GET", "DELETE", "PUT"):
         answer = httpx.request(method, f"{server.url}/mcp", headers=headers, timeout=30)
         assert answer.status_code == 405 and answer.headers["allow"] == "POST", method
+
+
+def test_the_bridge_says_why_it_cannot_start(server: LiveServer) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WEBUI_API_TOKEN": "sdw_0123456789ab_wrong"}
+    command = [sys.executable, "-m", "webui.mcp", "--url", server.url]
+    ended = subprocess.run(
+        command, env=env, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60
+    )
+    assert ended.returncode == 1 and "refused the token (401)" in ended.stderr

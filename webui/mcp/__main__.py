@@ -80,9 +80,31 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # any failure to reach the server, in one line
-        print(f"error: cannot bridge to {endpoint(args.url)}: {error}", file=sys.stderr)
+        why = _refusal(args.url, token) or _cause(error)
+        print(f"error: cannot bridge to {endpoint(args.url)}: {why}", file=sys.stderr)
         return 1
     return 0
+
+
+def _refusal(url: str, token: str | None) -> str | None:
+    """Why the server refused us, when it did: the SDK's own error does not say."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        status = httpx2.post(endpoint(url), headers=headers, json={}, timeout=10).status_code
+    except httpx2.HTTPError:
+        return None
+    if status == 401:
+        return f"the server refused the token (401): give --token or ${TOKEN_ENV}, or make a new token"
+    if status == 429:
+        return "too many failed logins from here (429); wait and try again"
+    return None
+
+
+def _cause(error: BaseException) -> str:
+    """The first real error inside the task groups' wrapping, as one line."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return f"{type(error).__name__}: {error}"
 
 
 if __name__ == "__main__":
