@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -244,3 +245,37 @@ def test_the_bridge_says_why_it_cannot_start(server: LiveServer) -> None:
         command, env=env, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60
     )
     assert ended.returncode == 1 and "refused the token (401)" in ended.stderr
+
+
+def test_a_client_that_gives_up_stops_its_job(server: LiveServer, tokens: dict[str, str]) -> None:
+    async def give_up(client: Client) -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.call_tool("generate_image", {"prompt": "slow", **FAST}), 3)
+
+    server.gate.close()
+    try:
+        over_http(server, tokens["bob"], give_up)
+        assert server.gate.reached.wait(30)
+        job = server.gate.held_job
+        deadline = time.monotonic() + 10
+        while not job.control.interrupted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert job.control.interrupted
+    finally:
+        server.gate.open()
+    assert job.wait(60) and job.state.value == "interrupted"
+
+
+def test_an_upscale_is_held_to_the_size_limit(server: LiveServer, tokens: dict[str, str]) -> None:
+    image = base64.b64encode(_png(Image.new("RGB", (64, 64)))).decode()
+
+    async def use(client: Client) -> Any:
+        return await client.call_tool("upscale_image", {"image": image, "scale": 2})
+
+    before = server.jobs.limits.max_pixels
+    server.jobs.set_limits(max_pixels=100 * 100)
+    try:
+        refused = over_http(server, tokens["bob"], use)
+    finally:
+        server.jobs.set_limits(max_pixels=before)
+    assert refused.is_error and "128x128" in _texts(refused) and "--max-size" in _texts(refused)

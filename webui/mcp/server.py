@@ -215,6 +215,10 @@ class StudioTools:
     ) -> CallToolResult:
         """Enlarge an image (Extras). Returns the larger image as PNG."""
         picture = self._image(context, image, "image")
+        width, height = (round(side * scale) for side in picture.size)
+        limit = self.ctx.jobs.limits.max_pixels
+        if width * height > limit:  # the same --max-size a generation is held to
+            raise ToolError(f"{width}x{height} is over this server's limit of {limit} pixels (--max-size)")
         names = [name for name in self.ctx.studio.upscaler_names() if name != "None"]
         chosen = upscaler or ("Lanczos" if "Lanczos" in names else names[0])
         if chosen not in names:
