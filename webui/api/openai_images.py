@@ -112,6 +112,9 @@ async def _openai_answer(answer: Any) -> JSONResponse:
         return JSONResponse(await answer())
     except OpenAIError as error:
         return _error_response(error)
+    except ValidationError as error:  # our A1111 body refused a value ImageRequest let through
+        first = error.errors()[0] if error.errors() else {}
+        return _error_response(OpenAIError(400, f"invalid request: {first.get('msg', error)}"))
     except ApiError as error:
         status = 400 if error.status == 422 else error.status
         param = {"batch_size": "n", "width": "size", "height": "size"}.get(error.field or "", error.field)
