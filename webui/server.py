@@ -70,7 +70,9 @@ def create_app(
         description=(
             "`/sdapi/v1` speaks AUTOMATIC1111's API for existing clients. `/api/v1` queues jobs, "
             "returns their ids at once and streams progress as server-sent events. When the server "
-            "has a login, every route needs HTTP Basic credentials."
+            "has a login, every route needs HTTP Basic credentials or an API token "
+            "(`Authorization: Bearer ...`, made with `/api/v1/tokens`). `/v1` speaks OpenAI's images "
+            "API and `/mcp` the Model Context Protocol (see docs/agents.md)."
         ),
         redoc_url=None,
     )
