@@ -18,7 +18,7 @@ from tests.conftest import CPU
 from webui.engine.generate import Engine
 from webui.engine.preview import vae_decode
 from webui.engine.request import GenerationRequest
-from webui.engine.speed import SpeedOptions
+from webui.engine.speed_options import SpeedOptions
 from webui.model_manager.cache import MemoryBudgets, ModelCache, Tier
 from webui.model_manager.load import LoadedModel, load_model
 from webui.model_manager.offload import MemoryMode

@@ -13,7 +13,8 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from webui.engine.generate import Engine
 from webui.engine.preview import PreviewCopy, vae_decode
 from webui.engine.request import GenerationError, GenerationRequest
-from webui.engine.speed import SpeedOptions, prepare_unet, xformers_available
+from webui.engine.speed import prepare_unet
+from webui.engine.speed_options import SpeedOptions, xformers_available
 from webui.model_manager.detect import Arch
 from webui.model_manager.load import LoadedModel, load_model
 from webui.tools.tiny_networks import write_tiny_lora

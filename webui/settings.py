@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from webui.engine.devices import DEVICES, PRECISIONS
-from webui.engine.speed import ATTENTION_KERNELS, COMPILE_MODES, SWITCHES, SpeedOptions
+from webui.engine.device_choices import DEVICES, PRECISIONS
+from webui.engine.speed_options import ATTENTION_KERNELS, COMPILE_MODES, SWITCHES, SpeedOptions
 from webui.jobs.limits import Limits, parse_size
 from webui.outputs.naming import DEFAULT_PATTERN, check_pattern
 

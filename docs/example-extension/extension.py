@@ -11,12 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from webui.engine.request import GenerationRequest
-from webui.engine.steps import DenoiseStep
-from webui.extensions.api import AlwaysOnScript, ExtensionSetup
-from webui.results import StudioResult
-from webui.scripts.args import ScriptArg, read_args
-from webui.scripts.base import ResultParts, ScriptRun, fixed_seed
+from webui.extensions.api import (
+    AlwaysOnScript,
+    DenoiseStep,
+    ExtensionSetup,
+    GenerationRequest,
+    ResultParts,
+    ScriptArg,
+    ScriptRun,
+    StudioResult,
+    fixed_seed,
+    read_args,
+)
 
 
 @dataclass(frozen=True)

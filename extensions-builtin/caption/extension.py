@@ -12,10 +12,15 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from webui.engine.request import GenerationError
-from webui.extensions.api import AlwaysOnScript, ExtensionSetup, ImageDone, ImageSaved
-from webui.outputs.infotext import parse_infotext
-from webui.scripts.args import ScriptArg
+from webui.extensions.api import (
+    AlwaysOnScript,
+    ExtensionSetup,
+    GenerationError,
+    ImageDone,
+    ImageSaved,
+    ScriptArg,
+    parse_infotext,
+)
 
 FIELDS = (
     "prompt",

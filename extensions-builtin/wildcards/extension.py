@@ -15,9 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from webui.engine.request import GenerationError
-from webui.extensions.api import AlwaysOnScript, ExtensionSetup, JobStart
-from webui.scripts.args import ScriptArg
+from webui.extensions.api import AlwaysOnScript, ExtensionSetup, GenerationError, JobStart, ScriptArg
 
 PATTERN = re.compile(r"__([\w\-]+(?:/[\w\-]+)*)__")
 MAX_DEPTH = 10  # wildcards inside picked lines, at most this deep (a file naming itself ends here)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-DEVICES = ("auto", "cuda", "mps", "cpu")
+from webui.engine.device_choices import DEVICES, PRECISIONS
 
 
 def resolve_device(choice: str = "auto") -> torch.device:

@@ -28,7 +28,8 @@ from webui.engine.noise import image_noise, sampler_generator
 from webui.engine.preview import tensor_to_images, vae_decode
 from webui.engine.request import GenerationError, GenerationRequest, MaskedContent
 from webui.engine.samplers import make_scheduler, resolve_sampler
-from webui.engine.speed import SpeedOptions, UNetCall, prepare_unet
+from webui.engine.speed import UNetCall, prepare_unet
+from webui.engine.speed_options import SpeedOptions
 from webui.engine.steps import DenoiseHook, DenoiseStep, Interrupted, JobControl, StepHook, StepInfo
 from webui.engine.tiling import circular_padding
 from webui.engine.upscale import upscale

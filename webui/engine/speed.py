@@ -8,7 +8,6 @@ floating-point reordering (see tests/test_speed.py); the defaults are the safe s
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from collections.abc import Callable
@@ -24,75 +23,15 @@ from diffusers.models.attention_processor import (
     XFormersAttnProcessor,
 )
 
+from webui.engine.speed_options import ResolvedSpeed
 from webui.model_manager.load import LoadedModel
 
 log = logging.getLogger(__name__)
 
-ATTENTION_KERNELS = ("auto", "sdpa", "xformers", "math")
-SWITCHES = ("auto", "on", "off")
-# off; "on": inductor's default mode; "max": max-autotune (slow to build, fastest to run).
-COMPILE_MODES = ("off", "on", "max")
-# Shapes (size x batch x prompt length) one process may compile before falling back to eager.
 COMPILED_SHAPES_LIMIT = 64
 _STATE_ATTRIBUTE = "_webui_speed_state"
 
 UNetCall = Callable[..., torch.Tensor]
-
-
-@dataclass(frozen=True)
-class SpeedOptions:
-    """What the user asked for; `auto` switches turn on where they pay off (CUDA)."""
-
-    attention: str = "auto"  # auto (SDPA; flash/memory-efficient kernels on CUDA), sdpa, xformers, math
-    channels_last: str = "auto"  # NHWC convolutions: on for CUDA
-    fuse_qkv: str = "auto"  # one matmul for q, k and v (k and v in cross-attention): on for CUDA
-    batch_cond_uncond: bool = True  # negative and positive prompt in one UNet call
-    compile: str = "off"  # torch.compile the UNet; graphs are built per shape and cached on disk
-    cuda_graphs: bool = False  # with compile on CUDA: replay each shape's kernels as one CUDA graph
-
-    def __post_init__(self) -> None:
-        _check("attention", self.attention, ATTENTION_KERNELS)
-        _check("channels_last", self.channels_last, SWITCHES)
-        _check("fuse_qkv", self.fuse_qkv, SWITCHES)
-        _check("compile", self.compile, COMPILE_MODES)
-
-    def resolve(self, device: torch.device) -> ResolvedSpeed:
-        """The concrete choices on `device`; raises ValueError for one that cannot work there."""
-        cuda = device.type == "cuda"
-        attention = "sdpa" if self.attention == "auto" else self.attention
-        if attention == "xformers" and not xformers_available():
-            raise ValueError("--attention xformers was asked for, but the xformers package is not installed")
-        if self.cuda_graphs and not cuda:
-            raise ValueError("CUDA graphs need a CUDA device")
-        if self.cuda_graphs and self.compile == "off":
-            raise ValueError("CUDA graphs are built by torch.compile: turn compile on as well")
-        return ResolvedSpeed(
-            attention=attention,
-            channels_last=_switch(self.channels_last, cuda),
-            # The fused processor is an SDPA one: with another kernel the projections stay apart.
-            fuse_qkv=_switch(self.fuse_qkv, cuda) and attention == "sdpa",
-            batch_cond_uncond=self.batch_cond_uncond,
-            compile=self.compile,
-            cuda_graphs=self.cuda_graphs,
-        )
-
-
-@dataclass(frozen=True)
-class ResolvedSpeed:
-    attention: str
-    channels_last: bool
-    fuse_qkv: bool
-    batch_cond_uncond: bool
-    compile: str
-    cuda_graphs: bool
-
-    @property
-    def compile_mode(self) -> str | None:
-        if self.compile == "off":
-            return None
-        if self.cuda_graphs:
-            return "max-autotune" if self.compile == "max" else "reduce-overhead"
-        return "max-autotune-no-cudagraphs" if self.compile == "max" else "default"
 
 
 @dataclass
@@ -103,10 +42,6 @@ class _ModelSpeedState:
     fused: bool = False
     projections_built: bool = False
     compiled: dict[str, Any] = field(default_factory=dict)  # compile mode -> compiled UNet
-
-
-def xformers_available() -> bool:
-    return importlib.util.find_spec("xformers") is not None
 
 
 def prepare_unet(model: LoadedModel, speed: ResolvedSpeed, loras_active: bool) -> UNetCall:
@@ -189,12 +124,3 @@ def _state(model: LoadedModel) -> _ModelSpeedState:
         state = _ModelSpeedState()
         setattr(model, _STATE_ATTRIBUTE, state)
     return state
-
-
-def _switch(value: str, auto: bool) -> bool:
-    return auto if value == "auto" else value == "on"
-
-
-def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")

@@ -1,7 +1,10 @@
 """What an extension's `setup(ext)` is given, and the events its hooks receive (docs/extensions.md).
 
-Torch- and web-framework-free to import: an extension pulls in Gradio or FastAPI itself, inside
-the functions that build its tab or its routes.
+The one module extensions import from the app: everything they need is here (re-exported where
+it lives elsewhere), so the app's own modules can move without breaking them. Torch- and
+web-framework-free to import (`DenoiseStep`, the step hook's type, loads the engine on first
+use); an extension pulls in Gradio or FastAPI itself, inside the functions that build its tab or
+its routes.
 """
 
 from __future__ import annotations
@@ -14,12 +17,49 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from webui.engine.request import GenerationRequest
+from webui.engine.request import GenerationError, GenerationRequest
+from webui.outputs.infotext import format_infotext, parse_infotext
+from webui.results import StudioResult
 from webui.scripts.args import ScriptArg, read_args
-from webui.scripts.base import Script
+from webui.scripts.base import ResultParts, Script, ScriptRun, fixed_seed
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
+
+    from webui.engine.steps import DenoiseStep
+
+__all__ = [
+    "HOOKS",
+    "MODES",
+    "AlwaysOnScript",
+    "DenoiseStep",
+    "ExtensionSetup",
+    "ExtensionTab",
+    "GenerationError",
+    "GenerationRequest",
+    "ImageDone",
+    "ImageSaved",
+    "JobStart",
+    "ResultParts",
+    "Script",
+    "ScriptArg",
+    "ScriptRun",
+    "StudioResult",
+    "fixed_seed",
+    "format_infotext",
+    "parse_infotext",
+    "read_args",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The step hook's type lives with the engine, which needs torch: loaded only when asked for.
+    if name == "DenoiseStep":
+        from webui.engine.steps import DenoiseStep
+
+        return DenoiseStep
+    raise AttributeError(f"module 'webui.extensions.api' has no attribute {name!r}")
+
 
 MODES = frozenset({"txt2img", "img2img"})
 HOOKS = ("before_job", "on_step", "after_image", "after_save")  # the order they run in, per job

@@ -23,18 +23,6 @@ from webui.training.request import TrainingRequest
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Caller:
-    """Who is asking: jobs are owned by name; an admin may see and stop anyone's."""
-
-    name: str
-    admin: bool = False
-
-
-# Without a login there is one user, and it is the machine's owner.
-LOCAL_CALLER = Caller("local", admin=True)
-
-
 class JobKind(str, enum.Enum):
     TXT2IMG = "txt2img"
     IMG2IMG = "img2img"

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 
 from webui.engine.request import GenerationError, GenerationRequest
 from webui.engine.steps import StepInfo
+from webui.jobs.caller import Caller
 from webui.jobs.fair import FairLine
-from webui.jobs.job import Caller, Job, JobState, JobStatus
+from webui.jobs.job import Job, JobState, JobStatus
 from webui.jobs.limits import Limits, ScriptBudget
 from webui.jobs.store import FileImages, JobStore, StoredImage, StoredJob
 from webui.model_manager.state_dict import CheckpointError

@@ -45,7 +45,8 @@ from webui.engine.generate import Engine
 from webui.engine.preview import vae_decode, with_previews
 from webui.engine.request import GenerationRequest
 from webui.engine.samplers import make_scheduler
-from webui.engine.speed import SpeedOptions, prepare_unet, use_compile_cache
+from webui.engine.speed import prepare_unet, use_compile_cache
+from webui.engine.speed_options import SpeedOptions
 from webui.engine.steps import StepInfo
 from webui.jobs.job import Job
 from webui.model_manager.detect import Arch
