@@ -118,7 +118,7 @@ def test_styles_save_list_and_apply(app: App, page: Page) -> None:
 
     page.locator("#txt2img-style-name textarea, #txt2img-style-name input").first.fill("oil")
     page.locator("#txt2img-style-save").click()
-    page.locator("#txt2img-error").wait_for(state="hidden")
+    wait_for_text(page, "txt2img-error", "Style 'oil' was saved")  # said, not silent
     assert app.studio.styles.find("oil").prompt == "{prompt}, oil painting"
     assert app.studio.styles.find("oil").negative_prompt == "lowres"
 

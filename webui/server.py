@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -198,10 +199,31 @@ class Tls:
     certfile: Path
 
 
+class QuietShutdownFilter(logging.Filter):
+    """Drops uvicorn's "Exception in ASGI application" for streams it cancels at shutdown.
+
+    An open page holds event streams; when the graceful shutdown's time is up, uvicorn cancels
+    them and logs each cancellation as a long traceback, though nothing went wrong.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, asyncio.CancelledError):
+            return False
+        if "timeout graceful shutdown exceeded" in record.getMessage():  # an ERROR for a plain stop
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "closed the connections of pages still open", ()
+        return True
+
+
 def uvicorn_config(
     app: FastAPI, host: str, port: int, tls: Tls | None = None, shutdown_grace_s: int = 5
 ) -> uvicorn.Config:
     import uvicorn
+
+    errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(known, QuietShutdownFilter) for known in errors.filters):
+        errors.addFilter(QuietShutdownFilter())
 
     return uvicorn.Config(
         app,

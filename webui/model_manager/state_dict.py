@@ -59,6 +59,8 @@ def open_safetensors(path: Path) -> Iterator[Any]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             yield handle
+    except CheckpointError:
+        raise  # the caller's own verdict on a readable file (e.g. "cannot merge SD1 with SDXL")
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(
             f"{Path(path).name}: not a readable .safetensors file (truncated or corrupt?): {error}"

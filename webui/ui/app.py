@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 from PIL import Image
 
-from webui.model_manager.registry import ModelKind
+from webui.model_manager.registry import ModelFile, ModelKind
 from webui.model_manager.state_dict import CheckpointError
 from webui.outputs import parse_infotext
 from webui.ui.account_tab import build_account_tab
@@ -22,6 +22,7 @@ from webui.ui.history import build_history_tab
 from webui.ui.img2img import build_img2img
 from webui.ui.inpaint import build_inpaint
 from webui.ui.masks import editor_value
+from webui.ui.model_status import header_status, run_and_describe
 from webui.ui.models_tab import (
     INSERT_TARGETS,
     build_models_tab,
@@ -35,6 +36,7 @@ from webui.ui.pnginfo import build_pnginfo_tab
 from webui.ui.results import error_box, hide_error, selected_item, show_error
 from webui.ui.settings_tab import build_settings_tab
 from webui.ui.styles_controls import wire_styles
+from webui.ui.tooltips import tooltips_head
 from webui.ui.train_tab import build_train_tab
 from webui.ui.txt2img import build_txt2img
 
@@ -44,11 +46,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TITLE = "Stable Diffusion studio"
+NOTHING_TO_SEND = "there is no result to send yet: generate an image first"
+# Gradio pushes every later progress update to all outputs an event ever had (and to everything
+# inside an output container such as the page's tabs), and the inpaint editor answers each by
+# re-uploading its layers. Progress shown on the clicked button keeps the editor out of that list.
+SEND_OPTIONS: dict[str, Any] = {**PRIVATE, "show_progress": "hidden"}
 
 # Gradio 6 takes css and head at launch()/mount_gradio_app(), not in Blocks(): see launch_options().
 APP_CSS = """
 #header { align-items: center; }
 #header h1 { margin: 0; font-size: 1.2rem; white-space: nowrap; }
+#header #title { flex: 0 0 auto !important; min-width: 250px !important; width: 250px; }
 #demo-banner { background: #fff7e6; border: 1px solid #f0b64d; border-radius: 8px; padding: 8px 14px; }
 .dark #demo-banner { background: #3a2c10; border-color: #a4761f; }
 .error-box { background: #fdecec; border: 1px solid #e5484d; border-radius: 8px; padding: 8px 14px; }
@@ -57,7 +65,7 @@ APP_CSS = """
 .notice-box { background: #fff7e6; border: 1px solid #f0b64d; border-radius: 8px; padding: 8px 14px; }
 .dark .notice-box { background: #3a2c10; border-color: #a4761f; }
 .generate { min-height: 88px; font-size: 1.15rem; }
-.tool-button { align-self: center; max-width: 44px; min-width: 44px; font-size: 1.1rem; }
+.tool-button { align-self: center; white-space: nowrap; }
 .infotext textarea { font-family: var(--font-mono); font-size: 0.85rem; }
 .live-progress { position: relative; height: 26px; border-radius: 6px; overflow: hidden;
   background: var(--block-background-fill); border: 1px solid var(--border-color-primary); }
@@ -91,7 +99,7 @@ def launch_options(studio: Studio) -> dict[str, Any]:
     # Serving saved files as they are keeps the PNG infotext in what the user downloads.
     return {
         "css": APP_CSS + studio.extensions.css(),
-        "head": KEYS_HEAD + studio.extensions.head_html(),
+        "head": KEYS_HEAD + tooltips_head() + studio.extensions.head_html(),
         "allowed_paths": [str(Path(studio.settings.outputs_dir).resolve())],
         # Gradio's own "Use via API" page would be empty: its events are private, the API is webui/api.
         "footer_links": ["gradio", "settings"],
@@ -116,10 +124,15 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
                 scale=3,
             )
             refresh = gr.Button(
-                "↻", elem_id="refresh-checkpoints", elem_classes=["tool-button"], scale=0, min_width=44
+                "Refresh",
+                size="sm",
+                elem_id="refresh-checkpoints",
+                elem_classes=["tool-button"],
+                scale=0,
+                min_width=80,
             )
-            model_status = gr.Markdown(_model_status(studio), elem_id="model-status")
-        gr.Markdown(studio.demo_message, elem_id="demo-banner", visible=studio.demo_mode)
+            model_status = gr.Markdown(header_status(studio), elem_id="model-status")
+        banner = gr.Markdown(studio.demo_message, elem_id="demo-banner", visible=studio.demo_mode)
         header_error = error_box("header")
 
         with gr.Tabs(elem_id="tabs") as tabs:
@@ -152,13 +165,26 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
 
         # A page opened (or reloaded) shows the extension settings as saved now, not at start.
         demo.load(extension_settings.current, outputs=extension_settings.outputs, **PRIVATE)
+        # ... and the header as it is now, not as it was when the page was built at start.
+        demo.load(
+            lambda: (
+                gr.Dropdown(choices=studio.checkpoint_titles(), value=studio.current_checkpoint()),
+                header_status(studio),
+            ),
+            outputs=[checkpoint, model_status],
+            **PRIVATE,
+        )
         generation_tabs = {tab.name: tab for tab in (txt2img, img2img, inpaint)}
+        for generating in generation_tabs.values():  # a job may have loaded or moved the model
+            generating.finished.then(
+                lambda: header_status(studio), outputs=model_status, show_progress="hidden", **PRIVATE
+            )
         wire_styles(studio.styles, list(generation_tabs.values()))
 
         # -- the header's checkpoint ---------------------------------------------------------------
         def run_select(title: str) -> tuple[Any, Any, Any, Any]:
             try:
-                studio.select_checkpoint(title)
+                done = run_and_describe(studio, lambda: studio.select_checkpoint(title))
             except Exception as exc:  # a broken file must not take the page down
                 if not isinstance(exc, CheckpointError | ValueError):
                     log.exception("loading checkpoint %s failed", title)
@@ -169,7 +195,7 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
                     gr.skip(),
                     gr.skip(),
                 )
-            return gr.skip(), hide_error(), _model_status(studio), checkpoint_rows(studio)
+            return gr.skip(), hide_error(), header_status(studio, done), checkpoint_rows(studio)
 
         # `.input` fires only for user changes, so resetting the value after a failure does not loop.
         checkpoint.input(
@@ -182,7 +208,9 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
         def run_refresh() -> tuple[Any, ...]:
             table, choice, vae, loras, embeddings, unusable = refresh_outputs(studio)
             header = gr.Dropdown(choices=studio.checkpoint_titles(), value=studio.current_checkpoint())
-            return header, table, choice, vae, loras, embeddings, unusable
+            # The demo's note goes once a checkpoint of the user's own is there: no restart needed.
+            note = gr.Markdown(visible=studio.demo_mode and not studio.checkpoints())
+            return header, table, choice, vae, loras, embeddings, unusable, note
 
         refresh_targets = [
             checkpoint,
@@ -192,21 +220,28 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
             models.loras,
             models.embeddings,
             models.unusable,
+            banner,
         ]
         refresh.click(run_refresh, outputs=refresh_targets, **PRIVATE)
         training.started.then(run_refresh, outputs=refresh_targets, **PRIVATE)  # its file appears
         models.refresh.click(run_refresh, outputs=refresh_targets, **PRIVATE)
 
-        def sync_header() -> tuple[Any, Any]:
-            return gr.Dropdown(value=studio.current_checkpoint()), _model_status(studio)
+        def sync_header(done: str) -> tuple[Any, Any]:
+            """After a Models tab action: its outcome, as that tab's status line says it."""
+            return gr.Dropdown(value=studio.current_checkpoint()), header_status(studio, done)
 
         models_page.select(
             lambda: (checkpoint_rows(studio), unusable_rows(studio)),
             outputs=[models.table, models.unusable],
             **PRIVATE,
         )
-        for button in (models.switch, models.unload, models.evict):
-            button.click(sync_header, outputs=[checkpoint, model_status], **PRIVATE)
+        models.merged.then(
+            lambda: gr.Dropdown(choices=studio.checkpoint_titles(), value=studio.current_checkpoint()),
+            outputs=checkpoint,
+            **PRIVATE,
+        )
+        for event in models.acted:
+            event.then(sync_header, inputs=models.status, outputs=[checkpoint, model_status], **PRIVATE)
         history_page.select(history.load, outputs=history.outputs, **PRIVATE)
 
         # -- LoRA and embedding lists insert into a prompt -----------------------------------------
@@ -254,26 +289,31 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
                 ) -> list[Any]:
                     item = selected_item(items, index)
                     if item is None:
-                        return [*unchanged(target), gr.skip()]
+                        return [*unchanged(target), show_error(NOTHING_TO_SEND), gr.skip()]
                     fills = target.controls.fill_values(item["infotext"])
-                    return [*as_input(target, item["path"]), *fills, gr.Tabs(selected=target.name)]
+                    image = as_input(target, item["path"])
+                    return [*image, *fills, hide_error(), gr.Tabs(selected=target.name)]
 
                 button.click(
                     send,
                     inputs=[source.panel.items, source.panel.selected],
-                    outputs=[*image_input(target), *target.controls.fill_targets(), tabs],
-                    **PRIVATE,
+                    outputs=[*image_input(target), *target.controls.fill_targets(), source.panel.error, tabs],
+                    **SEND_OPTIONS,
+                    show_progress_on=button,
                 )
 
             def send_extras(items: list[dict[str, Any]], index: int) -> list[Any]:
                 item = selected_item(items, index)
-                return _to_extras(item["path"]) if item else [gr.skip()] * len(extras_targets)
+                if item is None:
+                    return [show_error(NOTHING_TO_SEND), *[gr.skip()] * len(extras_targets)]
+                return [hide_error(), *_to_extras(item["path"])]
 
             source.panel.send_extras.click(
                 send_extras,
                 inputs=[source.panel.items, source.panel.selected],
-                outputs=extras_targets,
-                **PRIVATE,
+                outputs=[source.panel.error, *extras_targets],
+                **SEND_OPTIONS,
+                show_progress_on=source.panel.send_extras,
             )
 
         for button, target in (
@@ -312,7 +352,8 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
                     model_status,
                     tabs,
                 ],
-                **PRIVATE,
+                **SEND_OPTIONS,
+                show_progress_on=button,
             )
 
         def pnginfo_to_extras(path: str | None) -> list[Any]:
@@ -321,7 +362,11 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
             return [hide_error(), *_to_extras(path)]
 
         pnginfo.send_extras.click(
-            pnginfo_to_extras, inputs=pnginfo.image, outputs=[header_error, *extras_targets], **PRIVATE
+            pnginfo_to_extras,
+            inputs=pnginfo.image,
+            outputs=[header_error, *extras_targets],
+            **SEND_OPTIONS,
+            show_progress_on=pnginfo.send_extras,
         )
     return demo
 
@@ -334,30 +379,39 @@ def _to_extras(path: str) -> list[Any]:
 def _use_model_of(studio: Studio, infotext: str) -> tuple[Any, Any, Any]:
     """Switch to the checkpoint an infotext names (by hash, else by name): header, error, status."""
     params = parse_infotext(infotext).params
-    wanted = [value for value in (params.get("Model hash"), params.get("Model")) if value]
-    if not wanted:
+    model_hash, model_name = (str(params.get(key) or "") for key in ("Model hash", "Model"))
+    if not model_hash and not model_name:
         return gr.skip(), hide_error(), gr.skip()
-    for title in wanted:
+    file = _checkpoint_named(studio, model_hash, model_name)
+    if file is None:
+        wanted = " / ".join(value for value in (model_hash, model_name) if value)
+        message = (
+            f"The image was made with checkpoint {wanted!r}, which is not in the checkpoint folder; "
+            f"the other parameters were filled in and {studio.current_checkpoint()!r} stays selected."
+        )
+        return gr.skip(), show_error(message), gr.skip()
+    if file.name == studio.current_checkpoint():
+        return gr.skip(), hide_error(), gr.skip()
+    try:
+        done = run_and_describe(studio, lambda: studio.select_checkpoint(file.name))
+    except Exception as exc:
+        log.exception("loading checkpoint %s failed", file.name)
+        return gr.skip(), show_error(f"Could not use checkpoint {file.name!r}: {exc}"), gr.skip()
+    return gr.Dropdown(value=studio.current_checkpoint()), hide_error(), header_status(studio, done)
+
+
+def _checkpoint_named(studio: Studio, model_hash: str, model_name: str) -> ModelFile | None:
+    """The file an infotext's `Model hash` finds, else its `Model`; of two files with that hash
+    (copies), the one whose name is the infotext's `Model`."""
+
+    def find(title: str) -> ModelFile | None:
         try:
-            file = studio.find_checkpoint(title)
+            return studio.find_checkpoint(title) if title else None
         except CheckpointError:
-            continue
-        if file.name == studio.current_checkpoint():
-            return gr.skip(), hide_error(), gr.skip()
-        try:
-            studio.select_checkpoint(file.name)
-        except Exception as exc:
-            log.exception("loading checkpoint %s failed", file.name)
-            return gr.skip(), show_error(f"Could not use checkpoint {file.name!r}: {exc}"), gr.skip()
-        return gr.Dropdown(value=studio.current_checkpoint()), hide_error(), _model_status(studio)
-    message = (
-        f"The image was made with checkpoint {' / '.join(wanted)!r}, which is not in the checkpoint folder; "
-        f"the other parameters were filled in and {studio.current_checkpoint()!r} stays selected."
-    )
-    return gr.skip(), show_error(message), gr.skip()
+            return None
 
-
-def _model_status(studio: Studio) -> str:
-    """The latest load, move or eviction, e.g. "moved sd_xl_base from RAM to cuda: 6.94 GB in 0.31 s"."""
-    events = studio.model_events()
-    return events[-1].describe() if events else ""
+    by_hash, by_name = find(model_hash), find(model_name)
+    if by_hash is not None and by_name is not None:
+        digest = studio.facts.cached_sha256(by_name.path) if by_name.path.is_file() else None
+        return by_name if digest and digest.startswith(model_hash.lower()) else by_hash
+    return by_hash or by_name

@@ -155,7 +155,7 @@ def build_sampling(
                 elem_id=f"{tab}-height",
             )
         swap_size = gr.Button(
-            "⇅", elem_id=f"{tab}-swap-size", elem_classes=["tool-button"], scale=0, min_width=44
+            "Swap", size="sm", elem_id=f"{tab}-swap-size", elem_classes=["tool-button"], scale=0, min_width=64
         )
         with gr.Column(scale=4, min_width=160):
             batch_count = gr.Slider(
@@ -182,8 +182,8 @@ def build_sampling(
         )
         tiling = gr.Checkbox(label="Tiling", elem_id=f"{tab}-tiling", scale=1, min_width=100)
     # Shown in the seed box's toolbar, where Gradio drops elem_id: tests find them by name.
-    random_seed = gr.Button("🎲 Random", size="sm")
-    reuse_seed = gr.Button("♻ Reuse last", size="sm")
+    random_seed = gr.Button("Random", size="sm")
+    reuse_seed = gr.Button("Reuse last", size="sm")
     with gr.Row(equal_height=True):
         seed = seed_box("Seed (-1 = random)", f"{tab}-seed", [random_seed, reuse_seed], scale=5)
         seed_extras = gr.Checkbox(label="Extra", elem_id=f"{tab}-seed-extras", scale=1, min_width=100)
@@ -234,7 +234,7 @@ def optional_side(label: str, elem_id: str) -> gr.Slider:
 
 def build_variation(tab: str, switch: gr.Checkbox) -> list[Field]:
     """A1111's seed extras, shown while `switch` is ticked: the variation seed and "resize seed from"."""
-    random_subseed = gr.Button("🎲 Random", size="sm")
+    random_subseed = gr.Button("Random", size="sm")
     with gr.Group(visible=False) as group:
         with gr.Row():
             subseed = seed_box("Variation seed (-1 = random)", f"{tab}-subseed", [random_subseed])

@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from webui.outputs import format_infotext, parse_infotext, read_infotext, request_fields_from_params
 from webui.ui.context import PRIVATE
+from webui.ui.image_inputs import unreadable_message
 from webui.ui.pnginfo import file_upload
 from webui.ui.results import displayable_image, error_box, hide_error, image_gallery, show_error
 
@@ -74,8 +75,8 @@ def upscale_file(studio: Studio, path: Path, options: UpscaleOptions) -> tuple[P
             source_infotext = read_infotext(opened) or ""
             has_alpha = "A" in opened.getbands() or "transparency" in opened.info
             image = opened.convert("RGBA" if has_alpha else "RGB")
-    except UnidentifiedImageError as error:
-        raise ValueError(f"{path.name} is not an image this can read") from error
+    except (UnidentifiedImageError, Image.DecompressionBombError) as error:
+        raise ValueError(unreadable_message(path)) from error
     result = studio.upscale_image(
         image,
         options.upscaler_1,
@@ -127,7 +128,12 @@ def build_extras_tab(
                 )
                 upscaler_2 = gr.Dropdown(names, value="None", label="Upscaler 2", elem_id="extras-upscaler-2")
                 refresh = gr.Button(
-                    "↻", elem_id="extras-refresh", elem_classes=["tool-button"], scale=0, min_width=44
+                    "Refresh",
+                    size="sm",
+                    elem_id="extras-refresh",
+                    elem_classes=["tool-button"],
+                    scale=0,
+                    min_width=80,
                 )
             visibility = gr.Slider(
                 0,
@@ -160,7 +166,7 @@ def build_extras_tab(
         paths = ([image_path] if image_path else []) if which == SINGLE else list(file_paths or [])
         if not paths:
             wanted = "drop or paste an image" if which == SINGLE else "add images to the batch"
-            return gr.skip(), "", show_error(f"{wanted} first")
+            return gr.Gallery(value=None), "", show_error(f"{wanted} first")
         options = UpscaleOptions(
             first,
             second,
@@ -181,7 +187,8 @@ def build_extras_tab(
             done.append((displayable_image(saved, allowed_roots()), change))
         lines = "\n".join(f"- {change}" for _, change in done)
         shown = show_error("; ".join(problems)) if problems else hide_error()
-        return (gr.Gallery(value=done) if done else gr.skip()), lines, shown
+        # Nothing done: the last run's images go, or they read as this run's outcome.
+        return gr.Gallery(value=done or None), lines, shown
 
     single_tab.select(lambda: SINGLE, outputs=source, **PRIVATE)
     batch_tab.select(lambda: BATCH, outputs=source, **PRIVATE)

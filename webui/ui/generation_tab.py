@@ -38,6 +38,7 @@ class GenerationTab:
     options: Any  # the tab's own options below them (txt2img's hires fix)
     scripts: ScriptsPanel | None = None  # the "Script" menu (txt2img and img2img)
     alwayson: AlwaysOnPanel | None = None  # extensions' always-on scripts
+    finished: Any = None  # the Generate event (set by `wire_generation`): the header follows it
 
     def script_inputs(self) -> list[gr.components.Component]:
         menu = self.scripts.inputs if self.scripts is not None else []

@@ -36,7 +36,7 @@ class HistoryTab:
 
 def build_history_tab(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> HistoryTab:
     with gr.Row():
-        refresh = gr.Button("↻ Refresh", size="sm", elem_id="history-refresh", scale=0, min_width=120)
+        refresh = gr.Button("Refresh", size="sm", elem_id="history-refresh", scale=0, min_width=120)
         summary = gr.Markdown(elem_id="history-summary")
     gallery = image_gallery("Your recent images (newest first)", "history-gallery", columns=5, height=560)
     infotext = infotext_box("history-infotext")

@@ -15,7 +15,8 @@ from webui.ui.context import UiContext
 from webui.ui.controls import MAX_UI_SIDE
 from webui.ui.fields import Field, within
 from webui.ui.generation_tab import GenerationTab, build_generation_tab
-from webui.ui.results import wire_generation
+from webui.ui.image_inputs import Unreadable, tolerant
+from webui.ui.results import hide_error, show_error, wire_generation
 
 RESIZE_MODES = {
     "Just resize": ResizeMode.JUST_RESIZE,
@@ -52,9 +53,9 @@ def resize_and_strength_fields(resize_mode: gr.Radio, strength: gr.Slider) -> li
     ]
 
 
-def fitted_size(image: Image.Image | None) -> tuple[Any, Any]:
+def fitted_size(image: Image.Image | Unreadable | None) -> tuple[Any, Any]:
     """The image's size in multiples of 8 within the sliders, so a new upload keeps its shape."""
-    if image is None:
+    if not isinstance(image, Image.Image):
         return gr.skip(), gr.skip()
     scale = min(1.0, MAX_UI_SIDE / max(image.width, image.height))
     return tuple(max(64, int(side * scale) // 8 * 8) for side in image.size)  # type: ignore[return-value]
@@ -70,7 +71,7 @@ def build_img2img(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> Ge
             elem_id="img2img-image",
             height=360,
         )
-        return Img2ImgInputs(image, *build_resize_and_strength("img2img"))
+        return Img2ImgInputs(tolerant(image), *build_resize_and_strength("img2img"))
 
     tab = build_generation_tab(ctx, "img2img", inputs, script_mode="img2img")
     extra: Img2ImgInputs = tab.extra
@@ -79,6 +80,8 @@ def build_img2img(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> Ge
         image, *script_values = extra_values
         if image is None:
             raise GenerationError("drop, paste or send an image to img2img first", "init_image")
+        if isinstance(image, Unreadable):
+            raise GenerationError(image.message, "init_image")
         return tab.with_script(tab.controls.to_request(values, init_image=image), script_values)
 
     wire_generation(
@@ -88,10 +91,17 @@ def build_img2img(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> Ge
         make_request=make_request,
         allowed_roots=allowed_roots,
     )
+
+    def uploaded(image: Image.Image | Unreadable | None) -> tuple[Any, Any, Any]:
+        """The sizes follow a new picture; a file that is not one is said so at once."""
+        if isinstance(image, Unreadable):
+            return gr.skip(), gr.skip(), show_error(image.message)
+        return *fitted_size(image), hide_error()
+
     extra.image.upload(
-        fitted_size,
+        uploaded,
         inputs=extra.image,
-        outputs=[tab.controls.width, tab.controls.height],
+        outputs=[tab.controls.width, tab.controls.height, tab.panel.error],
         api_visibility="private",
     )
     return tab

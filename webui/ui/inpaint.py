@@ -13,9 +13,10 @@ from webui.engine.request import MaskedContent
 from webui.ui.context import UiContext
 from webui.ui.fields import Field, within
 from webui.ui.generation_tab import GenerationTab, build_generation_tab
+from webui.ui.image_inputs import Unreadable, tolerant
 from webui.ui.img2img import build_resize_and_strength, fitted_size, resize_and_strength_fields
-from webui.ui.masks import editor_value, image_and_mask
-from webui.ui.results import wire_generation
+from webui.ui.masks import image_and_mask
+from webui.ui.results import hide_error, show_error, stage_copy, wire_generation
 
 MASKED_CONTENT = {
     "fill": MaskedContent.FILL,
@@ -25,11 +26,16 @@ MASKED_CONTENT = {
 }
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 AREAS = ("Whole picture", "Only masked")
+# The editor's value with its painted layers dropped: the picture alone.
+CLEAR_MASK_JS = (
+    "(v) => v && v.background ? {background: v.background, layers: [], composite: v.background} : v"
+)
 
 
 @dataclass
 class InpaintInputs:
     editor: gr.ImageEditor
+    staged: gr.ImageEditor  # hidden: the editor's value as Generate sends it (see `stage_copy`)
     clear_mask: gr.Button
     mask_upload: gr.Image
     mask_blur: gr.Slider
@@ -43,7 +49,7 @@ class InpaintInputs:
     @property
     def request_inputs(self) -> list[gr.components.Component]:
         """What only this tab reads (the picture and the uploaded mask); the rest are `fields`."""
-        return [self.editor, self.mask_upload]
+        return [self.staged, self.mask_upload]
 
     @property
     def fields(self) -> list[Field]:
@@ -80,6 +86,9 @@ def build_inpaint(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> Ge
             height=420,
             elem_id="inpaint-editor",
         )
+        staged = tolerant(
+            gr.ImageEditor(type="pil", image_mode="RGBA", layers=False, format="png", visible=False)
+        )
         clear_mask = gr.Button("Clear mask", size="sm", elem_id="inpaint-clear-mask")
         with gr.Accordion("Upload a mask instead (white = change)", open=False):
             mask_upload = gr.Image(
@@ -89,6 +98,7 @@ def build_inpaint(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> Ge
                 sources=["upload", "clipboard"],
                 elem_id="inpaint-mask",
             )
+            tolerant(mask_upload)
         with gr.Row():
             mask_blur = gr.Slider(
                 0, 64, value=4, step=1, precision=0, label="Mask blur", elem_id="inpaint-mask-blur"
@@ -112,6 +122,7 @@ def build_inpaint(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> Ge
         resize_mode, strength = build_resize_and_strength("inpaint")
         return InpaintInputs(
             editor,
+            staged,
             clear_mask,
             mask_upload,
             mask_blur,
@@ -138,18 +149,22 @@ def build_inpaint(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> Ge
         extra_inputs=[*extra.request_inputs, *tab.script_inputs()],
         make_request=make_request,
         allowed_roots=allowed_roots,
+        staged=(extra.editor, extra.staged),
     )
     private: dict[str, Any] = {"api_visibility": "private"}
-    extra.clear_mask.click(
-        lambda value: editor_value((value or {}).get("background")),
-        inputs=extra.editor,
-        outputs=extra.editor,
-        **private,
-    )
-    extra.editor.upload(
-        lambda value: fitted_size((value or {}).get("background")),
-        inputs=extra.editor,
-        outputs=[tab.controls.width, tab.controls.height],
+    # In the browser alone, so the editor never becomes an input of a server event (see `stage_copy`).
+    extra.clear_mask.click(None, js=CLEAR_MASK_JS, inputs=extra.editor, outputs=extra.editor, **private)
+
+    def uploaded(value: dict[str, Any] | Unreadable | None) -> tuple[Any, Any, Any]:
+        """The sizes follow a new picture; a file that is not one is said so at once."""
+        if isinstance(value, Unreadable):
+            return gr.skip(), gr.skip(), show_error(value.message)
+        return *fitted_size((value or {}).get("background")), hide_error()
+
+    stage_copy(extra.editor.upload, extra.editor, extra.staged).then(
+        uploaded,
+        inputs=extra.staged,
+        outputs=[tab.controls.width, tab.controls.height, tab.panel.error],
         **private,
     )
     return tab

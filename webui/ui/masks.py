@@ -7,6 +7,7 @@ from typing import Any
 from PIL import Image, ImageChops
 
 from webui.engine.request import GenerationError
+from webui.ui.image_inputs import Unreadable
 
 
 def painted_mask(layers: list[Image.Image], size: tuple[int, int]) -> Image.Image:
@@ -23,9 +24,13 @@ def painted_mask(layers: list[Image.Image], size: tuple[int, int]) -> Image.Imag
 
 
 def image_and_mask(
-    editor: dict[str, Any] | None, uploaded: Image.Image | None
+    editor: dict[str, Any] | Unreadable | None, uploaded: Image.Image | Unreadable | None
 ) -> tuple[Image.Image, Image.Image]:
     """The picture to inpaint and its mask: the painted strokes and an uploaded mask, combined."""
+    if isinstance(editor, Unreadable):
+        raise GenerationError(editor.message, "init_image")
+    if isinstance(uploaded, Unreadable):
+        raise GenerationError(f"the mask: {uploaded.message}", "mask")
     background = (editor or {}).get("background")
     if background is None:
         raise GenerationError("drop, paste or send an image to inpaint first", "init_image")
@@ -37,6 +42,10 @@ def image_and_mask(
             upload = upload.resize(size, Image.Resampling.LANCZOS)
         mask = ImageChops.lighter(mask, upload)
     if mask.getbbox() is None:
+        if uploaded is not None:
+            raise GenerationError(
+                "the uploaded mask is empty (all black): white marks what to change", "mask"
+            )
         raise GenerationError("paint over the part to change (or upload a mask) first", "mask")
     return _flatten(background), mask
 

@@ -4,16 +4,17 @@ LoRA and embedding lists that insert into a prompt, and the checkpoint merger.""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from webui.model_manager.cache import Tier
 from webui.model_manager.merge import MergeMethod, MergeRecipe
-from webui.model_manager.registry import ModelKind
+from webui.model_manager.registry import ModelFile, ModelKind
 from webui.model_manager.state_dict import CheckpointError
 from webui.ui.context import PRIVATE, UiContext
+from webui.ui.model_status import event_text, run_and_describe
 from webui.ui.results import error_box, hide_error, show_error
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ class ModelsTab:
     unload: gr.Button
     evict: gr.Button
     unusable: gr.Dataframe
+    merged: Any = None  # the merge's event: the header's list follows it (app.py)
+    acted: list[Any] = field(default_factory=list)  # switch/unload/evict events: the header follows
 
 
 def format_size(size: int) -> str:
@@ -63,14 +66,26 @@ def checkpoint_rows(studio: Studio) -> list[list[str]]:
         rows.append(
             [
                 f"{file.name} ✓" if file.name == selected else file.name,
-                file.label,
+                file.label + weights_note(studio, file),
                 digest[:10] if digest else "not hashed yet",
                 format_size(file.size_bytes),
                 where,
-                placement.last_event.describe() if placement and placement.last_event else "",
+                event_text(placement.last_event) if placement and placement.last_event else "",
             ]
         )
     return rows
+
+
+def weights_note(studio: Studio, file: ModelFile) -> str:
+    """ ", EMA weights" or ", raw weights (has EMA)" for files with both; "" for the rest."""
+    if not file.has_ema:
+        return ""
+    return ", EMA weights" if studio.uses_ema(file) else ", raw weights (has EMA)"
+
+
+def ema_box(studio: Studio, title: str) -> Any:
+    """The EMA checkbox for the checkpoint chosen in the dropdown: off and locked without EMA."""
+    return gr.Checkbox(**_ema_box_args(studio, title))
 
 
 def unusable_rows(studio: Studio) -> list[list[str]]:
@@ -111,6 +126,11 @@ def build_models_tab(ctx: UiContext) -> ModelsTab:
         unload = gr.Button("Free its VRAM", elem_id="models-unload", scale=1, size="md")
         evict = gr.Button("Drop from memory", elem_id="models-evict", scale=1, size="md")
         refresh = gr.Button("Refresh lists", elem_id="models-refresh", scale=1, size="md")
+    use_ema = gr.Checkbox(
+        label="Use its EMA weights (files that hold both; as CompVis samples)",
+        elem_id="models-ema",
+        **_ema_box_args(studio, studio.current_checkpoint()),
+    )
     error = error_box("models")
     status = gr.Markdown(elem_id="models-status")
     table = gr.Dataframe(
@@ -172,28 +192,30 @@ def build_models_tab(ctx: UiContext) -> ModelsTab:
         evict,
         unusable,
     )
-    _build_merger(ctx, tab)
+    tab.merged = _build_merger(ctx, tab)
 
     def act(action: str, title: str) -> tuple[Any, Any, Any]:
         try:
-            {
+            run = {
                 "switch": studio.select_checkpoint,
                 "unload": studio.unload_checkpoint,
                 "evict": studio.evict_checkpoint,
-            }[action](title)
+            }[action]
+            done = run_and_describe(studio, lambda: run(title))
         except Exception as exc:  # a broken file must not take the page down
             if not isinstance(exc, CheckpointError):
                 log.exception("%s %s failed", action, title)
             return checkpoint_rows(studio), show_error(f"Could not {action} {title!r}: {exc}"), gr.skip()
-        events = studio.model_events()
-        return checkpoint_rows(studio), hide_error(), events[-1].describe() if events else ""
+        return checkpoint_rows(studio), hide_error(), done
 
     for button, action in ((switch, "switch"), (unload, "unload"), (evict, "evict")):
-        button.click(
-            lambda title, action=action: act(action, title),
-            inputs=choice,
-            outputs=[table, error, status],
-            **PRIVATE,
+        tab.acted.append(
+            button.click(
+                lambda title, action=action: act(action, title),
+                inputs=choice,
+                outputs=[table, error, status],
+                **PRIVATE,
+            )
         )
 
     def run_select_vae(value: str) -> tuple[Any, Any]:
@@ -212,7 +234,35 @@ def build_models_tab(ctx: UiContext) -> ModelsTab:
         return row[0].removesuffix(" ✓") if row else gr.skip()
 
     table.select(pick_row, outputs=choice, **PRIVATE)
+    choice.change(lambda title: ema_box(studio, title), inputs=choice, outputs=use_ema, **PRIVATE)
+
+    def set_ema(title: str, use: bool, request: gr.Request) -> tuple[Any, Any, Any, Any]:
+        if not ctx.caller(request).admin:  # the choice is the server's, for every user
+            refused = show_error("only an admin may choose a checkpoint's weights")
+            return gr.skip(), refused, gr.skip(), ema_box(studio, title)
+        try:
+            file = studio.find_checkpoint(title)
+            ctx.live.update(ema_choices={**studio.settings.ema_choices, file.name: bool(use)})
+        except (CheckpointError, ValueError) as exc:
+            return (
+                gr.skip(),
+                show_error(f"Could not change the weights of {title!r}: {exc}"),
+                gr.skip(),
+                gr.skip(),
+            )
+        note = f"{file.name} will use its {'EMA' if use else 'raw'} weights from its next load"
+        return checkpoint_rows(studio), hide_error(), note, gr.skip()
+
+    use_ema.input(set_ema, inputs=[choice, use_ema], outputs=[table, error, status, use_ema], **PRIVATE)
     return tab
+
+
+def _ema_box_args(studio: Studio, title: str) -> dict[str, Any]:
+    try:
+        file = studio.find_checkpoint(title)
+    except CheckpointError:
+        return {"value": False, "interactive": False}
+    return {"value": studio.uses_ema(file), "interactive": file.has_ema}
 
 
 def refresh_outputs(studio: Studio) -> tuple[Any, ...]:
@@ -228,7 +278,7 @@ def refresh_outputs(studio: Studio) -> tuple[Any, ...]:
     )
 
 
-def _build_merger(ctx: UiContext, tab: ModelsTab) -> None:
+def _build_merger(ctx: UiContext, tab: ModelsTab) -> Any:
     studio = ctx.studio
     titles = studio.checkpoint_titles()
     with gr.Accordion("Merge checkpoints", open=False, elem_id="models-merger"):
@@ -270,9 +320,13 @@ def _build_merger(ctx: UiContext, tab: ModelsTab) -> None:
             return (show_error(f"Merge failed: {exc}"), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
         titles = studio.checkpoint_titles()
         choices = gr.Dropdown(choices=titles)
+        digest = studio.facts.cached_sha256(file.path)
+        done = (
+            f"Wrote **{file.name}** ({format_size(file.size_bytes)}, hash {digest[:10] if digest else '?'}) "
+            f"to {file.path.parent}; it is in the lists now."
+        )
         return (
-            f"Wrote **{file.name}** ({format_size(file.size_bytes)}) to {file.path.parent}; "
-            "it is in the lists now.",
+            gr.Markdown(value=done, visible=True, elem_classes=[]),  # not in a past failure's style
             checkpoint_rows(studio),
             gr.Dropdown(choices=titles, value=file.name),
             choices,
@@ -280,7 +334,7 @@ def _build_merger(ctx: UiContext, tab: ModelsTab) -> None:
             gr.Dropdown(choices=["", *titles]),
         )
 
-    merge.click(
+    return merge.click(
         run_merge,
         inputs=[primary, secondary, tertiary, method, multiplier, name],
         outputs=[result, tab.table, tab.choice, primary, secondary, tertiary],

@@ -43,18 +43,19 @@ class ResultsPanel:
 
 
 def build_results(tab: str) -> ResultsPanel:
+    error = error_box(tab)  # on top, where the eye is after a click (not under the gallery)
     live = gr.HTML("", elem_id=f"{tab}-live", elem_classes=["live"], visible=False)
     gallery = image_gallery("Results", f"{tab}-gallery", columns=2, height=520)
     infotext = infotext_box(f"{tab}-infotext")
     with gr.Row():
-        send_img2img = gr.Button("➜ img2img", size="sm", elem_id=f"{tab}-send-img2img")
-        send_inpaint = gr.Button("➜ Inpaint", size="sm", elem_id=f"{tab}-send-inpaint")
-        send_extras = gr.Button("➜ Extras", size="sm", elem_id=f"{tab}-send-extras")
+        send_img2img = gr.Button("→ img2img", size="sm", elem_id=f"{tab}-send-img2img")
+        send_inpaint = gr.Button("→ Inpaint", size="sm", elem_id=f"{tab}-send-inpaint")
+        send_extras = gr.Button("→ Extras", size="sm", elem_id=f"{tab}-send-extras")
     return ResultsPanel(
         live,
         gallery,
         infotext,
-        error_box(tab),
+        error,
         gr.State([]),
         gr.State(0),
         gr.State(None),
@@ -119,8 +120,12 @@ def wire_generation(
     extra_inputs: list[gr.components.Component],
     make_request: Callable[[list[Any], list[Any]], GenerationRequest],
     allowed_roots: Callable[[], list[Path]],
+    staged: tuple[gr.components.Component, gr.components.Component] | None = None,
 ) -> None:
-    """Generate, Interrupt and Skip for one tab. `make_request(control_values, extra_values)`."""
+    """Generate, Interrupt and Skip for one tab. `make_request(control_values, extra_values)`.
+
+    `staged` = (shown, hidden): Generate first copies `shown` into `hidden` in the browser (see
+    `stage_copy`), and `extra_inputs` name `hidden`."""
     generate, interrupt, skip = tab.buttons
     controls, panel = tab.controls, tab.panel
     count = len(controls.inputs)
@@ -132,7 +137,7 @@ def wire_generation(
             )
         # GenerationError, CheckpointError and LimitError are ValueErrors: the user can fix them.
         except (ValueError, QueueFull) as error:
-            yield {panel.error: show_error(str(error))}
+            yield {**_cleared(panel), panel.error: show_error(str(error))}
             return
         yield {panel.job_id: job.id, panel.error: hide_error()}
         yield from _follow(ctx, job, panel)
@@ -160,7 +165,8 @@ def wire_generation(
         panel.job_id,
     }
     # Ctrl+Enter in a prompt box clicks this button (see KEYS_JS in app.py).
-    generate.click(
+    start = generate.click if staged is None else stage_copy(generate.click, *staged).then
+    tab.finished = start(
         run,
         inputs=[*controls.inputs, *extra_inputs],
         outputs=outputs,  # type: ignore[arg-type]
@@ -174,6 +180,19 @@ def wire_generation(
     controls.reuse_seed.click(
         _reuse_seed, inputs=[panel.items, panel.selected], outputs=controls.seed, queue=False, **PRIVATE
     )
+
+
+def stage_copy(
+    trigger: Callable[..., Any], shown: gr.components.Component, hidden: gr.components.Component
+) -> Any:
+    """An event copying `shown` into the invisible `hidden` in the browser alone; `.then` it.
+
+    For the inpaint editor. Gradio (6.31) keeps every input of a finished server event in a list
+    it pushes each later progress update to, and the editor answers every push by uploading its
+    layers again: hundreds of uploads per Generate on any tab. A browser-only event is not listed,
+    and a hidden component is never asked for its data, so the canvas uploads once, on this copy.
+    """
+    return trigger(None, js="(value) => value", inputs=shown, outputs=hidden, **PRIVATE)
 
 
 def _follow(ctx: UiContext, job: Job, panel: ResultsPanel) -> Iterator[dict[Any, Any]]:
@@ -194,7 +213,8 @@ def _follow(ctx: UiContext, job: Job, panel: ResultsPanel) -> Iterator[dict[Any,
 
 def _finished(job: Job, panel: ResultsPanel, roots: list[Path]) -> dict[Any, Any]:
     outcome = job.result
-    done: dict[Any, Any] = {panel.live: gr.HTML("", visible=False)}
+    # A failure clears the last result: left there, it reads as this click's outcome.
+    done: dict[Any, Any] = {**_cleared(panel), panel.live: gr.HTML("", visible=False)}
     if job.state is JobState.INTERRUPTED and (outcome is None or not outcome.images):
         done[panel.error] = show_error(job.error or "Interrupted before any image was finished.")
         return done
@@ -209,7 +229,8 @@ def _finished(job: Job, panel: ResultsPanel, roots: list[Path]) -> dict[Any, Any
     gallery = gallery_entries(items, roots)
     done.update(
         {
-            panel.gallery: gr.Gallery(value=gallery, selected_index=0 if len(gallery) > 1 else None),
+            # Shown large from the start, with its download and full-screen buttons, never cropped.
+            panel.gallery: gr.Gallery(value=gallery, selected_index=0),
             panel.infotext: items[0]["infotext"],
             panel.items: items,
             panel.selected: 0,
@@ -220,6 +241,11 @@ def _finished(job: Job, panel: ResultsPanel, roots: list[Path]) -> dict[Any, Any
         notes.insert(0, "Interrupted: showing the images finished before the stop.")
     done[panel.error] = show_notice("\n\n".join(notes)) if notes else hide_error()
     return done
+
+
+def _cleared(panel: ResultsPanel) -> dict[Any, Any]:
+    """Updates that empty the results (gallery, parameters, what send-to and Reuse read)."""
+    return {panel.gallery: gr.Gallery(value=None), panel.infotext: "", panel.items: [], panel.selected: 0}
 
 
 def _select(items: list[dict[str, Any]], event: gr.SelectData) -> tuple[Any, int]:

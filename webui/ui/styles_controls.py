@@ -13,7 +13,7 @@ import gradio as gr
 from webui.styles import Style, StyleBook, StyleError
 from webui.ui.context import PRIVATE
 from webui.ui.fields import Field
-from webui.ui.results import hide_error, show_error
+from webui.ui.results import hide_error, show_error, show_notice
 
 if TYPE_CHECKING:
     from webui.ui.generation_tab import GenerationTab
@@ -53,8 +53,8 @@ def build_style_controls(tab: str, book: StyleBook) -> StyleControls:
         elem_id=f"{tab}-styles",
     )
     with gr.Row():
-        refresh = gr.Button("↻", size="sm", elem_id=f"{tab}-styles-refresh", min_width=44)
-        apply = gr.Button("✎ Apply", size="sm", elem_id=f"{tab}-styles-apply", min_width=60)
+        refresh = gr.Button("Refresh", size="sm", elem_id=f"{tab}-styles-refresh", min_width=60)
+        apply = gr.Button("Apply", size="sm", elem_id=f"{tab}-styles-apply", min_width=60)
     with gr.Row(equal_height=True):
         name = gr.Textbox(
             placeholder="New style name",
@@ -65,7 +65,7 @@ def build_style_controls(tab: str, book: StyleBook) -> StyleControls:
             scale=3,
             min_width=100,
         )
-        save = gr.Button("💾", size="sm", elem_id=f"{tab}-style-save", scale=0, min_width=44)
+        save = gr.Button("Save", size="sm", elem_id=f"{tab}-style-save", scale=0, min_width=60)
     return StyleControls(styles, refresh, apply, name, save)
 
 
@@ -94,9 +94,9 @@ def wire_styles(book: StyleBook, tabs: Sequence[GenerationTab]) -> None:
             except (StyleError, OSError) as problem:
                 unchanged = [gr.skip()] * (1 + len(dropdowns))
                 return [show_error(f"Could not save the style: {problem}"), *unchanged]
-            if replacing:  # said out loud: the old text (and its {prompt} placeholder) is gone
-                gr.Info(f"Style '{name}' was replaced with the current prompts.")
-            return [hide_error(), "", *listings()]
+            # Said in the tab; a replacement out loud: the old text (and its {prompt}) is gone.
+            done = "was replaced with the current prompts" if replacing else "was saved"
+            return [show_notice(f"Style '{name}' {done}: pick it in Styles."), "", *listings()]
 
         prompts = [tab.controls.prompt, tab.controls.negative_prompt]
         controls.apply.click(
