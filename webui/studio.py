@@ -29,6 +29,7 @@ from webui.extensions.registry import Extensions
 from webui.model_manager.cache import MemoryBudgets, ModelCache, ModelEvent, Placement, Tier
 from webui.model_manager.detect import Arch
 from webui.model_manager.facts import FileFactsCache
+from webui.model_manager.few_step import settings_warning
 from webui.model_manager.folders import ModelLibrary
 from webui.model_manager.load import LoadedModel, load_model
 from webui.model_manager.merge import MergeRecipe, merge_checkpoints
@@ -383,7 +384,11 @@ class Studio:
         """Write the merge into the checkpoint folder; it is listed (and selectable) at once."""
         path = merge_checkpoints(recipe, self.settings.ckpt_dir, hashes=self.facts.sha256)
         self.registry.refresh([ModelKind.CHECKPOINT])
-        return self.registry.add(path)
+        file = self.registry.add(path)
+        # Hashed now, while the file is in the page cache: background hashing runs only at start,
+        # and PNG Info and the API find a model by its hash.
+        self.facts.sha256(path)
+        return file
 
     # -- generation ---------------------------------------------------------------------------
     def preflight(
@@ -518,6 +523,8 @@ class Studio:
         `done`, then shown to `on_images` (which may keep them safe from a crash before the next
         batch ends)."""
         first = len(done.images)
+        if first == 0:
+            hooks.warnings.extend(self._few_step_notes(file, request, batch))
         hooks.warnings.extend(self._screen(batch, first))
         shared = self._infotext_extras(file, model.vae_path, batch)
         if model.weights_label is not None:
@@ -620,6 +627,19 @@ class Studio:
                 log.warning("%s; using linear previews", error)
                 self._taesd[path] = None
         return self._taesd[path]
+
+    def _few_step_notes(
+        self, file: ModelFile, request: GenerationRequest, batch: GenerationResult
+    ) -> list[str]:
+        """A note for each few-step checkpoint or LoRA of the job run far from its settings."""
+        loras = {lora.name: lora for lora in self.registry.files(ModelKind.LORA)}
+        used = [file, *(loras[name] for name, _ in batch.loras if name in loras)]
+        notes = [
+            settings_warning(each.few_step, each.name, request.steps, request.cfg_scale)
+            for each in used
+            if each.few_step is not None
+        ]
+        return [note for note in notes if note]
 
     def _screen(self, batch: GenerationResult, first: int) -> list[str]:
         """Blur, in place, the images the safety checker flags (before anything shows or saves

@@ -298,6 +298,10 @@ def _models(ctx: ApiContext) -> list[dict[str, Any]]:
                 "architecture": file.label,
                 # null: the file has no EMA weights; else whether they are the ones used
                 "ema_weights": studio.uses_ema(file) if file.has_ema else None,
+                # a model distilled for few steps, with the settings its family needs; else null
+                "few_step": file.few_step.as_dict() | {"summary": file.few_step.summary}
+                if file.few_step
+                else None,
                 "hash": digest[:10] if digest else None,
                 "size_bytes": file.size_bytes,
                 "where": placement.tier.value if placement else "disk",

@@ -14,16 +14,24 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from webui.model_manager.detect import VAE_PREFIX, Arch, detect_model
 from webui.model_manager.facts import FileFactsCache
+from webui.model_manager.few_step import FewStepHint, few_step_hint
 from webui.model_manager.folders import ModelLibrary
-from webui.model_manager.state_dict import CHECKPOINT_SUFFIXES, CheckpointError, read_tensor_shapes
+from webui.model_manager.state_dict import (
+    CHECKPOINT_SUFFIXES,
+    SAFETENSORS_SUFFIXES,
+    CheckpointError,
+    open_safetensors,
+    read_tensor_shapes,
+)
 
 log = logging.getLogger(__name__)
 
 # Bumped when what `_inspect_*` derives changes, so cached facts from older versions are redone.
-_FACTS_VERSION = 3
+_FACTS_VERSION = 4
 # A1111 keeps a checkpoint's own VAE beside it as `<name>.vae.safetensors`; that is not a checkpoint.
 VAE_SIDECAR_SUFFIX = ".vae"
 
@@ -75,6 +83,7 @@ class ModelFile:
     label: str  # "SD 1.x inpainting", "VAE", "LoRA (SDXL)"
     error: str | None = None  # why the file cannot be used; None when it can
     has_ema: bool = False  # a checkpoint that also holds CompVis EMA weights of its UNet
+    few_step: FewStepHint | None = None  # a checkpoint or LoRA distilled for few steps (few_step.py)
 
     @property
     def usable(self) -> bool:
@@ -211,6 +220,7 @@ class ModelRegistry:
             facts.get("label", kind.value),
             facts.get("error"),
             bool(facts.get("ema")),
+            FewStepHint.from_dict(facts.get("few_step")),
         )
 
 
@@ -244,7 +254,7 @@ def _size_on_disk(path: Path) -> int:
 
 
 # -- what each kind of file is, from its header -------------------------------------------------
-Facts = dict[str, str]
+Facts = dict[str, Any]  # JSON values: strings, and the few-step hint as a mapping
 
 
 def _inspect_checkpoint(path: Path) -> Facts:
@@ -260,8 +270,10 @@ def _inspect_checkpoint(path: Path) -> Facts:
     except CheckpointError as error:
         return {"error": str(error).removeprefix(f"{path.name}: ")}
     spec = spec_with_yaml_override(spec, path)
-    facts = {"arch": spec.arch.value, "label": spec.kind}
-    return facts | {"ema": "yes"} if spec.has_ema else facts
+    facts: Facts = {"arch": spec.arch.value, "label": spec.kind}
+    if spec.has_ema:
+        facts["ema"] = "yes"
+    return facts | _few_step_facts(path, state.metadata, spec.kind)
 
 
 def _inspect_diffusers_folder(path: Path) -> Facts:
@@ -295,7 +307,26 @@ def _inspect_lora(path: Path) -> Facts:
         arch = detect_lora_arch(path)
     except CheckpointError as error:
         return {"error": str(error).removeprefix(f"{path.name}: ")}
-    return {"arch": arch.value, "label": f"LoRA ({arch.label})"} if arch else {"label": "LoRA"}
+    facts = {"arch": arch.value, "label": f"LoRA ({arch.label})"} if arch else {"label": "LoRA"}
+    return facts | _few_step_facts(path, _header_metadata(path), facts["label"])
+
+
+def _few_step_facts(path: Path, metadata: dict[str, str], label: str) -> Facts:
+    hint = few_step_hint(path.name, metadata)
+    if hint is None:
+        return {}
+    return {"few_step": hint.as_dict(), "label": f"{label}, {hint.family} {hint.steps}-step"}
+
+
+def _header_metadata(path: Path) -> dict[str, str]:
+    """A .safetensors file's header metadata (kohya's training facts live there); {} otherwise."""
+    if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
+        return {}
+    try:
+        with open_safetensors(path) as handle:
+            return dict(handle.metadata() or {})
+    except CheckpointError:
+        return {}
 
 
 def _inspect_embedding(path: Path) -> Facts:
