@@ -123,6 +123,12 @@ def test_errors_where_the_eye_is_results_labels_and_header(app: App, page: Page)
     # The header names the current model and where it is.
     assert "tiny" in page.locator("#model-status").inner_text()
 
+    # A number typed out of a slider's range is not changed in silence.
+    set_number(page, "txt2img-steps", "0")
+    wait_for_text(page, "txt2img-steps", "0 is outside 1 to 150: 1 is used")
+    set_number(page, "txt2img-steps", "2")
+    page.locator("#txt2img-steps .range-note").wait_for(state="detached")
+
     # Send-to with nothing to send says so.
     page.locator("#txt2img-send-img2img").click()
     assert "no result to send" in error_text(page, "txt2img-error")

@@ -33,6 +33,7 @@ from webui.ui.models_tab import (
     unusable_rows,
 )
 from webui.ui.pnginfo import build_pnginfo_tab
+from webui.ui.range_notes import RANGE_NOTES_HEAD
 from webui.ui.results import error_box, hide_error, selected_item, show_error
 from webui.ui.settings_tab import build_settings_tab
 from webui.ui.styles_controls import wire_styles
@@ -66,6 +67,8 @@ APP_CSS = """
 .dark .notice-box { background: #3a2c10; border-color: #a4761f; }
 .generate { min-height: 88px; font-size: 1.15rem; }
 .tool-button { align-self: center; white-space: nowrap; }
+.range-note { color: #b3262b; font-size: 0.85rem; padding: 2px 12px; }
+.dark .range-note { color: #ff8f8f; }
 .infotext textarea { font-family: var(--font-mono); font-size: 0.85rem; }
 .live-progress { position: relative; height: 26px; border-radius: 6px; overflow: hidden;
   background: var(--block-background-fill); border: 1px solid var(--border-color-primary); }
@@ -99,7 +102,7 @@ def launch_options(studio: Studio) -> dict[str, Any]:
     # Serving saved files as they are keeps the PNG infotext in what the user downloads.
     return {
         "css": APP_CSS + studio.extensions.css(),
-        "head": KEYS_HEAD + tooltips_head() + studio.extensions.head_html(),
+        "head": KEYS_HEAD + tooltips_head() + RANGE_NOTES_HEAD + studio.extensions.head_html(),
         "allowed_paths": [str(Path(studio.settings.outputs_dir).resolve())],
         # Gradio's own "Use via API" page would be empty: its events are private, the API is webui/api.
         "footer_links": ["gradio", "settings"],
