@@ -299,3 +299,29 @@ def test_non_finite_numbers_elsewhere_are_refused(server: LiveServer) -> None:
         assert answer.status_code == 422, answer.text
         answer = admin.post("/api/v1/train", content='{"name": "x\\ud800", "steps": 1}', headers=json_body)
         assert answer.status_code == 422, answer.text
+
+
+def test_what_the_hostile_run_found_is_a_clean_answer(server: LiveServer) -> None:
+    """docs/reliability.md: a CMYK JPEG (a 500 where it was written as PNG), a NUL byte in a file
+    route (os.path raised) and JSON nested 100,000 deep on the OpenAI route (RecursionError)."""
+    stream = io.BytesIO()
+    Image.new("CMYK", (64, 64), (0, 200, 200, 0)).save(stream, format="JPEG")
+    cmyk = base64.b64encode(stream.getvalue()).decode()
+    small = {"steps": 1, "width": 64, "height": 64}
+    with server.client("bob") as bob, server.client("alice") as alice:
+        for path, body in (
+            ("/sdapi/v1/img2img", {**small, "init_images": [cmyk]}),
+            ("/api/v1/jobs/img2img", {**small, "init_images": [cmyk]}),
+            ("/sdapi/v1/extra-single-image", {"image": cmyk, "upscaling_resize": 1}),
+            ("/sdapi/v1/png-info", {"image": cmyk}),
+        ):
+            answer = bob.post(path, json=body)
+            assert answer.status_code in (200, 202), (path, answer.text)
+        for client in (bob, alice):
+            for route in ("/gradio_api/file=a%00.png", "/gradio_api/file/x%00.png", "/file=%00"):
+                assert client.get(route).status_code == 404, route
+        nested = '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}"
+        answer = bob.post(
+            "/v1/images/generations", content=nested, headers={"content-type": "application/json"}
+        )
+        assert answer.status_code == 400, answer.text

@@ -64,6 +64,8 @@ class OwnedFilesMiddleware:
         await self.app(scope, receive, send)
 
     def may_read(self, caller: Caller, asked: str) -> bool:
+        if "\0" in asked:
+            return False  # names no file (and os.path raises on it)
         if caller.admin:
             return True
         target = _real(asked)

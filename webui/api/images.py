@@ -28,7 +28,7 @@ def decode_image(data: object, field: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(raw)) as image:
                 image.load()
-                return image
+                return _png_writable(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ApiError(422, f"{field}: the image has too many pixels to open safely", field) from None
     except UnidentifiedImageError:
@@ -37,6 +37,17 @@ def decode_image(data: object, field: str) -> Image.Image:
         ) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ApiError(422, f"{field}: the image is damaged or truncated ({error})", field) from None
+
+
+# Modes a PNG can hold; anything else (a CMYK JPEG, a float TIFF) would fail later where the
+# image is written as PNG (the job store, results, extras), so it is converted once here.
+_PNG_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "P", "RGB", "RGBA")
+
+
+def _png_writable(image: Image.Image) -> Image.Image:
+    if image.mode in _PNG_MODES:
+        return image
+    return image.convert("RGBA" if image.mode in ("PA", "RGBa") else "RGB")
 
 
 def encode_base64(png: bytes) -> str:

@@ -132,7 +132,7 @@ def _error_response(error: OpenAIError) -> JSONResponse:
 async def _json_body(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:  # RecursionError: deep nesting
         raise OpenAIError(400, f"the body is not valid JSON: {error}") from None
     if not isinstance(body, dict):
         raise OpenAIError(400, "the body must be a JSON object")
