@@ -109,8 +109,11 @@ def generate_and_wait(page: Page, tab: str = "txt2img", click: bool = True) -> s
 
 
 def wait_for_text(page: Page, elem_id: str, text: str) -> None:
+    # Polled on a timer: the default (animation frames) can stall while the page draws nothing.
     page.wait_for_function(
-        "([id, text]) => (document.getElementById(id)?.innerText || '').includes(text)", arg=[elem_id, text]
+        "([id, text]) => (document.getElementById(id)?.innerText || '').includes(text)",
+        arg=[elem_id, text],
+        polling=100,
     )
 
 

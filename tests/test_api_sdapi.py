@@ -266,6 +266,8 @@ BAD_REQUESTS = [
     ("img2img", {"init_images": ["IMAGE64"], "mask": "MASK32"}, 422, "mask"),
     ("img2img", {"init_images": ["IMAGE64"], "inpainting_fill": 7}, 422, "inpainting_fill"),
     ("png-info", {"image": NOT_AN_IMAGE}, 422, "image"),
+    ("extra-batch-images", {"upscaling_resize": 2}, 422, "imageList"),
+    ("extra-batch-images", {"imageList": []}, 422, "imageList"),
     ("extra-single-image", {"image": "IMAGE64", "upscaler_1": "ESRGAN 9x"}, 422, "upscaler_1"),
     ("extra-single-image", {"image": "IMAGE64", "upscaling_resize": 500}, 422, "upscaling_resize"),
 ]

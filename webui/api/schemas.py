@@ -140,7 +140,8 @@ class ExtrasFile(_Body):
 
 
 class ExtrasBatchBody(ExtrasOptions):
-    imageList: list[ExtrasFile] = Field(default_factory=list)
+    # Required, as in A1111: without it the call would answer 200 having done nothing.
+    imageList: list[ExtrasFile] = Field(min_length=1)
 
 
 class PngInfoBody(_Body):
