@@ -20,7 +20,7 @@ from webui.ui.extras import SINGLE, build_extras_tab
 from webui.ui.generation_tab import GenerationTab
 from webui.ui.history import build_history_tab
 from webui.ui.img2img import build_img2img
-from webui.ui.inpaint import build_inpaint
+from webui.ui.inpaint import EDITOR_READY_HEAD, build_inpaint
 from webui.ui.masks import editor_value
 from webui.ui.model_status import header_status, run_and_describe
 from webui.ui.models_tab import (
@@ -102,7 +102,11 @@ def launch_options(studio: Studio) -> dict[str, Any]:
     # Serving saved files as they are keeps the PNG infotext in what the user downloads.
     return {
         "css": APP_CSS + studio.extensions.css(),
-        "head": KEYS_HEAD + tooltips_head() + RANGE_NOTES_HEAD + studio.extensions.head_html(),
+        "head": KEYS_HEAD
+        + tooltips_head()
+        + RANGE_NOTES_HEAD
+        + EDITOR_READY_HEAD
+        + studio.extensions.head_html(),
         "allowed_paths": [str(Path(studio.settings.outputs_dir).resolve())],
         # Gradio's own "Use via API" page would be empty: its events are private, the API is webui/api.
         "footer_links": ["gradio", "settings"],

@@ -31,6 +31,42 @@ CLEAR_MASK_JS = (
     "(v) => v && v.background ? {background: v.background, layers: [], composite: v.background} : v"
 )
 
+# Gradio 6.31's editor keeps nothing of a picture given before its canvas is made (the first half
+# second on the tab): it stays empty and Generate sends no picture. Hold such a file until then.
+EDITOR_READY_HEAD = """
+<script>
+(() => {
+  const early = (event) => {
+    const editor = event.target.closest && event.target.closest("#inpaint-editor");
+    return editor && !editor.querySelector("canvas") ? editor : null;
+  };
+  const later = (editor, resend) => {
+    const wait = setInterval(() => {
+      if (!editor.querySelector("canvas")) return;
+      clearInterval(wait);
+      setTimeout(resend, 100);
+    }, 100);
+  };
+  document.addEventListener("change", (event) => {
+    const editor = early(event);
+    if (!editor || event.target.type !== "file") return;
+    event.stopImmediatePropagation();
+    later(editor, () => event.target.dispatchEvent(new Event("change", {bubbles: true})));
+  }, true);
+  document.addEventListener("drop", (event) => {
+    const editor = early(event);
+    if (!editor || !event.dataTransfer || !event.dataTransfer.files.length) return;
+    event.preventDefault();
+    event.stopImmediatePropagation();
+    const files = new DataTransfer(), target = event.target;
+    for (const file of event.dataTransfer.files) files.items.add(file);
+    later(editor, () => target.dispatchEvent(
+      new DragEvent("drop", {bubbles: true, cancelable: true, dataTransfer: files})));
+  }, true);
+})();
+</script>
+"""
+
 
 @dataclass
 class InpaintInputs:
