@@ -107,6 +107,17 @@ def live_server(
         jobs.stop()
 
 
+@contextmanager
+def served_without_login(studio: Studio) -> Iterator[str]:
+    """`studio` behind its APIs alone (no page, no login) with its own queue, on a free port; its URL."""
+    jobs = JobQueue(studio).start()
+    try:
+        with BackgroundServer(create_app(studio, jobs, credentials=None, cmd_flags={}, with_ui=False)) as url:
+            yield url
+    finally:
+        jobs.stop()
+
+
 def b64_png(image: Image.Image) -> str:
     stream = io.BytesIO()
     image.save(stream, format="PNG")

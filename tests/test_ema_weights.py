@@ -213,17 +213,9 @@ def test_a_model_trained_with_ema_is_written_with_both_weight_sets(tmp_path: Pat
 def test_the_models_route_says_which_weights_each_file_uses(files: dict[str, Path]) -> None:
     import httpx
 
-    from webui.jobs import JobQueue
-    from webui.server import BackgroundServer, create_app
+    from tests.http_helpers import served_without_login
 
-    studio = _studio(files["raw"].parents[2], ema_choices={"ema": False})
-    jobs = JobQueue(studio).start()
-    app = create_app(studio, jobs, credentials=None, cmd_flags={}, with_ui=False)
-    try:
-        with BackgroundServer(app) as url:
-            listed = httpx.get(f"{url}/api/v1/models", timeout=30).json()
-    finally:
-        jobs.stop()
-    entries = listed["models"] if isinstance(listed, dict) else listed
-    weights = {entry["name"]: entry["ema_weights"] for entry in entries}
+    with served_without_login(_studio(files["raw"].parents[2], ema_choices={"ema": False})) as url:
+        listed = httpx.get(f"{url}/api/v1/models", timeout=30).json()
+    weights = {entry["name"]: entry["ema_weights"] for entry in listed}
     assert weights == {"full-ema": True, "raw": None, "ema": None}

@@ -11,12 +11,11 @@ import httpx
 import pytest
 from safetensors.torch import load_file, save_file
 
+from tests.http_helpers import served_without_login
 from webui.engine.generate import Engine
 from webui.engine.request import GenerationRequest
-from webui.jobs import JobQueue
 from webui.model_manager.few_step import FewStepHint, few_step_hint
 from webui.model_manager.registry import ModelKind
-from webui.server import BackgroundServer, create_app
 from webui.settings import Settings
 from webui.studio import Studio
 from webui.tools.tiny_networks import write_tiny_lora
@@ -111,13 +110,8 @@ def test_the_registry_lists_hints_and_jobs_far_from_them_get_a_note(data_dir: Pa
     notes = studio.generate(with_lora, checkpoint="plain", save=False).warnings
     assert any(note.startswith("speedy is a Hyper-SD model") for note in notes)
 
-    jobs = JobQueue(studio).start()
-    app = create_app(studio, jobs, credentials=None, cmd_flags={}, with_ui=False)
-    try:
-        with BackgroundServer(app) as url:
-            listed = httpx.get(f"{url}/api/v1/models", timeout=30).json()
-    finally:
-        jobs.stop()
-    entries = {entry["name"]: entry for entry in (listed["models"] if isinstance(listed, dict) else listed)}
+    with served_without_login(studio) as url:
+        listed = httpx.get(f"{url}/api/v1/models", timeout=30).json()
+    entries = {entry["name"]: entry for entry in listed}
     assert entries["dreamshaper-lcm"]["few_step"]["summary"] == "LCM 4-step: LCM, Automatic, 4 steps, CFG 1"
     assert entries["plain"]["few_step"] is None

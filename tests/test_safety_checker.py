@@ -11,12 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.http_helpers import decode_png
+from tests.http_helpers import decode_png, served_without_login
 from webui.engine.request import GenerationRequest
-from webui.jobs import JobQueue
 from webui.model_manager.safety_checker import blur
 from webui.model_manager.state_dict import CheckpointError
-from webui.server import BackgroundServer, create_app
 from webui.settings import Settings, app_parser
 from webui.studio import Studio
 from webui.tools.tiny_safety_checker import write_tiny_safety_checker
@@ -87,23 +85,15 @@ def test_images_it_does_not_flag_are_untouched(data_dir: Path) -> None:
 def test_the_api_answer_and_the_job_status_carry_the_note(data_dir: Path) -> None:
     write_tiny_safety_checker(data_dir / "models" / "safety_checker", flag="all")
     studio = _studio(data_dir, safety_checker=True, device="cpu", precision="fp32")
-    jobs = JobQueue(studio).start()
-    app = create_app(studio, jobs, credentials=None, cmd_flags={}, with_ui=False)
-    try:
-        with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=120) as client:
-            answer = client.post(
-                "/sdapi/v1/txt2img",
-                json={"prompt": "a red kite", "steps": 2, "width": 64, "height": 64, "seed": 9},
-            )
-            assert answer.status_code == 200, answer.text
-            body = answer.json()
-            assert "flagged by the safety checker" in body["info"]
-            image = decode_png(body["images"][0])
-            assert _detail(image) < 10
-            listed = client.get("/api/v1/jobs").json()
-            jobs_list = listed["jobs"] if isinstance(listed, dict) else listed
-            assert any(
-                "flagged by the safety checker" in " ".join(job.get("warnings", [])) for job in jobs_list
-            )
-    finally:
-        jobs.stop()
+    with served_without_login(studio) as url, httpx.Client(base_url=url, timeout=120) as client:
+        answer = client.post(
+            "/sdapi/v1/txt2img",
+            json={"prompt": "a red kite", "steps": 2, "width": 64, "height": 64, "seed": 9},
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert "flagged by the safety checker" in body["info"]
+        image = decode_png(body["images"][0])
+        assert _detail(image) < 10
+        jobs = client.get("/api/v1/jobs").json()
+        assert any("flagged by the safety checker" in " ".join(job["warnings"]) for job in jobs)
