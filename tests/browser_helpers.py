@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,35 @@ def served_with_login(studio: Studio, jobs: JobQueue) -> Iterator[str]:
     credentials = Credentials.from_flags(f"{LOGIN['username']}:{LOGIN['password']}", None, LOGIN["username"])
     with BackgroundServer(create_app(studio, jobs, credentials=credentials)) as url:
         yield url + "/"
+
+
+@dataclass
+class App:
+    url: str
+    studio: Studio
+    jobs: JobQueue
+
+
+@contextmanager
+def serve_app(studio: Studio) -> Iterator[App]:
+    """The whole app for `studio` with its own running queue, behind the test login."""
+    from webui.jobs import JobQueue
+
+    jobs = JobQueue(studio).start()
+    try:
+        with served_with_login(studio, jobs) as url:
+            yield App(url, studio, jobs)
+    finally:
+        jobs.stop()
+
+
+@contextmanager
+def offline_page(browser: Browser, url: str) -> Iterator[Page]:
+    """A logged-in tab on `url` that must ask nothing beyond this machine (checked as it closes)."""
+    outside: list[str] = []
+    with logged_in_page(browser, url, outside) as page:
+        yield page
+    assert outside == []
 
 
 @contextmanager

@@ -11,13 +11,12 @@ from safetensors.torch import save_file
 from tests.browser_helpers import (
     BROWSER_MARKS,
     generate_and_wait,
-    logged_in_page,
+    offline_page,
     open_tab,
-    served_with_login,
+    serve_app,
     small_job,
     wait_for_text,
 )
-from webui.jobs import JobQueue
 from webui.model_manager.detect import UNET_PREFIX
 from webui.model_manager.ema import ema_tensors
 from webui.settings import Settings
@@ -37,18 +36,12 @@ def served(tmp_path: Path):
     save_file(raw | ema_tensors(averaged, 0.9999, 10), str(folder / "full-ema.safetensors"))
     write_tiny_safety_checker(tmp_path / "models" / "safety_checker", flag="all")
     studio = Studio(Settings.for_data_dir(tmp_path, watermark=False, safety_checker=True))
-    jobs = JobQueue(studio).start()
-    try:
-        with served_with_login(studio, jobs) as url:
-            yield url, studio
-    finally:
-        jobs.stop()
+    with serve_app(studio) as app:
+        yield app
 
 
 def test_the_models_tab_switches_weights_and_txt2img_notes_the_blur(browser, served) -> None:
-    url, studio = served
-    outside: list[str] = []
-    with logged_in_page(browser, url, outside) as page:
+    with offline_page(browser, served.url) as page:
         small_job(page, "txt2img", "a red kite")
         infotext = generate_and_wait(page)
         assert "Weights: EMA" in infotext
@@ -61,9 +54,8 @@ def test_the_models_tab_switches_weights_and_txt2img_notes_the_blur(browser, ser
         box.uncheck()
         wait_for_text(page, "models-status", "full-ema will use its raw weights")
         wait_for_text(page, "models-table", "raw weights (has EMA)")
-        assert studio.settings.ema_choices == {"full-ema": False}
+        assert served.studio.settings.ema_choices == {"full-ema": False}
 
         open_tab(page, "txt2img")
         page.locator("#txt2img-seed input[type=number]").fill("99")
         assert "Weights: raw" in generate_and_wait(page)
-    assert outside == []

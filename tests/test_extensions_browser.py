@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,11 +15,12 @@ from PIL import Image
 from tests.browser_helpers import (
     BROWSER_MARKS,
     LOGIN,
+    App,
     error_text,
     generate_and_wait,
-    logged_in_page,
+    offline_page,
     open_tab,
-    served_with_login,
+    serve_app,
     set_number,
     small_job,
     wait_for_text,
@@ -31,8 +31,7 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
     from webui.engine.request import GenerationRequest
-    from webui.jobs import Job, JobQueue
-    from webui.studio import Studio
+    from webui.jobs import Job
 
 
 pytestmark = BROWSER_MARKS
@@ -40,17 +39,9 @@ pytestmark = BROWSER_MARKS
 DEFAULT_GREETING = "Hello from the example extension"
 
 
-@dataclass
-class App:
-    url: str
-    studio: Studio
-    jobs: JobQueue
-
-
 @pytest.fixture(scope="module")
 def app(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     """The whole app behind a login, with the documented example and a raising extension installed."""
-    from webui.jobs import JobQueue
     from webui.settings import Settings
     from webui.studio import Studio
 
@@ -61,20 +52,14 @@ def app(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ap
     install_example_and_raising(data_dir / "extensions")
 
     studio = Studio(settings)
-    jobs = JobQueue(studio).start()
-    try:
-        with served_with_login(studio, jobs) as url:
-            yield App(url, studio, jobs)
-    finally:
-        jobs.stop()
+    with serve_app(studio) as app:
+        yield app
 
 
 @pytest.fixture
 def page(browser: Browser, app: App) -> Iterator[Page]:
-    outside_requests: list[str] = []
-    with logged_in_page(browser, app.url, outside_requests) as page:
+    with offline_page(browser, app.url) as page:
         yield page
-    assert outside_requests == []
 
 
 def _pick(page: Page, elem_id: str, option: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -22,6 +22,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.http_helpers import USERS, LiveServer, live_server
+from tests.schema_fuzz import fuzz_settings
 
 CALLER = ("bob", USERS["bob"])  # not an admin: installing an extension answers 403, no clone
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -55,14 +56,7 @@ def _call(document: schemathesis.BaseSchema, url: str, label: str, **parts: obje
 
 def _fuzz(operation: schemathesis.APIOperation, mode: GenerationMode, url: str) -> None:
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        phases=[Phase.explicit, Phase.generate],  # no shrinking: the first failure is reported
-        suppress_health_check=list(HealthCheck),
-    )
+    @fuzz_settings(EXAMPLES)  # no shrinking: the first failure is reported
     def run(case: schemathesis.Case) -> None:
         case.call_and_validate(base_url=url, auth=CALLER, checks=CHECKS, timeout=60)
 

@@ -4,7 +4,6 @@ variation seeds and tiling, pasting them back from an infotext, and the Extras u
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,11 +13,12 @@ from PIL import Image, PngImagePlugin
 from tests.browser_helpers import (
     BROWSER_MARKS,
     LOGIN,
+    App,
     error_text,
     generate_and_wait,
-    logged_in_page,
+    offline_page,
     open_tab,
-    served_with_login,
+    serve_app,
     set_number,
     small_job,
     wait_for_text,
@@ -28,24 +28,14 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page
 
     from webui.engine.request import GenerationRequest
-    from webui.jobs import JobQueue
-    from webui.studio import Studio
 
 
 pytestmark = BROWSER_MARKS
 
 
-@dataclass
-class App:
-    url: str
-    studio: Studio
-    jobs: JobQueue
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     """The whole app behind a login over one tiny checkpoint."""
-    from webui.jobs import JobQueue
     from webui.settings import Settings
     from webui.studio import Studio
     from webui.tools.tiny_checkpoint import write_tiny_checkpoint
@@ -54,20 +44,14 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     settings = Settings.for_data_dir(data_dir, device="cpu", ckpt="tiny", watermark=False)
     write_tiny_checkpoint("sd15", settings.ckpt_dir / "tiny.safetensors")
     studio = Studio(settings)
-    jobs = JobQueue(studio).start()
-    try:
-        with served_with_login(studio, jobs) as url:
-            yield App(url, studio, jobs)
-    finally:
-        jobs.stop()
+    with serve_app(studio) as app:
+        yield app
 
 
 @pytest.fixture
 def page(browser: Browser, app: App) -> Iterator[Page]:
-    outside_requests: list[str] = []
-    with logged_in_page(browser, app.url, outside_requests) as page:
+    with offline_page(browser, app.url) as page:
         yield page
-    assert outside_requests == []
 
 
 def _number(page: Page, elem_id: str) -> float:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,11 +14,12 @@ from PIL import Image, PngImagePlugin
 
 from tests.browser_helpers import (
     BROWSER_MARKS,
+    App,
     error_text,
     generate_and_wait,
-    logged_in_page,
+    offline_page,
     open_tab,
-    served_with_login,
+    serve_app,
     set_number,
     small_job,
     wait_for_text,
@@ -28,8 +28,6 @@ from tests.browser_helpers import (
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-    from webui.jobs import JobQueue
-    from webui.studio import Studio
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 VIEWPORT_HEIGHT = 900
@@ -37,17 +35,9 @@ VIEWPORT_HEIGHT = 900
 pytestmark = BROWSER_MARKS
 
 
-@dataclass
-class App:
-    url: str
-    studio: Studio
-    jobs: JobQueue
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     """The app over a tiny SD1.5 checkpoint, a byte-for-byte copy of it ("twin") and a tiny SDXL."""
-    from webui.jobs import JobQueue
     from webui.settings import Settings
     from webui.studio import Studio
     from webui.tools.tiny_checkpoint import write_tiny_checkpoint
@@ -59,20 +49,14 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     write_tiny_checkpoint("sdxl", settings.ckpt_dir / "xl.safetensors")
     studio = Studio(settings)
     studio.registry.hash_all()  # as the background hashing at start does
-    jobs = JobQueue(studio).start()
-    try:
-        with served_with_login(studio, jobs) as url:
-            yield App(url, studio, jobs)
-    finally:
-        jobs.stop()
+    with serve_app(studio) as app:
+        yield app
 
 
 @pytest.fixture
 def page(browser: Browser, app: App) -> Iterator[Page]:
-    outside: list[str] = []
-    with logged_in_page(browser, app.url, outside) as page:
+    with offline_page(browser, app.url) as page:
         yield page
-    assert outside == []
 
 
 def _screenshot(page: Page, name: str) -> None:

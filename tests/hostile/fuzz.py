@@ -9,8 +9,7 @@ from collections import Counter
 
 import httpx
 import schemathesis
-from hypothesis import HealthCheck, given, settings
-from hypothesis import Phase as Stage
+from hypothesis import given
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -22,6 +21,7 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.hostile.report import Phase
 from tests.hostile.server import USERS, Server
+from tests.schema_fuzz import fuzz_settings
 
 CALLER = ("bob", USERS["bob"])  # not an admin: installing an extension answers 403, no clone
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -62,14 +62,7 @@ def _fuzz(
     label = f"{operation.label} ({mode.value})"
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        phases=[Stage.explicit, Stage.generate],  # no shrinking: every failure is counted instead
-        suppress_health_check=list(HealthCheck),
-    )
+    @fuzz_settings(examples)  # no shrinking: every failure is counted instead
     def one(case: schemathesis.Case) -> None:
         counts["cases"] += 1
         try:
