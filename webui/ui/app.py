@@ -15,6 +15,7 @@ from webui.model_manager.state_dict import CheckpointError
 from webui.outputs import parse_infotext
 from webui.ui.account_tab import build_account_tab
 from webui.ui.context import PRIVATE, UiContext
+from webui.ui.controls import tool_button
 from webui.ui.extensions_tab import build_extension_tabs, build_extensions_settings
 from webui.ui.extras import SINGLE, build_extras_tab
 from webui.ui.generation_tab import GenerationTab
@@ -130,14 +131,7 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
                 elem_id="checkpoint",
                 scale=3,
             )
-            refresh = gr.Button(
-                "Refresh",
-                size="sm",
-                elem_id="refresh-checkpoints",
-                elem_classes=["tool-button"],
-                scale=0,
-                min_width=80,
-            )
+            refresh = tool_button("Refresh", "refresh-checkpoints")
             model_status = gr.Markdown(header_status(studio), elem_id="model-status")
         banner = gr.Markdown(studio.demo_message, elem_id="demo-banner", visible=studio.demo_mode)
         header_error = error_box("header")

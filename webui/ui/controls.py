@@ -154,9 +154,7 @@ def build_sampling(
                 label="Height",
                 elem_id=f"{tab}-height",
             )
-        swap_size = gr.Button(
-            "Swap", size="sm", elem_id=f"{tab}-swap-size", elem_classes=["tool-button"], scale=0, min_width=64
-        )
+        swap_size = tool_button("Swap", f"{tab}-swap-size", min_width=64)
         with gr.Column(scale=4, min_width=160):
             batch_count = gr.Slider(
                 1,
@@ -265,3 +263,10 @@ def _uses_seed_extras(found: Mapping[str, object]) -> bool:
     """A pasted infotext with a variation or a seed resize opens the extras, as in A1111."""
     values = (found.get(name) for name in ("subseed_strength", "seed_resize_from_w", "seed_resize_from_h"))
     return any(isinstance(value, int | float) and value > 0 for value in values)
+
+
+def tool_button(label: str, elem_id: str, min_width: int = 80) -> gr.Button:
+    """A small text button beside a field (Refresh, Swap), styled by the page's `.tool-button`."""
+    return gr.Button(
+        label, size="sm", elem_id=elem_id, elem_classes=["tool-button"], scale=0, min_width=min_width
+    )

@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from webui.outputs import format_infotext, parse_infotext, read_infotext, request_fields_from_params
 from webui.ui.context import PRIVATE
+from webui.ui.controls import tool_button
 from webui.ui.image_inputs import unreadable_message
 from webui.ui.pnginfo import file_upload
 from webui.ui.results import displayable_image, error_box, hide_error, image_gallery, show_error
@@ -127,14 +128,7 @@ def build_extras_tab(
                     names, value=first_choice, label="Upscaler 1", elem_id="extras-upscaler-1"
                 )
                 upscaler_2 = gr.Dropdown(names, value="None", label="Upscaler 2", elem_id="extras-upscaler-2")
-                refresh = gr.Button(
-                    "Refresh",
-                    size="sm",
-                    elem_id="extras-refresh",
-                    elem_classes=["tool-button"],
-                    scale=0,
-                    min_width=80,
-                )
+                refresh = tool_button("Refresh", "extras-refresh")
             visibility = gr.Slider(
                 0,
                 1,
