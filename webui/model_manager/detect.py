@@ -8,6 +8,7 @@ code path of a real multi-GB one.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -147,8 +148,9 @@ def _detect(tensors: dict[str, torch.Tensor], metadata: dict[str, str], name: st
     pooled_dim = encoders[-1].config.get("projection_dim") if arch is Arch.SDXL else None
     unet_config = _unet_config(unet, arch, pooled_dim, prediction_type)
     vae_config = _vae_config(_strip(tensors, VAE_PREFIX), arch, name)
-    has_ema = any(key.startswith(EMA_UNET_PREFIX) for key in tensors)
-    return ModelSpec(arch, unet_config, vae_config, encoders, prediction_type, in_channels == 9, has_ema)
+    return ModelSpec(
+        arch, unet_config, vae_config, encoders, prediction_type, in_channels == 9, has_ema(tensors)
+    )
 
 
 def _check_token_tables(config: dict[str, Any], name: str) -> None:
@@ -164,6 +166,11 @@ def _check_token_tables(config: dict[str, Any], name: str) -> None:
             f"{name}: its text encoder takes {config['max_position_embeddings']} positions, "
             f"prompts need {MAX_LENGTH}"
         )
+
+
+def has_ema(keys: Iterable[str]) -> bool:
+    """Whether a checkpoint's keys include CompVis EMA weights of its UNet (see ema.py)."""
+    return any(key.startswith(EMA_UNET_PREFIX) for key in keys)
 
 
 def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

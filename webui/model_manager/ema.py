@@ -12,17 +12,14 @@ in tiny test files) and it fills missing ones with None; this module refuses suc
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 
-from webui.model_manager.detect import EMA_UNET_PREFIX, UNET_PREFIX
+from webui.model_manager.detect import UNET_PREFIX, has_ema
 from webui.model_manager.state_dict import CheckpointError
 
 EMA_PREFIX = "model_ema."
 EMA_DECAY_KEY = "model_ema.decay"
 EMA_UPDATES_KEY = "model_ema.num_updates"
-_EMA_COUNTERS = (EMA_DECAY_KEY, EMA_UPDATES_KEY)
 # The part of a UNet key that LitEma sees: it wraps `model`, whose child is `diffusion_model`.
 _WRAPPED_PREFIX = "model."
 
@@ -30,11 +27,6 @@ _WRAPPED_PREFIX = "model."
 def ema_key(unet_key: str) -> str:
     """The EMA buffer's key of a UNet parameter key (`model.diffusion_model.…`)."""
     return EMA_PREFIX + unet_key.removeprefix(_WRAPPED_PREFIX).replace(".", "")
-
-
-def has_ema(keys: Iterable[str]) -> bool:
-    """Whether a checkpoint's keys include EMA weights of its UNet."""
-    return any(key.startswith(EMA_UNET_PREFIX) for key in keys)
 
 
 def is_ema_key(key: str) -> bool:
@@ -82,8 +74,3 @@ def ema_tensors(
     tensors[EMA_DECAY_KEY] = torch.tensor(decay, dtype=torch.float32)
     tensors[EMA_UPDATES_KEY] = torch.tensor(num_updates, dtype=torch.int32)
     return tensors
-
-
-def is_ema_counter(key: str) -> bool:
-    """`model_ema.decay`/`num_updates`: bookkeeping, never blended or loaded as weights."""
-    return key in _EMA_COUNTERS
