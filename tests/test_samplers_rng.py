@@ -91,7 +91,7 @@ def test_kl_optimal_and_align_your_steps_are_euler_with_their_sigmas() -> None:
     ays.set_timesteps(10)
     published = [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.0]
     assert np.allclose(ays.sigmas.numpy(), published, atol=1e-3)
-    sdxl = make_scheduler("Euler", "Align Your Steps", CONFIG, sdxl=True)
+    sdxl = make_scheduler("Euler", "Align Your Steps", CONFIG, ays_table="StableDiffusionXLSigmas")
     sdxl.set_timesteps(10)
     assert float(sdxl.sigmas[1]) == pytest.approx(6.315, abs=1e-3)
     sdxl.set_timesteps(20)

@@ -21,7 +21,7 @@ import torch
 from transformers import CLIPTokenizer
 
 from webui.engine.prompt_parser import BREAK, BREAK_WEIGHT, parse_weighted, schedule_prompt, split_and
-from webui.model_manager.detect import Arch
+from webui.model_manager.archs import TextConditioning
 from webui.model_manager.load import LoadedModel, TextEncoder
 from webui.model_manager.tokenizer import MAX_LENGTH
 
@@ -271,8 +271,7 @@ def _run_encoder(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(hidden states (rows, 77, width), pooled (rows, width) or None) for token-id rows."""
     ids = torch.tensor(rows, dtype=torch.long, device=model.device)
-    if model.arch is Arch.SDXL:
-        # SDXL reads the penultimate layer of both encoders, without the final norm.
+    if model.architecture.conditioning is TextConditioning.PENULTIMATE_AND_POOLED:
         output = encoder(ids, output_hidden_states=True)
         hidden = output.hidden_states[-(clip_skip + 1)]
         pooled = _pooled(encoder, tokenizer, output, ids) if output[0].ndim == 2 else None

@@ -33,7 +33,6 @@ from webui.engine.speed_options import SpeedOptions
 from webui.engine.steps import DenoiseHook, DenoiseStep, Interrupted, JobControl, StepHook, StepInfo
 from webui.engine.tiling import circular_padding
 from webui.engine.upscale import upscale
-from webui.model_manager.detect import Arch
 from webui.model_manager.embeddings import apply_embeddings, embedding_names_in
 from webui.model_manager.load import LoadedModel
 from webui.model_manager.lora import activate_loras
@@ -42,7 +41,6 @@ from webui.model_manager.state_dict import CheckpointError
 log = logging.getLogger(__name__)
 
 LATENT_SCALE = 8
-LATENT_CHANNELS = 4
 
 
 @dataclass
@@ -233,7 +231,8 @@ class Engine:
 
     def _scheduler(self, sampler: str, schedule: str, seed: int | None = None) -> SchedulerMixin:
         config = self.model.spec.scheduler_config
-        return make_scheduler(sampler, schedule, config, seed=seed, sdxl=self.model.arch is Arch.SDXL)
+        ays_table = self.model.architecture.ays_table
+        return make_scheduler(sampler, schedule, config, seed=seed, ays_table=ays_table)
 
     def _prepare_networks(self, request: GenerationRequest) -> _Prompts:
         """Switch the model's LoRAs to this job's tags and turn embedding names into tokens."""
@@ -493,6 +492,7 @@ class Engine:
                 generator=generator,
                 source=request.rng,
                 device=device,
+                channels=self.model.architecture.latent.channels,
             )
             for seed, subseed, generator in zip(seeds, subseeds, generators)
         ]
@@ -572,9 +572,9 @@ class Engine:
         return (posterior.mode() * vae.config.scaling_factor).to(self.model.dtype)
 
     def _added_conditioning(self, cond: Conditioning, spec: _Pass) -> dict[str, torch.Tensor] | None:
-        if self.model.arch is not Arch.SDXL:
+        if not self.model.architecture.size_conditioning:
             return None
-        # SDXL micro-conditioning: original size, crop top-left, target size.
+        # Micro-conditioning: original size, crop top-left, target size.
         time_ids = torch.tensor(
             [[spec.height, spec.width, 0, 0, spec.height, spec.width]],
             device=self.model.device,

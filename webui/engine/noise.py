@@ -14,7 +14,8 @@ import torch
 
 from webui.engine.philox import PhiloxGenerator
 
-LATENT_CHANNELS = 4
+# Four latent channels: the SD 1.x/2.x/XL VAE's. Callers pass their architecture's count.
+DEFAULT_CHANNELS = 4
 _CPU = torch.device("cpu")
 
 
@@ -35,13 +36,14 @@ def seeded_noise(
     generator: torch.Generator | None = None,
     source: str = "CPU",
     device: torch.device = _CPU,
+    channels: int = DEFAULT_CHANNELS,
 ) -> torch.Tensor:
-    """(1, 4, height, width) float32 noise for a seed, from the given RNG source (on the CPU after).
+    """(1, channels, height, width) float32 noise for a seed, from the given RNG source (on the CPU after).
 
     A given `generator` (from `sampler_generator`) is drawn from, so a sampler can continue it;
     "NV" draws from its own Philox generator instead.
     """
-    shape = (1, LATENT_CHANNELS, height, width)
+    shape = (1, channels, height, width)
     if source == "NV":
         return torch.from_numpy(PhiloxGenerator(seed).randn(shape).astype(np.float32))
     generator = generator or sampler_generator(seed, source, device)
@@ -70,6 +72,7 @@ def image_noise(
     generator: torch.Generator | None = None,
     source: str = "CPU",
     device: torch.device = _CPU,
+    channels: int = DEFAULT_CHANNELS,
 ) -> torch.Tensor:
     """Noise for one image of latent size `height` x `width`.
 
@@ -78,13 +81,15 @@ def image_noise(
     noise of the real size, so a composition found at one size mostly survives at another.
     """
     drawn_height, drawn_width = resize_from or (height, width)
-    noise = seeded_noise(seed, drawn_height, drawn_width, generator, source, device)
+    noise = seeded_noise(seed, drawn_height, drawn_width, generator, source, device, channels)
     if subseed is not None and subseed_strength > 0:
-        variation = seeded_noise(subseed, drawn_height, drawn_width, source=source, device=device)
+        variation = seeded_noise(
+            subseed, drawn_height, drawn_width, source=source, device=device, channels=channels
+        )
         noise = slerp(subseed_strength, noise, variation)
     if (drawn_height, drawn_width) == (height, width):
         return noise
-    canvas = seeded_noise(seed, height, width, source=source, device=device)
+    canvas = seeded_noise(seed, height, width, source=source, device=device, channels=channels)
     rows = _centred(drawn_height, height)
     columns = _centred(drawn_width, width)
     canvas[:, :, rows[1], columns[1]] = noise[:, :, rows[0], columns[0]]

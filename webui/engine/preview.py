@@ -10,32 +10,18 @@ from PIL import Image
 
 from webui.engine.request import GenerationError
 from webui.engine.steps import StepHook, StepInfo
-from webui.model_manager.detect import Arch
+from webui.model_manager.archs import Arch, architecture
 from webui.model_manager.load import LoadedModel
 
 # A latent (on the model's device) -> its preview's pixels in [-1, 1], still on that device.
 PreviewRenderer = Callable[[torch.Tensor], torch.Tensor]
 
-# Rows: latent channels; columns: R, G, B (see DESIGN.md section 7).
-_SD_FACTORS = (
-    (0.3512, 0.2297, 0.3227),
-    (0.3250, 0.4974, 0.2350),
-    (-0.2829, 0.1762, 0.2721),
-    (-0.2120, -0.2616, -0.7177),
-)
-_SDXL_FACTORS = (
-    (0.3651, 0.4232, 0.4341),
-    (-0.2533, -0.0042, 0.1068),
-    (0.1076, 0.1111, -0.0362),
-    (-0.3165, -0.2492, -0.2188),
-)
-_SDXL_BIAS = (0.1084, -0.0175, -0.0011)
-
 
 def linear_preview(latents: torch.Tensor, arch: Arch) -> list[Image.Image]:
     """Latent-sized RGB previews from fixed per-channel factors: no network, microseconds."""
-    factors = torch.tensor(_SDXL_FACTORS if arch is Arch.SDXL else _SD_FACTORS, dtype=torch.float32)
-    bias = torch.tensor(_SDXL_BIAS if arch is Arch.SDXL else (0.0, 0.0, 0.0), dtype=torch.float32)
+    latent = architecture(arch).latent
+    factors = torch.tensor(latent.preview_factors, dtype=torch.float32)
+    bias = torch.tensor(latent.preview_bias, dtype=torch.float32)
     rgb = torch.einsum("bchw,cr->bhwr", latents.detach().float().cpu(), factors) + bias
     return tensor_to_images(rgb.permute(0, 3, 1, 2))  # the factors map to roughly [-1, 1]
 

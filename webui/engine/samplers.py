@@ -113,15 +113,15 @@ SCHEDULE_TYPES: dict[str, dict[str, Any]] = {
 _BASE_OPTIONS = {"timestep_spacing": "leading", "steps_offset": 1}
 
 
-def _kl_optimal(sigma_min: float, sigma_max: float, steps: int, sdxl: bool) -> list[float]:
+def _kl_optimal(sigma_min: float, sigma_max: float, steps: int, ays_table: str) -> list[float]:
     """Sigmas of "KL Optimal" (Sabour et al. 2024): evenly spaced in arctan(sigma), then 0."""
     angles = np.linspace(math.atan(sigma_max), math.atan(sigma_min), steps)
     return [*np.tan(angles).tolist(), 0.0]
 
 
-def _align_your_steps(sigma_min: float, sigma_max: float, steps: int, sdxl: bool) -> list[float]:
+def _align_your_steps(sigma_min: float, sigma_max: float, steps: int, ays_table: str) -> list[float]:
     """NVIDIA's 10-step "Align Your Steps" sigmas, log-linearly resampled to `steps` as A1111 does."""
-    table = np.array(AysSchedules["StableDiffusionXLSigmas" if sdxl else "StableDiffusionSigmas"][:-1])
+    table = np.array(AysSchedules[ays_table][:-1])
     if steps != len(table):
         where = np.linspace(0, 1, len(table))
         table = np.exp(np.interp(np.linspace(0, 1, steps), where, np.log(table[::-1])))[::-1]
@@ -129,7 +129,7 @@ def _align_your_steps(sigma_min: float, sigma_max: float, steps: int, sdxl: bool
 
 
 # Schedule types given as explicit sigmas; diffusers takes those only in some schedulers.
-_SIGMA_SCHEDULES: dict[str, Callable[[float, float, int, bool], list[float]]] = {
+_SIGMA_SCHEDULES: dict[str, Callable[[float, float, int, str], list[float]]] = {
     "Align Your Steps": _align_your_steps,
     "KL Optimal": _kl_optimal,
 }
@@ -177,11 +177,11 @@ def make_scheduler(
     base_config: dict[str, Any],
     *,
     seed: int | None = None,
-    sdxl: bool = False,
+    ays_table: str = "StableDiffusionSigmas",
 ) -> SchedulerMixin:
     """A fresh scheduler for one job: schedulers keep per-run state, so never share them.
 
-    `sdxl` picks SDXL's table for "Align Your Steps".
+    `ays_table` names the architecture's row of diffusers' AysSchedules for "Align Your Steps".
     """
     sampler, schedule = resolve_sampler(name, schedule_type)
     options = {**base_config, **_BASE_OPTIONS, **sampler.options, **SCHEDULE_TYPES[schedule]}
@@ -211,12 +211,12 @@ def make_scheduler(
             f"sampler {sampler.name!r} with schedule {schedule!r} cannot run: {error}"
         ) from error
     if schedule in _SIGMA_SCHEDULES:
-        _use_sigmas(scheduler, _SIGMA_SCHEDULES[schedule], sdxl)
+        _use_sigmas(scheduler, _SIGMA_SCHEDULES[schedule], ays_table)
     return scheduler
 
 
 def _use_sigmas(
-    scheduler: SchedulerMixin, sigmas_for: Callable[[float, float, int, bool], list[float]], sdxl: bool
+    scheduler: SchedulerMixin, sigmas_for: Callable[[float, float, int, str], list[float]], ays_table: str
 ) -> None:
     """Make this scheduler's `set_timesteps(steps)` take the schedule's sigmas, so the loop that
     drives it needs no special case."""
@@ -225,6 +225,6 @@ def _use_sigmas(
     sigma_min, sigma_max = float(trained[0]), float(trained[-1])
 
     def set_timesteps(num_inference_steps: int, device: Any = None, **kwargs: Any) -> None:
-        plain(device=device, sigmas=sigmas_for(sigma_min, sigma_max, num_inference_steps, sdxl))
+        plain(device=device, sigmas=sigmas_for(sigma_min, sigma_max, num_inference_steps, ays_table))
 
     scheduler.set_timesteps = set_timesteps  # type: ignore[method-assign]

@@ -10,20 +10,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import torch
 
+from webui.model_manager.archs import Arch, Architecture, TextEncoderSlot, architecture, match_text_encoders
 from webui.model_manager.state_dict import CheckpointError
 from webui.model_manager.tokenizer import MAX_LENGTH
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-SD1_TEXT_PREFIX = "cond_stage_model.transformer."
-SD2_TEXT_PREFIX = "cond_stage_model.model."
-SDXL_TEXT1_PREFIX = "conditioner.embedders.0.transformer."
-SDXL_TEXT2_PREFIX = "conditioner.embedders.1.model."
+# Single-file text encoder prefixes, for the tools that write checkpoints.
+SD1_TEXT_PREFIX = architecture(Arch.SD1).text_encoders[0].prefix
+SD2_TEXT_PREFIX = architecture(Arch.SD2).text_encoders[0].prefix
+SDXL_TEXT1_PREFIX, SDXL_TEXT2_PREFIX = (slot.prefix for slot in architecture(Arch.SDXL).text_encoders)
 # CompVis EMA buffers of the UNet: `model_ema.diffusion_model<key without dots>` (see ema.py).
 EMA_UNET_PREFIX = "model_ema.diffusion_model"
 
@@ -38,19 +38,8 @@ TRAIN_SCHEDULE: dict[str, Any] = {
 CLIP_HEAD_WIDTH = 64
 # Every family tokenizes with CLIP's vocabulary: token ids go up to 49407 (end of text).
 CLIP_VOCAB_SIZE = 49408
-# SD1's UNet uses 8 heads per attention block; SD2 and SDXL use 64-wide heads instead.
-SD1_UNET_HEADS = 8
 GROUP_NORM_GROUPS = 32
-
-
-class Arch(str, Enum):
-    SD1 = "sd1"
-    SD2 = "sd2"
-    SDXL = "sdxl"
-
-    @property
-    def label(self) -> str:
-        return {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}[self.value]
+SD1_UNET_HEADS = architecture(Arch.SD1).unet_heads
 
 
 @dataclass(frozen=True)
@@ -72,6 +61,10 @@ class ModelSpec:
     prediction_type: str  # "epsilon" or "v_prediction"
     is_inpainting: bool
     has_ema: bool = False  # the file also holds CompVis EMA weights of its UNet (see ema.py)
+
+    @property
+    def architecture(self) -> Architecture:
+        return architecture(self.arch)
 
     @property
     def scheduler_config(self) -> dict[str, Any]:
@@ -113,23 +106,11 @@ def _detect(tensors: dict[str, torch.Tensor], metadata: dict[str, str], name: st
             "LoRA, VAE and embedding files go in their own folders"
         )
     context_dim = _cross_attention_width(unet)
-    if _has_prefix(tensors, SDXL_TEXT2_PREFIX):
-        if not _has_prefix(tensors, SDXL_TEXT1_PREFIX):
-            raise CheckpointError(f"{name}: an SDXL refiner; only SDXL base checkpoints are supported so far")
-        arch = Arch.SDXL
-        encoders = (
-            _hf_clip_spec(tensors, SDXL_TEXT1_PREFIX),
-            _openclip_spec(tensors, SDXL_TEXT2_PREFIX, with_projection=True, drop_last_layer=False),
-        )
-    elif _has_prefix(tensors, SD2_TEXT_PREFIX):
-        arch = Arch.SD2
-        encoders = (_openclip_spec(tensors, SD2_TEXT_PREFIX, with_projection=False, drop_last_layer=True),)
-    elif _has_prefix(tensors, SD1_TEXT_PREFIX):
-        arch = Arch.SD1
-        encoders = (_hf_clip_spec(tensors, SD1_TEXT_PREFIX),)
-    else:
-        raise CheckpointError(f"{name}: unknown checkpoint kind: it has a UNet but no text encoder we know")
-
+    described, why_not = match_text_encoders(tensors)
+    if described is None:
+        raise CheckpointError(f"{name}: unknown checkpoint kind: {why_not}")
+    arch = described.arch
+    encoders = tuple(_text_encoder_spec(tensors, slot) for slot in described.text_encoders)
     for encoder in encoders:
         _check_token_tables(encoder.config, name)
     text_width = sum(spec.config["hidden_size"] for spec in encoders)
@@ -145,9 +126,9 @@ def _detect(tensors: dict[str, torch.Tensor], metadata: dict[str, str], name: st
             "only 4 (normal) and 9 (inpainting) are supported"
         )
     prediction_type = _prediction_type(tensors, metadata)
-    pooled_dim = encoders[-1].config.get("projection_dim") if arch is Arch.SDXL else None
-    unet_config = _unet_config(unet, arch, pooled_dim, prediction_type)
-    vae_config = _vae_config(_strip(tensors, VAE_PREFIX), arch, name)
+    pooled_dim = encoders[-1].config.get("projection_dim") if described.size_conditioning else None
+    unet_config = _unet_config(unet, described, pooled_dim, prediction_type)
+    vae_config = _vae_config(_strip(tensors, VAE_PREFIX), described, name)
     return ModelSpec(
         arch, unet_config, vae_config, encoders, prediction_type, in_channels == 9, has_ema(tensors)
     )
@@ -177,10 +158,6 @@ def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
 
 
-def _has_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> bool:
-    return any(key.startswith(prefix) for key in tensors)
-
-
 def _count(keys: list[str] | dict[str, Any], pattern: str) -> int:
     """Number of distinct indices matched by the `(\\d+)` group of `pattern`."""
     regex = re.compile(pattern)
@@ -203,6 +180,14 @@ def _prediction_type(tensors: dict[str, torch.Tensor], metadata: dict[str, str])
     if declared in ("v", "v_prediction"):
         return "v_prediction"
     return "epsilon"
+
+
+def _text_encoder_spec(tensors: dict[str, torch.Tensor], slot: TextEncoderSlot) -> TextEncoderSpec:
+    if slot.layout == "hf":
+        return _hf_clip_spec(tensors, slot.prefix)
+    return _openclip_spec(
+        tensors, slot.prefix, with_projection=slot.with_projection, drop_last_layer=slot.drop_last_layer
+    )
 
 
 def _hf_clip_spec(tensors: dict[str, torch.Tensor], prefix: str) -> TextEncoderSpec:
@@ -245,7 +230,7 @@ def _openclip_spec(
 
 
 def _unet_config(
-    unet: dict[str, torch.Tensor], arch: Arch, pooled_dim: int | None, prediction_type: str
+    unet: dict[str, torch.Tensor], described: Architecture, pooled_dim: int | None, prediction_type: str
 ) -> dict[str, Any]:
     levels = _unet_levels(unet)
     block_out = [level[0][0] for level in levels]
@@ -260,11 +245,7 @@ def _unet_config(
     context_dim = _cross_attention_width(unet)
 
     config: dict[str, Any] = {
-        "sample_size": {
-            Arch.SD1: 64,
-            Arch.SD2: 96 if prediction_type == "v_prediction" else 64,
-            Arch.SDXL: 128,
-        }[arch],
+        "sample_size": described.sample_size(prediction_type),
         "in_channels": int(unet["input_blocks.0.0.weight"].shape[1]),
         "out_channels": int(unet["out.2.weight"].shape[0]),
         "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in down_attn],
@@ -272,16 +253,13 @@ def _unet_config(
         "block_out_channels": block_out,
         "layers_per_block": layers_per_block,
         "cross_attention_dim": context_dim,
-        "attention_head_dim": SD1_UNET_HEADS
-        if arch is Arch.SD1
-        else [max(1, c // CLIP_HEAD_WIDTH) for c in block_out],
+        "attention_head_dim": described.unet_heads or [max(1, c // CLIP_HEAD_WIDTH) for c in block_out],
         "use_linear_projection": proj_in.ndim == 2,
-        "transformer_layers_per_block": down_depth if arch is Arch.SDXL else 1,
+        "transformer_layers_per_block": down_depth if described.transformer_depth_per_level else 1,
         "norm_num_groups": GROUP_NORM_GROUPS,
-        # SD2-768 attention overflows fp16 unless upcast, as its reference config says.
-        "upcast_attention": arch is Arch.SD2 and prediction_type == "v_prediction",
+        "upcast_attention": described.upcast_attention_for_v and prediction_type == "v_prediction",
     }
-    if up_depth != list(reversed(down_depth)) and arch is Arch.SDXL:
+    if up_depth != list(reversed(down_depth)) and described.transformer_depth_per_level:
         config["reverse_transformer_layers_per_block"] = up_depth
     if "label_emb.0.0.weight" in unet:
         adm_in = int(unet["label_emb.0.0.weight"].shape[1])
@@ -324,7 +302,7 @@ def _unet_up_levels(
     return attn, depth
 
 
-def _vae_config(vae: dict[str, torch.Tensor], arch: Arch, name: str) -> dict[str, Any]:
+def _vae_config(vae: dict[str, torch.Tensor], described: Architecture, name: str) -> dict[str, Any]:
     if "decoder.conv_in.weight" not in vae:
         raise CheckpointError(f"{name}: the checkpoint has no VAE under '{VAE_PREFIX}'")
     levels = _count(vae, r"encoder\.down\.(\d+)\.")
@@ -339,5 +317,5 @@ def _vae_config(vae: dict[str, torch.Tensor], arch: Arch, name: str) -> dict[str
         "up_block_types": ["UpDecoderBlock2D"] * levels,
         "layers_per_block": _count(vae, r"encoder\.down\.0\.block\.(\d+)\."),
         "norm_num_groups": GROUP_NORM_GROUPS,
-        "scaling_factor": 0.13025 if arch is Arch.SDXL else 0.18215,
+        "scaling_factor": described.latent.scaling_factor,
     }

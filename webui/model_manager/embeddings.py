@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPTokenizer
 
-from webui.model_manager.detect import Arch
+from webui.model_manager.archs import Arch, architectures
 from webui.model_manager.load import LoadedModel, TextEncoder
 from webui.model_manager.state_dict import (
     PICKLE_SUFFIXES,
@@ -32,8 +32,6 @@ from webui.model_manager.state_dict import (
 log = logging.getLogger(__name__)
 
 EMBEDDING_SUFFIXES = SAFETENSORS_SUFFIXES + (".pt", ".bin")
-_WIDTH_ARCH = {768: Arch.SD1, 1024: Arch.SD2}
-_SDXL_KEYS = ("clip_l", "clip_g")
 
 
 class EmbeddingError(CheckpointError):
@@ -55,10 +53,14 @@ class Embedding:
 
     @property
     def arch(self) -> Arch | None:
-        """The architecture the widths say (None for widths no released model has)."""
-        if len(self.tables) == 2:
-            return Arch.SDXL
-        return _WIDTH_ARCH.get(self.widths[0])
+        """The architecture the widths say (None for widths no released model has): tables per
+        encoder for several encoders, the context width for one."""
+        for described in architectures():
+            if len(described.text_encoders) != len(self.tables):
+                continue
+            if len(self.tables) > 1 or self.widths[0] == described.context_width:
+                return described.arch
+        return None
 
     @property
     def arch_label(self) -> str:
@@ -99,8 +101,9 @@ def _find_tables(path: Path, content: object) -> list[object]:
         return [content]
     if not isinstance(content, dict):
         raise EmbeddingError(f"{path.name}: holds a {type(content).__name__}, not an embedding")
-    if all(key in content for key in _SDXL_KEYS):
-        return [content[key] for key in _SDXL_KEYS]
+    for keys in _multi_table_keys():
+        if all(key in content for key in keys):
+            return [content[key] for key in keys]
     if isinstance(params := content.get("string_to_param"), dict) and params:
         return [params.get("*", next(iter(params.values())))]
     if "emb_params" in content:
@@ -112,6 +115,15 @@ def _find_tables(path: Path, content: object) -> list[object]:
         f"{path.name}: not an embedding layout we know "
         "(expected string_to_param, emb_params, clip_l/clip_g, or a single {token: vectors} entry)"
     )
+
+
+def _multi_table_keys() -> list[tuple[str, ...]]:
+    """The table keys of multi-encoder embedding files (SDXL's `clip_l`, `clip_g`)."""
+    return [
+        tuple(slot.embedding_key for slot in described.text_encoders)
+        for described in architectures()
+        if len(described.text_encoders) > 1
+    ]
 
 
 def _as_table(path: Path, value: object) -> torch.Tensor:

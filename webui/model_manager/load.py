@@ -22,6 +22,7 @@ from diffusers.loaders.single_file_utils import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from webui.model_manager.archs import Architecture, architecture, diffusers_folder_architecture
 from webui.model_manager.detect import Arch, ModelSpec, TextEncoderSpec, detect_model
 from webui.model_manager.ema import select_weights
 from webui.model_manager.ldm_export import canonical_text_keys
@@ -62,6 +63,10 @@ class LoadedModel:
     @property
     def arch(self) -> Arch:
         return self.spec.arch
+
+    @property
+    def architecture(self) -> Architecture:
+        return architecture(self.spec.arch)
 
     @property
     def size_bytes(self) -> int:
@@ -218,7 +223,7 @@ def _find_key(node: Any, key: str) -> Any:
 
 def _with_prediction_type(spec: ModelSpec, prediction_type: str) -> ModelSpec:
     unet_config = dict(spec.unet_config)
-    if spec.arch is Arch.SD2:
+    if spec.architecture.upcast_attention_for_v:
         unet_config["upcast_attention"] = prediction_type == "v_prediction"
     return replace(spec, prediction_type=prediction_type, unet_config=unet_config)
 
@@ -241,14 +246,15 @@ def _load_diffusers_folder(path: Path, device: torch.device, dtype: torch.dtype)
             )
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{path.name}: cannot read the diffusers folder: {error}") from error
-    # SD1 uses OpenAI's CLIP (quick_gelu), SD2 OpenCLIP (gelu): widths differ in tiny models.
-    if len(encoders) == 2:
-        arch = Arch.SDXL
-    else:
-        arch = Arch.SD1 if encoders[0].config.hidden_act == "quick_gelu" else Arch.SD2
+    described = diffusers_folder_architecture(len(encoders), encoders[0].config.hidden_act)
+    if described is None:
+        raise CheckpointError(
+            f"{path.name}: a diffusers folder whose text encoders no architecture we know has"
+        )
+    arch = described.arch
     scheduler = _read_json(path / "scheduler" / "scheduler_config.json")
     prediction_type = scheduler.get("prediction_type", "epsilon")
-    pad_flags = [False, True] if arch is Arch.SDXL else [arch is Arch.SD2]
+    pad_flags = [slot.pad_with_exclamation for slot in described.text_encoders]
     tokenizers = [
         _folder_tokenizer(path, sub, pad) for sub, pad in zip(("tokenizer", "tokenizer_2"), pad_flags)
     ]

@@ -31,7 +31,7 @@ from diffusers.utils import (
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import SafetensorError, safe_open
 
-from webui.model_manager.detect import Arch
+from webui.model_manager.archs import Arch, architectures
 from webui.model_manager.load import LoadedModel
 from webui.model_manager.lycoris import LycorisError, inject_lycoris, is_lycoris, unwrap_empty
 from webui.model_manager.state_dict import SAFETENSORS_SUFFIXES, CheckpointError, read_state_dict
@@ -42,9 +42,8 @@ log = logging.getLogger(__name__)
 LoraWeight = float | tuple[float, float]
 # Idle adapters kept on a model after a job, most recently used first; older ones are unloaded.
 MAX_IDLE_ADAPTERS = 8
-# What real files' widths say: cross-attention context width and CLIP text width.
-_CONTEXT_WIDTHS = {768: Arch.SD1, 1024: Arch.SD2, 2048: Arch.SDXL}
-_TEXT_WIDTHS = {768: Arch.SD1, 1024: Arch.SD2}
+# Which of diffusers' loader mixins reads an architecture's LoRAs (its `lora_loader`).
+_LOADERS = {"sd": StableDiffusionLoraLoaderMixin, "sdxl": StableDiffusionXLLoraLoaderMixin}
 _KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 _DOWN = r"(?:lora_down|lora_A|lora\.down|down)\.weight$"
 _CROSS_ATTENTION_KEY = re.compile(rf"attn2[._](?:processor\.)?to_k(?:_lora)?[._]{_DOWN}")
@@ -160,15 +159,19 @@ def lora_value_problem(tensors: Mapping[str, torch.Tensor]) -> str | None:
 
 def lora_arch_from_shapes(shapes: Mapping[str, Sequence[int]]) -> Arch | None:
     """Tell SD1/SD2/SDXL from LoRA key names and tensor shapes."""
-    if any(key.startswith(("lora_te2_", "text_encoder_2.")) for key in shapes):
-        return Arch.SDXL
-    # Down projections take the layer's input: for cross-attention keys, the text context.
+    for described in architectures():
+        if described.lora_key_prefixes and any(key.startswith(described.lora_key_prefixes) for key in shapes):
+            return described.arch
+    # Down projections take the layer's input: for cross-attention keys, the text context; a
+    # single-encoder model's text width is its context width.
     context = _first_input_width(shapes, _CROSS_ATTENTION_KEY)
-    if context in _CONTEXT_WIDTHS:
-        return _CONTEXT_WIDTHS[context]
     text = _first_input_width(shapes, _TEXT_QUERY_KEY)
-    if text in _TEXT_WIDTHS:
-        return _TEXT_WIDTHS[text]
+    for described in architectures():
+        if context == described.context_width:
+            return described.arch
+    for described in architectures():
+        if text == described.context_width and len(described.text_encoders) == 1:
+            return described.arch
     # Unusual widths (small test models): the layout can still tell. Kohya names SDXL's UNet
     # layers after the LDM UNet, and SD2's transformers project in with linear layers where
     # SD1 uses 1x1 convolutions.
@@ -314,7 +317,7 @@ def _adapter_name(name: str) -> str:
 
 def _convert(model: LoadedModel, name: str, tensors: dict[str, torch.Tensor]) -> dict[str, dict]:
     """Diffusers-format state dicts per model part ("unet", "text_encoder", "text_encoder_2")."""
-    loader = StableDiffusionXLLoraLoaderMixin if model.arch is Arch.SDXL else StableDiffusionLoraLoaderMixin
+    loader = _LOADERS[model.architecture.lora_loader]
     if all(key.startswith(_KOHYA_PREFIXES) for key in tensors):
         tensors = _fold_alphas(tensors)
     try:
@@ -416,7 +419,7 @@ def _layer_widths(layer: torch.nn.Module) -> tuple[int, int] | None:
 
 
 def _inject(model: LoadedModel, adapter: str, parts: dict[str, dict]) -> None:
-    loader = StableDiffusionXLLoraLoaderMixin if model.arch is Arch.SDXL else StableDiffusionLoraLoaderMixin
+    loader = _LOADERS[model.architecture.lora_loader]
     components = _components(model)
     with torch.no_grad(), warnings.catch_warnings(), _without_load_report():
         # Several adapters in one module is the point here, not the mistake peft warns about.

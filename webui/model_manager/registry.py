@@ -16,6 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from webui.model_manager.archs import diffusers_folder_architecture
 from webui.model_manager.detect import VAE_PREFIX, Arch, detect_model
 from webui.model_manager.facts import FileFactsCache
 from webui.model_manager.few_step import FewStepHint, few_step_hint
@@ -279,13 +280,15 @@ def _inspect_checkpoint(path: Path) -> Facts:
 def _inspect_diffusers_folder(path: Path) -> Facts:
     try:
         index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
-        if "text_encoder_2" in index:
-            return {"arch": Arch.SDXL.value, "label": Arch.SDXL.label + " (diffusers)"}
         config = json.loads((path / "text_encoder" / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         return {"error": f"not a readable diffusers folder: {error}"}
-    arch = Arch.SD1 if config.get("hidden_act") == "quick_gelu" else Arch.SD2
-    return {"arch": arch.value, "label": arch.label + " (diffusers)"}
+    # A folder always has `text_encoder`; its index names the further ones.
+    encoder_count = 1 + sum(1 for key in index if key.startswith("text_encoder_"))
+    described = diffusers_folder_architecture(encoder_count, config.get("hidden_act", ""))
+    if described is None:
+        return {"error": "a diffusers folder whose text encoders no architecture we know has"}
+    return {"arch": described.arch.value, "label": described.label + " (diffusers)"}
 
 
 def _inspect_vae(path: Path) -> Facts:

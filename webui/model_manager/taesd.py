@@ -11,7 +11,7 @@ from diffusers import AutoencoderTiny
 from PIL import Image
 
 from webui.engine.preview import tensor_to_images
-from webui.model_manager.detect import Arch
+from webui.model_manager.archs import Arch, architecture
 from webui.model_manager.state_dict import CheckpointError, read_state_dict
 
 _FOLDER_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
@@ -21,7 +21,7 @@ _LAYER_KEY = re.compile(r"layers\.(\d+)\.(.+)")
 
 def find_taesd(folder: Path, arch: Arch) -> Path | None:
     """The TAESD decoder for `arch` in `folder` (models/VAE-approx): a file, or a diffusers folder."""
-    stem = "taesdxl" if arch is Arch.SDXL else "taesd"
+    stem = architecture(arch).latent.taesd_stem
     for name in (f"{stem}_decoder.safetensors", f"{stem}_decoder.pth"):
         if (folder / name).is_file():
             return folder / name

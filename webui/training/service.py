@@ -20,6 +20,8 @@ _RESULT_KIND = {
     TrainingKind.FINETUNE: ModelKind.CHECKPOINT,
     TrainingKind.SCRATCH: ModelKind.CHECKPOINT,
 }
+# The trainers build SD 1.x/2.x UNets and single CLIP encoders only.
+_TRAINABLE = (Arch.SD1, Arch.SD2)
 
 
 class TrainingService:
@@ -56,9 +58,10 @@ class TrainingService:
             else self.selected_checkpoint()
         )
         self.registry.require_usable(base)
-        if base.arch is Arch.SDXL:
+        if base.arch is not None and base.arch not in _TRAINABLE:
             raise TrainingError(
-                f"{base.name} is SDXL; training works on SD 1.x and 2.x checkpoints so far", "base"
+                f"{base.name} is {base.arch.label}; training works on SD 1.x and 2.x checkpoints so far",
+                "base",
             )
         if "inpainting" in base.label:
             raise TrainingError(f"{base.name} is an inpainting checkpoint; train on its base model", "base")
