@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from webui.engine import images as pix
-from webui.engine.conditioning import Conditioning, PromptSchedule
+from webui.engine.conditioning import PromptSchedule
 from webui.engine.extra_networks import (
     LoraTag,
     RefusedNetworks,
@@ -23,14 +21,16 @@ from webui.engine.extra_networks import (
     parse_lora_tags,
     refused_network,
 )
+from webui.engine.families import SamplingLoop, sampling_loop
 from webui.engine.latent_upscale import is_latent_mode, upscale_latent
 from webui.engine.noise import image_noise, sampler_generator
+from webui.engine.passes import BatchInputs, ConditioningSchedule, Pass, Progress, pass_timesteps
 from webui.engine.preview import tensor_to_images, vae_decode
 from webui.engine.request import GenerationError, GenerationRequest, MaskedContent
 from webui.engine.samplers import make_scheduler, resolve_sampler
-from webui.engine.speed import UNetCall, prepare_unet
+from webui.engine.speed import prepare_unet
 from webui.engine.speed_options import SpeedOptions
-from webui.engine.steps import DenoiseHook, DenoiseStep, Interrupted, JobControl, StepHook, StepInfo
+from webui.engine.steps import DenoiseHook, Interrupted, JobControl, StepHook
 from webui.engine.tiling import circular_padding
 from webui.engine.upscale import upscale
 from webui.model_manager.embeddings import apply_embeddings, embedding_names_in
@@ -64,56 +64,8 @@ class _Prompts:
     embeddings: list[str]
 
 
-@dataclass
-class _BatchInputs:
-    """Per-batch tensors for img2img/inpainting; None fields mean plain txt2img."""
-
-    init_latents: torch.Tensor | None = None
-    latent_mask: torch.Tensor | None = None  # 1 = repaint, at latent size
-    inpaint_cond: torch.Tensor | None = None  # mask + masked-image latents for 9-channel UNets
-    inpaint: pix.InpaintInputs | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 # (image, upscaler name, (width, height)) -> the image at exactly that size
 PixelUpscale = Callable[[Image.Image, str, tuple[int, int]], Image.Image]
-
-
-class ConditioningSchedule(Protocol):
-    def at(self, step: int) -> tuple[Conditioning, list[tuple[Conditioning, float]]]: ...
-
-
-@dataclass(frozen=True)
-class _UNetCall:
-    """One UNet call of a guided step: which conditionings it predicts, stacked along the batch."""
-
-    positions: list[int]  # indices into [negative (with CFG), AND-part 1, AND-part 2, ...]
-    embeds: torch.Tensor
-    added: dict[str, torch.Tensor] | None  # SDXL's pooled text and size conditioning
-
-
-@dataclass(frozen=True)
-class _Pass:
-    """What one sampling pass of a batch runs at: the first pass, or hires fix's second."""
-
-    width: int
-    height: int
-    steps: int
-    sampler: str
-    scheduler: str
-    hires: bool = False
-
-
-class _Progress:
-    """Numbers steps across a batch's passes, so hires fix's steps continue the first pass's count."""
-
-    def __init__(self, on_step: StepHook | None, batch_index: int, total: int) -> None:
-        self.on_step, self.batch_index, self.total, self.done = on_step, batch_index, total, 0
-
-    def report(self, latents: torch.Tensor, denoised: torch.Tensor | None) -> None:
-        self.done += 1
-        if self.on_step is not None:
-            self.on_step(StepInfo(self.done, max(self.total, self.done), latents, denoised, self.batch_index))
 
 
 class Engine:
@@ -136,9 +88,6 @@ class Engine:
         self.model = model
         self.refused = refused or RefusedNetworks()
         self.speed = speed or SpeedOptions()
-        self._unet: UNetCall = model.unet
-        self._batch_cond_uncond = True
-        self._on_denoise: DenoiseHook | None = None  # this job's hook before each UNet step
         # Hires fix's pixel upscalers (ESRGAN models live with the caller); resamplers by default.
         self.upscale_image: PixelUpscale = upscale_image or _resample
         self.loras: Mapping[str, Path] = loras if loras is not None else {}
@@ -176,9 +125,12 @@ class Engine:
             inpaint.image if inpaint else pix.prepare_init_image(request) if request.init_image else None
         )
         prompts = self._prepare_networks(request)
-        self._unet = prepare_unet(self.model, speed, loras_active=bool(prompts.loras))
-        self._batch_cond_uncond = speed.batch_cond_uncond
-        self._on_denoise = on_denoise
+        loop = sampling_loop(
+            self.model,
+            prepare_unet(self.model, speed, loras_active=bool(prompts.loras)),
+            batched=speed.batch_cond_uncond,
+            on_denoise=on_denoise,
+        )
 
         images: list[Image.Image] = []
         interrupted = False
@@ -188,6 +140,7 @@ class Engine:
             try:
                 with circular_padding(self.model.unet, self.model.vae, enabled=request.tiling):
                     latents = self._run_batch(
+                        loop,
                         request,
                         prompts,
                         seeds[batch],
@@ -274,6 +227,7 @@ class Engine:
     @torch.inference_mode()
     def _run_batch(
         self,
+        loop: SamplingLoop,
         request: GenerationRequest,
         prompts: _Prompts,
         seeds: list[int],
@@ -286,26 +240,26 @@ class Engine:
     ) -> torch.Tensor:
         """The batch's latents after the first pass and, when asked, hires fix's second pass."""
         count = len(seeds)
-        first = _Pass(request.width, request.height, request.steps, request.sampler_name, request.scheduler)
+        first = Pass(request.width, request.height, request.steps, request.sampler_name, request.scheduler)
         first_scheduler = self._scheduler(first.sampler, first.scheduler, seeds[0])
         noise, generators = self._noise(request, seeds, subseeds, first)
         batch = self._batch_inputs(request, init_image, inpaint, count, noise)
         strength = None if batch.init_latents is None else request.denoising_strength
-        first_timesteps = _pass_timesteps(first_scheduler, first.steps, strength, self.model.device)
+        first_timesteps = pass_timesteps(first_scheduler, first.steps, strength, self.model.device)
         hires = _hires_pass(request) if request.enable_hr else None
         hires_scheduler = hires_timesteps = None
         if hires is not None:
             hires_scheduler = self._scheduler(hires.sampler, hires.scheduler, seeds[0])
-            hires_timesteps = _pass_timesteps(
+            hires_timesteps = pass_timesteps(
                 hires_scheduler, hires.steps, request.denoising_strength, self.model.device
             )
-        progress = _Progress(
+        progress = Progress(
             on_step,
             batch_index,
             len(first_timesteps) + (len(hires_timesteps) if hires_timesteps is not None else 0),
         )
         conditioning = self._conditioning(prompts.positive, prompts.negative, first.steps, request.clip_skip)
-        latents, finished = self._denoise(
+        latents, finished = loop.run(
             request,
             first,
             first_scheduler,
@@ -325,7 +279,7 @@ class Engine:
             return latents  # a strength of 0 keeps the first pass; upscaling alone is Extras' job
         hires_noise, hires_generators = self._noise(request, seeds, subseeds, hires)
         upscaled = self._upscale_for_hires(latents, request.hr_upscaler, hires)
-        hires_batch = _BatchInputs(init_latents=upscaled)
+        hires_batch = BatchInputs(init_latents=upscaled)
         if self.model.spec.is_inpainting:
             ones = torch.ones(
                 (count, 1, *hires_noise.shape[2:]), device=upscaled.device, dtype=upscaled.dtype
@@ -337,7 +291,7 @@ class Engine:
             if (positive, negative) == (prompts.positive, prompts.negative) and hires.steps == first.steps
             else self._conditioning(positive, negative, hires.steps, request.clip_skip)
         )
-        latents, _ = self._denoise(
+        latents, _ = loop.run(
             request,
             hires,
             hires_scheduler,
@@ -352,124 +306,8 @@ class Engine:
         )
         return latents
 
-    def _denoise(
-        self,
-        request: GenerationRequest,
-        spec: _Pass,
-        scheduler: SchedulerMixin,
-        timesteps: torch.Tensor,
-        noise: torch.Tensor,
-        generators: list[torch.Generator],
-        batch: _BatchInputs,
-        conditioning: ConditioningSchedule,
-        progress: _Progress,
-        control: JobControl,
-        strength: float | None,
-    ) -> tuple[torch.Tensor, bool]:
-        """One sampling pass, from noise (`strength` None) or from `batch.init_latents`; returns the
-        latents and False when a skip cut it short."""
-        count = len(noise)
-        if strength is None or batch.init_latents is None:
-            latents = noise * scheduler.init_noise_sigma
-        elif len(timesteps) == 0:
-            return batch.init_latents, True
-        elif strength >= 1.0:
-            latents = noise * scheduler.init_noise_sigma
-        else:
-            # A1111's "Noise multiplier" scales img2img's added noise (not hires fix's).
-            scale = request.initial_noise_multiplier if request.init_image is not None else 1.0
-            latents = scheduler.add_noise(batch.init_latents, noise * scale, timesteps[:1].repeat(count))
-        step_kwargs = _step_kwargs(scheduler, generators, request.eta)
-        plan = _CallPlan(
-            lambda group: self._added_conditioning(group, spec),
-            count,
-            use_cfg=request.cfg_scale > 1.0,
-            batched=self._batch_cond_uncond,
-        )
-        for index, timestep in enumerate(timesteps):
-            if control.interrupted:
-                raise Interrupted(latents)
-            if control.take_skip():
-                return latents, False
-            negative, parts = conditioning.at(min(index, spec.steps - 1))
-            if self._on_denoise is not None:
-                latents, negative, parts = self._edit_step(progress, spec, timestep, latents, negative, parts)
-            prediction = self._predict(
-                scheduler.scale_model_input(latents, timestep),
-                timestep,
-                plan.calls(negative, parts),
-                [weight for _, weight in parts],
-                request.cfg_scale,
-                batch,
-            )
-            output = scheduler.step(prediction, timestep, latents, **step_kwargs, return_dict=True)
-            latents = output.prev_sample
-            if batch.latent_mask is not None and batch.inpaint_cond is None:
-                latents = _keep_unmasked(scheduler, batch, noise, latents, timesteps, index)
-            progress.report(latents, getattr(output, "pred_original_sample", None))
-        return latents, True
-
-    def _edit_step(
-        self,
-        progress: _Progress,
-        spec: _Pass,
-        timestep: torch.Tensor,
-        latents: torch.Tensor,
-        negative: Conditioning,
-        parts: list[tuple[Conditioning, float]],
-    ) -> tuple[torch.Tensor, Conditioning, list[tuple[Conditioning, float]]]:
-        assert self._on_denoise is not None
-        step = DenoiseStep(
-            progress.done + 1,
-            max(progress.total, progress.done + 1),
-            progress.batch_index,
-            spec.hires,
-            timestep,
-            latents,
-            negative,
-            list(parts),
-        )
-        self._on_denoise(step)
-        return step.latents, step.negative, step.parts
-
-    def _predict(
-        self,
-        model_input: torch.Tensor,
-        timestep: torch.Tensor,
-        calls: list[_UNetCall],
-        weights: list[float],
-        cfg_scale: float,
-        batch: _BatchInputs,
-    ) -> torch.Tensor:
-        """The guided noise prediction: classifier-free guidance over the prompt's AND-parts."""
-        use_cfg = cfg_scale > 1.0
-        if batch.inpaint_cond is not None:
-            model_input = torch.cat([model_input, batch.inpaint_cond], dim=1)
-        predictions: list[torch.Tensor | None] = [None] * (len(weights) + use_cfg)
-        for call in calls:
-            stacked = len(call.positions)
-            output = self._unet(
-                torch.cat([model_input] * stacked) if stacked > 1 else model_input,
-                timestep,
-                encoder_hidden_states=call.embeds,
-                added_cond_kwargs=call.added,
-                return_dict=False,
-            )[0]
-            for position, chunk in zip(call.positions, output.chunk(stacked)):
-                predictions[position] = chunk
-        if not use_cfg:
-            conditional = predictions
-            if len(conditional) == 1 and weights[0] == 1.0:
-                return conditional[0]  # type: ignore[return-value]
-            total = sum(weights) or 1.0
-            return sum(w * p for w, p in zip(weights, conditional)) / total  # type: ignore[operator,return-value]
-        uncond, guided = predictions[0], predictions[0]
-        for weight, prediction in zip(weights, predictions[1:]):
-            guided = guided + (weight * cfg_scale) * (prediction - uncond)  # type: ignore[operator]
-        return guided  # type: ignore[return-value]
-
     def _noise(
-        self, request: GenerationRequest, seeds: list[int], subseeds: list[int], spec: _Pass
+        self, request: GenerationRequest, seeds: list[int], subseeds: list[int], spec: Pass
     ) -> tuple[torch.Tensor, list[torch.Generator]]:
         """Each image's starting noise, and its seed's generator for the sampler to continue."""
         height, width = spec.height // LATENT_SCALE, spec.width // LATENT_SCALE
@@ -511,7 +349,7 @@ class Engine:
             (positive, negative), _ = apply_embeddings(self.model, [positive, negative], self.embeddings)
         return positive, negative
 
-    def _upscale_for_hires(self, latents: torch.Tensor, upscaler: str, spec: _Pass) -> torch.Tensor:
+    def _upscale_for_hires(self, latents: torch.Tensor, upscaler: str, spec: Pass) -> torch.Tensor:
         size = (spec.height // LATENT_SCALE, spec.width // LATENT_SCALE)
         if is_latent_mode(upscaler):
             return upscale_latent(latents, upscaler, size)
@@ -526,16 +364,16 @@ class Engine:
         inpaint: pix.InpaintInputs | None,
         count: int,
         noise: torch.Tensor,
-    ) -> _BatchInputs:
+    ) -> BatchInputs:
         model = self.model
         is_inpainting_unet = model.spec.is_inpainting
         if init_image is None:
             if not is_inpainting_unet:
-                return _BatchInputs()
+                return BatchInputs()
             # txt2img on an inpainting UNet: "repaint everything" over a neutral grey image.
             ones = torch.ones((count, 1, *noise.shape[2:]), device=model.device, dtype=model.dtype)
             grey = self._encode(torch.zeros((1, 3, request.height, request.width))).expand(count, -1, -1, -1)
-            return _BatchInputs(inpaint_cond=torch.cat([ones, grey], dim=1))
+            return BatchInputs(inpaint_cond=torch.cat([ones, grey], dim=1))
         pixels = pix.image_to_tensor(init_image)
         latents = self._init_latents(pixels, noise).expand(count, -1, -1, -1).clone()
         if inpaint is None:
@@ -544,7 +382,7 @@ class Engine:
                 latents = torch.cat(
                     [latents[:1]] + [self._init_latents(pix.image_to_tensor(image), noise) for image in more]
                 )
-            return _BatchInputs(init_latents=latents)
+            return BatchInputs(init_latents=latents)
         mask = pix.mask_to_tensor(inpaint.mask)
         latent_mask = torch.nn.functional.interpolate(mask, size=latents.shape[2:], mode="bilinear").round()
         latent_mask = latent_mask.to(model.device, model.dtype)
@@ -556,7 +394,7 @@ class Engine:
         if is_inpainting_unet:
             masked_image = self._encode(pixels * (mask < 0.5)).expand(count, -1, -1, -1)
             inpaint_cond = torch.cat([latent_mask.expand(count, -1, -1, -1), masked_image], dim=1)
-        return _BatchInputs(latents, latent_mask, inpaint_cond, inpaint)
+        return BatchInputs(latents, latent_mask, inpaint_cond, inpaint)
 
     def _init_latents(self, pixels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """An init image's latents at the noise's size; resize mode 3 encodes at the image's own
@@ -570,17 +408,6 @@ class Engine:
         vae = self.model.vae
         posterior = vae.encode(pixels.to(self.model.device, vae.dtype)).latent_dist
         return (posterior.mode() * vae.config.scaling_factor).to(self.model.dtype)
-
-    def _added_conditioning(self, cond: Conditioning, spec: _Pass) -> dict[str, torch.Tensor] | None:
-        if not self.model.architecture.size_conditioning:
-            return None
-        # Micro-conditioning: original size, crop top-left, target size.
-        time_ids = torch.tensor(
-            [[spec.height, spec.width, 0, 0, spec.height, spec.width]],
-            device=self.model.device,
-            dtype=self.model.dtype,
-        ).repeat(cond.embeds.shape[0], 1)
-        return {"text_embeds": cond.pooled, "time_ids": time_ids}
 
     def _params(self, request: GenerationRequest, sampler: str, schedule: str) -> dict[str, object]:
         params: dict[str, object] = {
@@ -618,83 +445,9 @@ class Engine:
         return params
 
 
-class _CallPlan:
-    """The UNet calls of a pass's steps, built again only when prompt editing changes the conditioning.
-
-    Conditionings of equal token length share one call (cond and uncond batched, unless the
-    speed options say otherwise); a long prompt beside a short negative one gets its own call
-    rather than padding that would change the result. Building the stacked embeddings and
-    SDXL's size tensor once per segment keeps the loop free of per-step tensor creation.
-    """
-
-    def __init__(
-        self,
-        added_conditioning: Callable[[Conditioning], dict[str, torch.Tensor] | None],
-        count: int,
-        *,
-        use_cfg: bool,
-        batched: bool,
-    ) -> None:
-        self._added, self._count, self._use_cfg, self._batched = added_conditioning, count, use_cfg, batched
-        self._conds: list[Conditioning] = []
-        self._calls: list[_UNetCall] = []
-
-    def calls(self, negative: Conditioning, parts: list[tuple[Conditioning, float]]) -> list[_UNetCall]:
-        conds = ([negative] if self._use_cfg else []) + [cond for cond, _ in parts]
-        if len(conds) != len(self._conds) or any(a is not b for a, b in zip(conds, self._conds)):
-            self._conds = conds
-            groups = _groups_by_length(conds) if self._batched else [[i] for i in range(len(conds))]
-            self._calls = [self._call(indices) for indices in groups]
-        return self._calls
-
-    def _call(self, indices: list[int]) -> _UNetCall:
-        group = Conditioning.concat([_repeat(self._conds[i], self._count) for i in indices])
-        return _UNetCall(indices, group.embeds, self._added(group))
-
-
-def _img2img_timesteps(scheduler: SchedulerMixin, steps: int, strength: float) -> torch.Tensor:
-    """The last `steps * strength` timesteps, as diffusers' img2img pipelines take them."""
-    start = steps - min(int(steps * strength), steps)
-    order = getattr(scheduler, "order", 1)
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(start * order)
-    return scheduler.timesteps[start * order :]
-
-
-def _keep_unmasked(
-    scheduler: SchedulerMixin,
-    batch: _BatchInputs,
-    noise: torch.Tensor,
-    latents: torch.Tensor,
-    timesteps: torch.Tensor,
-    index: int,
-) -> torch.Tensor:
-    """Normal UNets inpaint by resetting the unmasked area to the init image at the next noise level."""
-    assert batch.init_latents is not None and batch.latent_mask is not None
-    if index + 1 < len(timesteps):
-        known = scheduler.add_noise(
-            batch.init_latents, noise, timesteps[index + 1 : index + 2].repeat(len(noise))
-        )
-    else:
-        known = batch.init_latents
-    return known * (1 - batch.latent_mask) + latents * batch.latent_mask
-
-
-def _step_kwargs(
-    scheduler: SchedulerMixin, generators: list[torch.Generator], eta: float | None
-) -> dict[str, Any]:
-    accepted = inspect.signature(scheduler.step).parameters
-    kwargs: dict[str, Any] = {}
-    if "generator" in accepted:
-        kwargs["generator"] = generators
-    if "eta" in accepted:
-        kwargs["eta"] = 0.0 if eta is None else eta
-    return kwargs
-
-
-def _hires_pass(request: GenerationRequest) -> _Pass:
+def _hires_pass(request: GenerationRequest) -> Pass:
     width, height = request.hr_size
-    return _Pass(
+    return Pass(
         width,
         height,
         request.hr_second_pass_steps or request.steps,
@@ -732,29 +485,5 @@ def _hires_params(request: GenerationRequest, sampler: str, schedule: str) -> di
     return params
 
 
-def _pass_timesteps(
-    scheduler: SchedulerMixin, steps: int, strength: float | None, device: torch.device
-) -> torch.Tensor:
-    """Set the scheduler up for `steps`; from noise (strength None) all timesteps, else img2img's tail."""
-    scheduler.set_timesteps(steps, device=device)
-    if strength is None:
-        return scheduler.timesteps
-    return _img2img_timesteps(scheduler, steps, strength)
-
-
-def _groups_by_length(conds: list[Conditioning]) -> list[list[int]]:
-    """Indices of `conds` grouped by token length, in first-seen order."""
-    groups: dict[int, list[int]] = {}
-    for index, cond in enumerate(conds):
-        groups.setdefault(cond.embeds.shape[1], []).append(index)
-    return list(groups.values())
-
-
 def _resample(image: Image.Image, upscaler: str, size: tuple[int, int]) -> Image.Image:
     return upscale(image, upscaler, size=size, crop=False)
-
-
-def _repeat(cond: Conditioning, count: int) -> Conditioning:
-    """A batch-1 conditioning for `count` images."""
-    pooled = None if cond.pooled is None else cond.pooled.expand(count, -1)
-    return Conditioning(cond.embeds.expand(count, -1, -1), pooled)
