@@ -31,17 +31,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         tls = _tls(settings)
         studio = Studio(settings)
-        studio.model()  # load now, so a broken checkpoint is reported before the page opens
+        studio.models.model()  # load now, so a broken checkpoint is reported before the page opens
     except (CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for unusable in studio.registry.unusable():
+    for unusable in studio.models.registry.unusable():
         logging.warning("skipping %s: %s", unusable.path, unusable.error)
     if settings.listen and credentials is None:
         logging.warning("--listen without --auth: anyone on the network can use this server")
-    studio.start_background_hashing()
-    if studio.demo_mode:
-        print(f"\n*** {studio.demo_message}\n", file=sys.stderr)
+    studio.models.start_background_hashing()
+    if studio.models.demo_mode:
+        print(f"\n*** {studio.models.demo_message}\n", file=sys.stderr)
     # Jobs outlive a restart: waiting ones run again, finished ones stay listed with their images.
     jobs = JobQueue(studio, settings.limits, store=JobStore.in_data_dir(settings.data_dir))
     live = LiveSettings(studio, jobs, settings_file, pinned=frozenset(flags_given(args)))

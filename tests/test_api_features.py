@@ -120,7 +120,7 @@ def test_a_broken_upscaler_file_is_an_error_and_the_server_keeps_serving(server:
     folder = server.studio.settings.data_dir / "models" / "ESRGAN"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "broken.pth").write_bytes(b"not a pickle at all")
-    server.studio.upscalers.refresh()
+    server.studio.models.upscalers.refresh()
     image = Image.new("RGB", (16, 16))
     broken = _post(server, "extra-single-image", {"image": b64_png(image), "upscaler_1": "broken"})
     assert broken.status_code in (422, 500) and "broken.pth" in broken.json()["detail"]
@@ -131,7 +131,7 @@ def test_a_broken_upscaler_file_is_an_error_and_the_server_keeps_serving(server:
 def test_hires_fix_with_an_esrgan_upscaler(server: LiveServer) -> None:
     folder = server.studio.settings.data_dir / "models" / "ESRGAN"
     write_tiny_esrgan(folder / "tiny-hires-x2.safetensors", scale=2)
-    server.studio.upscalers.refresh()
+    server.studio.models.upscalers.refresh()
     response = _post(
         server, "txt2img", {**SMALL, "enable_hr": True, "hr_upscaler": "tiny-hires-x2", "hr_scale": 1.5}
     )

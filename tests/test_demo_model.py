@@ -13,8 +13,9 @@ from PIL import Image, ImageDraw
 from webui.engine.generate import Engine
 from webui.engine.request import GenerationRequest, MaskedContent
 from webui.model_manager.load import load_model
+from webui.services.models import DEMO_CHECKPOINT, DEMO_MODEL_FILE, DEMO_SIZE
 from webui.settings import Settings
-from webui.studio import DEMO_CHECKPOINT, DEMO_MODEL_FILE, DEMO_SIZE, Studio
+from webui.studio import Studio
 from webui.training.progress import TrainingHooks
 from webui.training.request import TrainingKind, TrainingRequest
 from webui.training.runner import TrainingOutputs, run_training
@@ -37,11 +38,11 @@ def _draw(engine: Engine, prompt: str, seed: int, **extra: object) -> Image.Imag
 
 def test_a_fresh_install_starts_on_the_demo_and_says_what_it_knows(tmp_path: Path) -> None:
     studio = Studio(Settings.for_data_dir(tmp_path))
-    assert studio.demo_mode and studio.current_checkpoint() == DEMO_CHECKPOINT
-    assert studio.default_size == SIZE
-    assert "demo" in studio.demo_message and "red circle" in studio.demo_message
+    assert studio.models.demo_mode and studio.models.current_checkpoint() == DEMO_CHECKPOINT
+    assert studio.models.default_size == SIZE
+    assert "demo" in studio.models.demo_message and "red circle" in studio.models.demo_message
     assert not list((tmp_path / "models" / "Stable-diffusion").glob("*.safetensors"))  # nothing copied
-    model = studio.model()
+    model = studio.models.model()
     assert model.spec.kind == "SD 1.x" and DEMO_MODEL_FILE.stat().st_size <= 25_000_000
 
 

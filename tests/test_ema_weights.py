@@ -75,9 +75,9 @@ def test_the_layout_is_compvis_litema() -> None:
 
 def test_the_registry_and_the_api_listing_say_which_files_have_ema(files: dict[str, Path]) -> None:
     studio = _studio(files["raw"].parents[2])
-    by_name = {file.name: file for file in studio.registry.files(ModelKind.CHECKPOINT)}
+    by_name = {file.name: file for file in studio.models.registry.files(ModelKind.CHECKPOINT)}
     assert by_name["full-ema"].has_ema and not by_name["raw"].has_ema and not by_name["ema"].has_ema
-    assert studio.uses_ema(by_name["full-ema"]) and not studio.uses_ema(by_name["raw"])
+    assert studio.models.uses_ema(by_name["full-ema"]) and not studio.models.uses_ema(by_name["raw"])
 
 
 def test_loading_takes_the_ema_weights_unless_told_otherwise(files: dict[str, Path]) -> None:

@@ -87,11 +87,11 @@ def data_dir(tiny_dir: Path, tmp_path: Path) -> Path:
 
 def test_the_registry_lists_hints_and_jobs_far_from_them_get_a_note(data_dir: Path) -> None:
     studio = Studio(Settings.for_data_dir(data_dir, watermark=False))
-    lcm = studio.find_checkpoint("dreamshaper-lcm")
+    lcm = studio.models.find_checkpoint("dreamshaper-lcm")
     assert lcm.few_step == FewStepHint("LCM", 4, 1.0, "LCM", "Automatic")
     assert lcm.label == "SD 1.x, LCM 4-step"
-    assert studio.find_checkpoint("plain").few_step is None
-    (lora,) = studio.registry.files(ModelKind.LORA)
+    assert studio.models.find_checkpoint("plain").few_step is None
+    (lora,) = studio.models.registry.files(ModelKind.LORA)
     assert lora.few_step is not None and lora.few_step.family == "Hyper-SD"
 
     usual = GenerationRequest(prompt="a fox", steps=20, cfg_scale=7, width=64, height=64, seed=1)

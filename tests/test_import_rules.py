@@ -45,3 +45,50 @@ def test_the_extension_api_still_hands_out_the_step_type() -> None:
 
     assert api.DenoiseStep is DenoiseStep
     assert set(api.__all__) <= set(dir(api)) | {"DenoiseStep"}
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Every webui module's imports of other webui modules, wherever they are written (type-only
+    and function-level imports included: they are circles a reader has to untangle all the same)."""
+    paths = {}
+    for path in (ROOT / "webui").rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        paths[name] = path
+
+    def known(module: str) -> str:
+        while module not in paths and "." in module:
+            module = module.rsplit(".", 1)[0]
+        return module
+
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("webui"):
+                found.add(known(node.module))
+                found.update(
+                    f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in paths
+                )
+            elif isinstance(node, ast.Import):
+                found.update(known(a.name) for a in node.names if a.name.startswith("webui"))
+        graph[name] = found - {name}
+    return graph
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    graph = _module_imports()
+    circles = []
+    for start in sorted(graph):
+        # Depth-first from each module; a path back to it is a circle.
+        stack, seen = [(start, [start])], set()
+        while stack:
+            module, path = stack.pop()
+            for target in graph.get(module, ()):
+                if target == start:
+                    circles.append(" -> ".join([*path, start]))
+                elif target not in seen:
+                    seen.add(target)
+                    stack.append((target, [*path, target]))
+            if circles:
+                break
+    assert circles == []

@@ -199,12 +199,12 @@ def test_a_job_keeps_the_checkpoint_selected_when_it_was_submitted(
     studio: Studio, tiny_dir: Path, queue: JobQueue, gate: StepGate
 ) -> None:
     shutil.copy(tiny_dir / "tiny-sd15-inpaint.safetensors", studio.settings.ckpt_dir)
-    studio.refresh_checkpoints()
+    studio.models.refresh_checkpoints()
     gate.close()
     holding = queue.submit(small(), BOB)
     assert gate.reached.wait(30)
     waiting = queue.submit(small(), BOB)
-    studio.select_checkpoint("tiny-sd15-inpaint")
+    studio.models.select_checkpoint("tiny-sd15-inpaint")
     try:
         gate.open()
         assert holding.wait(60) and waiting.wait(60)
@@ -212,7 +212,7 @@ def test_a_job_keeps_the_checkpoint_selected_when_it_was_submitted(
         after = queue.submit(small(), BOB)
         assert after.wait(60) and "Model: tiny-sd15-inpaint" in after.result.infotexts[0]
     finally:
-        studio.select_checkpoint("tiny-sd15")
+        studio.models.select_checkpoint("tiny-sd15")
 
 
 def test_limits_cannot_promise_more_than_the_engine_does() -> None:

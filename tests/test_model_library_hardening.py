@@ -77,11 +77,11 @@ def test_an_a1111_cache_json_is_left_byte_for_byte(tmp_path: Path, tiny_dir: Pat
     before = cache_json.read_bytes()
 
     studio = Studio(Settings.for_data_dir(tmp_path, watermark=False, device="cpu", precision="fp32"))
-    assert studio.registry.hash_all() >= 1
+    assert studio.models.registry.hash_all() >= 1
     assert cache_json.read_bytes() == before
     ours = json.loads((tmp_path / FACTS_FILE_NAME).read_text(encoding="utf-8"))
     assert str((folder / "tiny.safetensors").resolve()) in ours["files"]
     # A restart reads our own file back: nothing is hashed twice.
     again = Studio(Settings.for_data_dir(tmp_path, watermark=False, device="cpu", precision="fp32"))
-    assert again.registry.hash_all() == 0
+    assert again.models.registry.hash_all() == 0
     assert cache_json.read_bytes() == before

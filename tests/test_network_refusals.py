@@ -92,7 +92,7 @@ def library(tmp_path: Path, tiny_dir: Path, good_lora: dict) -> Path:
 
 def test_refused_networks_are_listed_and_a_prompt_naming_one_gets_the_reason(library: Path) -> None:
     studio = Studio(Settings.for_data_dir(library, watermark=False, device="cpu", precision="fp32"))
-    refused = {(f.kind, f.name): f.error or "" for f in studio.registry.unusable()}
+    refused = {(f.kind, f.name): f.error or "" for f in studio.models.registry.unusable()}
     assert "ranks 4 (down) and 2 (up)" in refused[(ModelKind.LORA, "skewed")]
     assert "corrupt" in refused[(ModelKind.LORA, "noise")]
     assert "NaN" in refused[(ModelKind.EMBEDDING, "style")]

@@ -18,7 +18,7 @@ from webui.jobs import Caller, JobQueue, JobState, Limits
 from webui.jobs.limits import LimitError, parse_size
 from webui.outputs import parse_infotext, read_infotext
 from webui.outputs.grid import BACKGROUND, row_band_width
-from webui.scripts import ScriptRun, builtin_scripts, find_script, scripts_for
+from webui.scripts import builtin_scripts, find_script, scripts_for
 from webui.scripts.prompt_matrix import matrix_prompts
 from webui.scripts.prompts_from_file import PromptsFromFile
 from webui.scripts.sd_upscale import SdUpscale, blend_tiles, tile_starts
@@ -99,7 +99,7 @@ def test_xyz_2x2_grid_cells_equal_single_generations(studio: Studio) -> None:
     request = _request()
     plot = XyzPlot()
     args = plot.parse_args(["Steps", "1, 2", "CFG Scale", "3, 7", "Nothing", "", True, True])
-    result = plot.run(request, args, ScriptRun.for_studio(studio, "txt2img"))
+    result = plot.run(request, args, studio.script_run("txt2img"))
 
     grid = result.images[0]
     left = row_band_width(SIDE)
@@ -123,7 +123,7 @@ def test_xyz_2x2_grid_cells_equal_single_generations(studio: Studio) -> None:
 
 
 def test_xyz_checkpoint_axis_groups_switches_and_fixes_the_seed(studio: Studio) -> None:
-    run = ScriptRun.for_studio(studio, "txt2img")
+    run = studio.script_run("txt2img")
     through = run.generate
     calls: list[str | None] = []
 
@@ -150,7 +150,7 @@ def test_xyz_checkpoint_axis_groups_switches_and_fixes_the_seed(studio: Studio) 
 
 def test_xyz_refuses_bad_values_before_any_image(studio: Studio) -> None:
     plot = XyzPlot()
-    run = ScriptRun.for_studio(studio, "txt2img")
+    run = studio.script_run("txt2img")
     cases = [
         (["Steps", "1", "Sampler", "Euler, nope"], "'nope'"),
         (["Checkpoint name", "tiny-sd15, missing-model"], "missing-model"),
@@ -168,9 +168,7 @@ def test_xyz_refuses_bad_values_before_any_image(studio: Studio) -> None:
 def test_xyz_prompt_search_replace_and_z_axis(studio: Studio) -> None:
     plot = XyzPlot()
     args = plot.parse_args(["Prompt S/R", "cat, dog", "Nothing", "", "Seed", "1, 2", True, True, True])
-    result = plot.run(
-        _request(negative_prompt="no cat"), args, ScriptRun.for_studio(studio, "txt2img", save=False)
-    )
+    result = plot.run(_request(negative_prompt="no cat"), args, studio.script_run("txt2img", save=False))
     grid, subs, lone = result.images[0], result.images[1:3], result.images[3:]
     assert grid.width == 2 * subs[0].width and grid.height > subs[0].height  # Z titles above
     assert [(parse_infotext(t).prompt, parse_infotext(t).negative_prompt) for t in result.infotexts[3:]] == [
@@ -185,7 +183,7 @@ def test_xyz_prompt_search_replace_and_z_axis(studio: Studio) -> None:
 
 def test_interrupt_mid_plot_returns_a_partial_grid(studio: Studio) -> None:
     control = JobControl()
-    run = ScriptRun.for_studio(studio, "txt2img", control=control)
+    run = studio.script_run("txt2img", control=control)
     through = run.generate
     count = []
 
@@ -217,7 +215,7 @@ def test_matrix_prompts_cover_every_combination() -> None:
 
 def test_prompt_matrix_grid_labels_and_seeds(studio: Studio) -> None:
     script = find_script("prompt MATRIX", "txt2img")
-    run = ScriptRun.for_studio(studio, "txt2img")
+    run = studio.script_run("txt2img")
     result = script.run(_request(prompt="a cat | hat | red"), script.parse_args([]), run)
     assert [parse_infotext(t).prompt for t in result.infotexts[1:]] == [
         "a cat",
@@ -238,7 +236,7 @@ def test_prompt_matrix_grid_labels_and_seeds(studio: Studio) -> None:
     negative = script.run(
         _request(negative_prompt="blur | dark"),
         script.parse_args([False, True, "negative", "space"]),
-        ScriptRun.for_studio(studio, "txt2img", save=False),
+        studio.script_run("txt2img", save=False),
     )
     assert [parse_infotext(t).negative_prompt for t in negative.infotexts[1:]] == ["blur", "blur dark"]
     assert negative.seeds[1:] == [5, 6]
@@ -255,7 +253,7 @@ def test_prompts_from_file_reads_plain_lines_and_options(studio: Studio) -> None
     result = script.run(
         _request(prompt=""),
         script.parse_args([False, False, "start", text]),
-        ScriptRun.for_studio(studio, "txt2img"),
+        studio.script_run("txt2img"),
     )
     assert len(result.images) == 2 and len(result.paths) == 2
     first, second = (parse_infotext(t) for t in result.infotexts)
@@ -267,7 +265,7 @@ def test_prompts_from_file_reads_plain_lines_and_options(studio: Studio) -> None
     iterated = script.run(
         _request(prompt="style", seed=10, n_iter=1),
         script.parse_args([True, False, "end", "one\ntwo"]),
-        ScriptRun.for_studio(studio, "txt2img", save=False),
+        studio.script_run("txt2img", save=False),
     )
     assert iterated.seeds == [10, 11]
     assert [parse_infotext(t).prompt for t in iterated.infotexts] == ["style one", "style two"]
@@ -281,7 +279,7 @@ def test_prompts_from_file_names_unknown_options_and_lines(studio: Studio) -> No
         script.parse_args([False, False, "start", "--steps many"])
     args = script.parse_args([False, False, "start", "ok\n--prompt x --sampler_name Nope"])
     with pytest.raises(GenerationError, match=r"line 2: unknown sampler 'Nope'"):
-        script.run(_request(), args, ScriptRun.for_studio(studio, "txt2img"))
+        script.run(_request(), args, studio.script_run("txt2img"))
     assert _files(studio, "") == []
 
 
@@ -291,7 +289,7 @@ def test_outpainting_grows_the_canvas_and_keeps_the_original(studio: Studio) -> 
     original = _noise((SIDE, SIDE))
     args = script.parse_args([32, 4, "original", ["left", "right"]])
     result = script.run(
-        _request(init_image=original, denoising_strength=0.9), args, ScriptRun.for_studio(studio, "img2img")
+        _request(init_image=original, denoising_strength=0.9), args, studio.script_run("img2img")
     )
     image = result.images[0]
     assert image.size == (SIDE + 64, SIDE)
@@ -304,7 +302,7 @@ def test_outpainting_grows_the_canvas_and_keeps_the_original(studio: Studio) -> 
 
     odd = _noise((60, 60), seed=1)  # sides become multiples of 8; the extra goes to a growing side
     grown = script.run(
-        _request(init_image=odd), script.parse_args([20, 2, 0, "up"]), ScriptRun.for_studio(studio, "img2img")
+        _request(init_image=odd), script.parse_args([20, 2, 0, "up"]), studio.script_run("img2img")
     ).images[0]
     assert grown.size == (64, 80)
     assert grown.crop((0, 20 + 4, 60 - 4, 80)).tobytes() == odd.crop((0, 4, 56, 60)).tobytes()
@@ -330,7 +328,7 @@ def test_sd_upscale_returns_the_upscaled_size(studio: Studio) -> None:
     assert script.parse_args(["<info>", 16, "Lanczos", 2]) == args  # A1111's four-value form
     original = _noise((SIDE, SIDE))
     result = script.run(
-        _request(init_image=original, denoising_strength=0.5), args, ScriptRun.for_studio(studio, "img2img")
+        _request(init_image=original, denoising_strength=0.5), args, studio.script_run("img2img")
     )
     assert len(result.images) == 1 and result.images[0].size == (128, 128)
     params = _params(result.infotexts[0])
@@ -343,7 +341,7 @@ def test_sd_upscale_returns_the_upscaled_size(studio: Studio) -> None:
         script.run(
             _request(init_image=original),
             script.parse_args([16, "Nope", 2]),
-            ScriptRun.for_studio(studio, "img2img"),
+            studio.script_run("img2img"),
         )
     assert error.value.field == "script_args"
 

@@ -108,7 +108,9 @@ def test_live_settings_apply_save_and_refuse_whole(tmp_path: Path) -> None:
     live.update(
         outputs_dir=tmp_path / "new-out", filename_pattern="[seed]-[steps]", limits=Limits(max_steps=12)
     )
-    assert studio.saver.root == tmp_path / "new-out" and studio.saver.pattern == "[seed]-[steps]"
+    assert (
+        studio.outputs.saver.root == tmp_path / "new-out" and studio.outputs.saver.pattern == "[seed]-[steps]"
+    )
     assert jobs.limits.max_steps == 12
     assert json.loads((tmp_path / "settings.json").read_text())["outputs_dir"] == str(tmp_path / "new-out")
 
@@ -121,7 +123,7 @@ def test_live_settings_apply_save_and_refuse_whole(tmp_path: Path) -> None:
         live.update(device="cuda")  # not editable while running
 
     live.update(ram_budget_gb=0.0)
-    assert studio.cache.budgets.ram_bytes == 0
+    assert studio.models.cache.budgets.ram_bytes == 0
 
 
 def test_file_name_patterns(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ def test_generate_saves_png_with_infotext_hash_and_watermark(tiny_dir: Path, tmp
     ckpt_dir.mkdir(parents=True)
     shutil.copy(tiny_dir / "tiny-sd15.safetensors", ckpt_dir / "fox.safetensors")
     studio = Studio(Settings.for_data_dir(tmp_path))
-    assert not studio.demo_mode
+    assert not studio.models.demo_mode
     request = GenerationRequest(
         prompt="a fox, red", negative_prompt="dull", steps=3, width=256, height=256, seed=9
     )
@@ -67,13 +67,13 @@ def test_switching_to_a_broken_checkpoint_keeps_the_working_one(tiny_dir: Path, 
     shutil.copy(tiny_dir / "tiny-sd15.safetensors", ckpt_dir / "a-good.safetensors")
     (ckpt_dir / "b-broken.safetensors").write_bytes(b"\x00" * 100)
     studio = Studio(Settings.for_data_dir(tmp_path))
-    studio.select_checkpoint("a-good")
+    studio.models.select_checkpoint("a-good")
     with pytest.raises(CheckpointError, match="b-broken.safetensors"):
-        studio.select_checkpoint("b-broken")
-    assert studio.current_checkpoint() == "a-good"
+        studio.models.select_checkpoint("b-broken")
+    assert studio.models.current_checkpoint() == "a-good"
     assert studio.generate(GenerationRequest(prompt="x", steps=2, width=64, height=64)).images
     with pytest.raises(CheckpointError, match="unknown checkpoint 'nope'"):
-        studio.select_checkpoint("nope")
+        studio.models.select_checkpoint("nope")
 
 
 def test_cli_txt2img_writes_images_and_prints_infotext(

@@ -61,9 +61,9 @@ def test_a_switch_during_a_job_applies_to_the_next_job(data_dir: Path) -> None:
     job = threading.Thread(target=lambda: outcome.update(result=studio.generate(REQUEST, on_step=hold)))
     job.start()
     assert started.wait(timeout=30)
-    studio.select_checkpoint("gamma")  # returns while the job still runs
-    assert job.is_alive() and studio.current_checkpoint() == "gamma"
-    assert studio.cache.tier(studio.find_checkpoint("gamma").path) is Tier.RAM
+    studio.models.select_checkpoint("gamma")  # returns while the job still runs
+    assert job.is_alive() and studio.models.current_checkpoint() == "gamma"
+    assert studio.models.cache.tier(studio.models.find_checkpoint("gamma").path) is Tier.RAM
     release.set()
     job.join(timeout=60)
     first = outcome["result"]
@@ -76,7 +76,7 @@ def test_a_switch_during_a_job_applies_to_the_next_job(data_dir: Path) -> None:
 def test_per_request_checkpoint_leaves_the_selection_alone(data_dir: Path) -> None:
     studio = _studio(data_dir, ckpt="alpha")
     on_gamma = studio.generate(REQUEST, checkpoint="gamma")
-    assert _model_in(on_gamma.infotexts[0]) == "gamma" and studio.current_checkpoint() == "alpha"
+    assert _model_in(on_gamma.infotexts[0]) == "gamma" and studio.models.current_checkpoint() == "alpha"
     again = studio.generate(REQUEST)
     assert _model_in(again.infotexts[0]) == "alpha"
     with pytest.raises(CheckpointError, match="unknown checkpoint 'delta'"):
@@ -88,10 +88,10 @@ def test_a_failed_switch_keeps_the_previous_model_serving(data_dir: Path) -> Non
     before = studio.generate(REQUEST).images[0].tobytes()
     broken = studio.settings.ckpt_dir / "broken.safetensors"
     broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
-    studio.refresh_checkpoints()
+    studio.models.refresh_checkpoints()
     with pytest.raises(CheckpointError, match="cannot be used"):
-        studio.select_checkpoint("broken")
-    assert studio.current_checkpoint() == "alpha"
+        studio.models.select_checkpoint("broken")
+    assert studio.models.current_checkpoint() == "alpha"
     assert studio.generate(REQUEST).images[0].tobytes() == before
 
 
@@ -99,20 +99,20 @@ def test_vae_choice_reaches_the_image_and_the_infotext(data_dir: Path) -> None:
     vae = write_tiny_vae(data_dir / "models" / "VAE" / "clear.safetensors", seed=4)
     studio = _studio(data_dir, ckpt="alpha")
     own = studio.generate(REQUEST)
-    assert studio.vae_choices() == ["Automatic", "None", "clear"]
-    studio.select_vae("clear")
+    assert studio.models.vae_choices() == ["Automatic", "None", "clear"]
+    studio.models.select_vae("clear")
     with_vae = studio.generate(REQUEST)
     params = parse_infotext(with_vae.infotexts[0]).params
     assert params["VAE"] == "clear.safetensors" and len(str(params["VAE hash"])) == 10
     assert with_vae.images[0].tobytes() != own.images[0].tobytes()
     with pytest.raises(CheckpointError, match="unknown VAE"):
-        studio.select_vae("murky")
-    assert studio.vae_choice == "clear"
-    studio.select_vae("None")
+        studio.models.select_vae("murky")
+    assert studio.models.vae_choice == "clear"
+    studio.models.select_vae("None")
     assert studio.generate(REQUEST).images[0].tobytes() == own.images[0].tobytes()
     # "Automatic" picks up a checkpoint's own sidecar VAE.
     shutil.copy(vae, studio.settings.ckpt_dir / "alpha.vae.safetensors")
-    studio.select_vae("Automatic")
+    studio.models.select_vae("Automatic")
     assert studio.generate(REQUEST).images[0].tobytes() == with_vae.images[0].tobytes()
 
 
@@ -127,16 +127,16 @@ def test_a_merge_is_listed_and_usable_at_once(data_dir: Path) -> None:
         0.5,
         "blend",
     )
-    merged = studio.merge_checkpoints(recipe)
-    assert "blend" in studio.checkpoint_titles() and merged.label == "SD 1.x"
-    studio.select_checkpoint("blend")
+    merged = studio.models.merge_checkpoints(recipe)
+    assert "blend" in studio.models.checkpoint_titles() and merged.label == "SD 1.x"
+    studio.models.select_checkpoint("blend")
     assert _model_in(studio.generate(REQUEST).infotexts[0]) == "blend"
 
 
 def test_memory_report_lists_every_cached_model(data_dir: Path) -> None:
     studio = _studio(data_dir, ckpt="alpha")
-    studio.model()
-    report = studio.memory_report()
+    studio.models.model()
+    report = studio.models.memory_report()
     assert report["ram"]["process"] > 0  # type: ignore[index]
     assert [m["name"] for m in report["models"]] == ["alpha"]  # type: ignore[index]
     assert report["models"][0]["last_event"].startswith("loaded alpha from disk to RAM")  # type: ignore[index]
@@ -192,7 +192,7 @@ def test_lora_and_embedding_hashes_reach_the_infotext(data_dir: Path) -> None:
     with pytest.raises(GenerationError, match="SDXL"):
         studio.generate(GenerationRequest(prompt="<lora:xl-only>", steps=2, width=64, height=64))
     assert studio.generate(REQUEST).images[0].tobytes() == plain.images[0].tobytes()
-    labels = {f.name: f.label for f in studio.registry.files(ModelKind.LORA)}
+    labels = {f.name: f.label for f in studio.models.registry.files(ModelKind.LORA)}
     assert labels == {"ink": "LoRA (SD 1.x)", "xl-only": "LoRA (SDXL)"}
 
 
@@ -202,4 +202,4 @@ def test_vae_tiling_setting(data_dir: Path, setting: str, tiled: bool) -> None:
     request = GenerationRequest(prompt="a wide field", steps=2, width=192, height=128, seed=2)
     result = studio.generate(request)
     assert result.images[0].size == (192, 128)
-    assert studio.model().vae.use_tiling is tiled
+    assert studio.models.model().vae.use_tiling is tiled

@@ -386,7 +386,7 @@ def test_pnginfo_round_trip_into_txt2img(app: App, page: Page, tmp_path: Path) -
     assert infotext == job.result.infotexts[0], "the pasted parameters did not reproduce the image"
     produced = sorted((app.studio.settings.outputs_dir / "txt2img-images").rglob("*.png"))[-1]
     assert Image.open(produced).tobytes() == Image.open(made).tobytes()
-    app.studio.select_checkpoint("tiny")
+    app.studio.models.select_checkpoint("tiny")
 
     # A picture without parameters is said to have none.
     plain = tmp_path / "plain.png"

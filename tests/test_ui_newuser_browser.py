@@ -48,7 +48,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     shutil.copy(settings.ckpt_dir / "tiny.safetensors", settings.ckpt_dir / "twin.safetensors")
     write_tiny_checkpoint("sdxl", settings.ckpt_dir / "xl.safetensors")
     studio = Studio(settings)
-    studio.registry.hash_all()  # as the background hashing at start does
+    studio.models.registry.hash_all()  # as the background hashing at start does
     with serve_app(studio) as app:
         yield app
 
@@ -143,8 +143,8 @@ def test_errors_where_the_eye_is_results_labels_and_header(app: App, page: Page)
 
     # Switching to a model already in memory: the header says where the current one is now and
     # what this switch did, not an older event of another model.
-    app.studio.select_checkpoint("twin")
-    app.studio.select_checkpoint("tiny")  # both are in RAM or on the device now
+    app.studio.models.select_checkpoint("twin")
+    app.studio.models.select_checkpoint("tiny")  # both are in RAM or on the device now
     page.locator("#checkpoint input").click()
     page.get_by_role("option", name="twin", exact=False).first.click()
     wait_for_text(page, "model-status", "twin")
@@ -273,8 +273,8 @@ def test_merger_messages_hash_listing_and_pnginfo_twin(app: App, page: Page, tmp
     _screenshot(page, "ui-models")
 
     # PNG Info: of two files with the same hash, the one the infotext names.
-    digest = app.studio.facts.cached_sha256(app.studio.find_checkpoint("twin").path)
-    assert digest == app.studio.facts.cached_sha256(app.studio.find_checkpoint("tiny").path)
+    digest = app.studio.models.facts.cached_sha256(app.studio.models.find_checkpoint("twin").path)
+    assert digest == app.studio.models.facts.cached_sha256(app.studio.models.find_checkpoint("tiny").path)
     made = tmp_path / "twin.png"
     info = PngImagePlugin.PngInfo()
     info.add_text(
@@ -283,7 +283,7 @@ def test_merger_messages_hash_listing_and_pnginfo_twin(app: App, page: Page, tmp
         f"Model hash: {digest[:10]}, Model: twin",
     )
     Image.new("RGB", (64, 64), "gray").save(made, pnginfo=info)
-    app.studio.select_checkpoint("tiny")
+    app.studio.models.select_checkpoint("tiny")
     open_tab(page, "PNG Info")
     page.locator("#pnginfo-image input[type=file]").set_input_files(str(made))
     page.wait_for_function(
@@ -291,8 +291,8 @@ def test_merger_messages_hash_listing_and_pnginfo_twin(app: App, page: Page, tmp
     )
     page.locator("#pnginfo-send-txt2img").click()
     page.wait_for_function("() => document.querySelector('#checkpoint input').value.startsWith('twin')")
-    assert app.studio.current_checkpoint() == "twin"
-    app.studio.select_checkpoint("tiny")
+    assert app.studio.models.current_checkpoint() == "twin"
+    app.studio.models.select_checkpoint("tiny")
 
 
 def test_screenshots_of_every_tab(app: App, page: Page) -> None:

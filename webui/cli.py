@@ -204,9 +204,11 @@ def _run_locally(args: argparse.Namespace) -> int:
         request = request_from_args(args)
         request.validate()
         studio = Studio(settings_from_args(args)[0])
-        if studio.demo_mode:  # sides not given: the demo's own size
+        if studio.models.demo_mode:  # sides not given: the demo's own size
             request = replace(
-                request, width=args.width or studio.default_size, height=args.height or studio.default_size
+                request,
+                width=args.width or studio.models.default_size,
+                height=args.height or studio.models.default_size,
             )
     except (GenerationError, CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -231,8 +233,8 @@ def _run_locally(args: argparse.Namespace) -> int:
         print(infotext)
     for warning in job.result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if studio.demo_mode:
-        print(f"note: {studio.demo_message}", file=sys.stderr)
+    if studio.models.demo_mode:
+        print(f"note: {studio.models.demo_message}", file=sys.stderr)
     return 0
 
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 from diffusers import AutoencoderTiny
 from PIL import Image
 
@@ -16,33 +14,28 @@ from webui import __version__
 from webui.engine.devices import resolve_device, resolve_dtype
 from webui.engine.extra_networks import RefusedNetworks
 from webui.engine.generate import Engine, GenerationResult
-from webui.engine.latent_upscale import LATENT_UPSCALE_MODES
 from webui.engine.preview import PreviewRenderer, vae_decode, with_previews
 from webui.engine.request import GenerationError, GenerationRequest
 from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.speed import use_compile_cache
 from webui.engine.steps import JobControl, StepHook
-from webui.engine.upscale import Upscalers
 from webui.extensions.api import ImageDone, ImageSaved
 from webui.extensions.hooks import JobHooks
 from webui.extensions.registry import Extensions
-from webui.model_manager.cache import MemoryBudgets, ModelCache, ModelEvent, Placement, Tier
 from webui.model_manager.detect import Arch
-from webui.model_manager.facts import FileFactsCache
 from webui.model_manager.few_step import settings_warning
-from webui.model_manager.folders import ModelLibrary
-from webui.model_manager.load import LoadedModel, load_model
-from webui.model_manager.merge import MergeRecipe, merge_checkpoints
+from webui.model_manager.load import LoadedModel
 from webui.model_manager.offload import MemoryMode
-from webui.model_manager.placement import HOST
-from webui.model_manager.registry import ModelFile, ModelFolders, ModelKind, ModelRegistry
+from webui.model_manager.registry import ModelFile, ModelKind
 from webui.model_manager.safety_checker import SafetyChecker, load_safety_checker
 from webui.model_manager.state_dict import CheckpointError
 from webui.model_manager.taesd import find_taesd, load_taesd, taesd_decode
-from webui.model_manager.vae import AUTOMATIC, BUILT_IN, resolve_vae_file, swap_vae
-from webui.outputs import ImageSaver, format_infotext
+from webui.outputs import format_infotext
 from webui.results import StudioResult
-from webui.scripts.base import Script, ScriptRun, find_script, scripts_for
+from webui.scripts.base import Script, ScriptRun, grid_seed
+from webui.scripts.catalog import find_script, scripts_for
+from webui.services.models import ModelService
+from webui.services.outputs import OutputService
 from webui.settings import Settings
 from webui.styles import StyleBook, StyleError
 from webui.training.progress import TrainingHooks
@@ -52,10 +45,6 @@ from webui.training.service import TrainingService
 
 log = logging.getLogger(__name__)
 
-DEMO_CHECKPOINT = "shapes-demo"
-# Trained by `python -m webui.training.demo`; see its model card beside it.
-DEMO_MODEL_FILE = Path(__file__).parent / "assets" / "shapes-demo.safetensors"
-DEMO_SIZE = 128  # the demo's native image size
 # Above this many pixels the VAE decodes in tiles, per memory mode (`--vae-tiling auto`).
 _TILING_PIXELS = {
     MemoryMode.NORMAL: 2048 * 2048,
@@ -69,10 +58,11 @@ _NETWORK_HASH_LENGTH = 12
 
 
 class Studio:
-    """Owns the model registry and cache, the selected checkpoint and VAE, and the output folder.
+    """The generation service: runs jobs on the model service's models and hands the images to
+    the output service. Also the one object the page, the APIs and the CLI are given: its
+    `models` and `outputs` are the other two services.
 
-    Generations run one at a time. A checkpoint switch asked for while one runs is loaded
-    beside it (into RAM) and applies to the next job; the running job keeps its model.
+    Generations run one at a time (`models.busy` is held while one does).
     """
 
     def __init__(self, settings: Settings, extensions: Extensions | None = None) -> None:
@@ -84,32 +74,17 @@ class Studio:
         if self.speed.compile_mode is not None:
             use_compile_cache(settings.data_dir / "cache" / "torch-compile")
         log.info("running on %s as %s; speed options: %s", self.device, self.dtype, self.speed)
-        self.facts = FileFactsCache.in_data_dir(settings.data_dir)
-        self.saver = self._saver(settings)
-        # An A1111 or ComfyUI install under DATA_DIR, plus any --models-config folders.
-        self.library = ModelLibrary.find(settings.data_dir, settings.models_config)
-        self.registry = ModelRegistry(ModelFolders.of(self.library, [settings.ckpt_dir]), self.facts)
-        self.cache = ModelCache(
-            self._load_to_host,
-            self.device,
-            MemoryBudgets.for_machine(self.device, settings.vram_budget_gb, settings.ram_budget_gb),
-            MemoryMode(settings.memory_mode),
-        )
-        self._generation = threading.Lock()
+        self.models = ModelService(settings, self.device, self.dtype)
+        self.outputs = OutputService(settings)
         self._taesd: dict[Path, AutoencoderTiny | None] = {}  # loaded on first use, per file
         self._taesd_missing: set[Arch] = set()
-        self._vae_choice = settings.vae
         self.styles = StyleBook(settings.data_dir / "styles.csv")
-        # Upscaler models run in float32: half precision has no CPU kernels for some of their layers.
-        self.upscalers = Upscalers(self.library.upscalers, device=self.device)
-        self.demo_mode = not self.checkpoints() and settings.ckpt is None
-        if self.demo_mode:
-            self._add_demo_checkpoint()
-        self._selected = self._initial_checkpoint()
         self.training = TrainingService(
-            self.registry, settings.data_dir / "training", self.device, lambda: self._selected
+            self.models.registry,
+            settings.data_dir / "training",
+            self.device,
+            self.models.current_checkpoint_file,
         )
-        self._vae_file(self._selected)  # an unknown --vae is an error at start, not at the first job
         self.extensions = extensions if extensions is not None else Extensions.for_settings(settings)
         # Loaded at start so that a missing checker stops the start, not the first job.
         self.safety: SafetyChecker | None = (
@@ -118,238 +93,17 @@ class Studio:
             else None
         )
 
-    @property
-    def demo_message(self) -> str:
-        return (
-            f"No checkpoint was found in {self.settings.ckpt_dir}, so the small demo model "
-            f"({DEMO_CHECKPOINT}) is loaded. It knows only its shapes vocabulary at {DEMO_SIZE}x{DEMO_SIZE}: "
-            'try "a red circle at the top left on a blue background" (colours red, green, blue, yellow, '
-            "orange, purple, white, black; circle, square, triangle; top left, top right, bottom left, "
-            f"bottom right, center). Put a Stable Diffusion checkpoint (.safetensors) in "
-            f"{self.settings.ckpt_dir} and press refresh to make real images."
-        )
-
-    @property
-    def default_size(self) -> int:
-        """The image side the page and the CLI start with: the demo's own size when it is in use."""
-        return DEMO_SIZE if self.demo_mode else 512
-
-    @staticmethod
-    def _saver(settings: Settings) -> ImageSaver:
-        return ImageSaver(
-            settings.outputs_dir, watermark=settings.watermark, pattern=settings.filename_pattern
-        )
-
     def apply_settings(self, new: Settings) -> None:
         """Take on changed editable settings (see LiveSettings): outputs, naming, previews, budgets.
 
         ValueError (before anything changes) for extension settings their extensions refuse."""
         extension_values = self.extensions.check_values(new.extension_settings)
         new = replace(new, extension_settings=extension_values)
-        old, self.settings = self.settings, new
+        self.settings = new
         self.extensions.set_values(extension_values)
         self.extensions.timeout_s = new.extension_timeout_s
-        if (old.outputs_dir, old.watermark, old.filename_pattern) != (
-            new.outputs_dir,
-            new.watermark,
-            new.filename_pattern,
-        ):
-            self.saver = self._saver(new)
-        if old.ema_choices != new.ema_choices:
-            for file in self.checkpoints():
-                self._match_weights(file)  # a model in use now is matched before its next job
-        if (old.vram_budget_gb, old.ram_budget_gb) != (new.vram_budget_gb, new.ram_budget_gb):
-            self.cache.set_budgets(
-                MemoryBudgets.for_machine(self.device, new.vram_budget_gb, new.ram_budget_gb)
-            )
-
-    def _add_demo_checkpoint(self) -> None:
-        """List the shipped demo model (read where it lies: nothing is copied or written)."""
-        self.registry.require_usable(self.registry.add(DEMO_MODEL_FILE))
-        log.warning(self.demo_message)
-
-    def _initial_checkpoint(self) -> ModelFile:
-        wanted = self.settings.ckpt
-        if wanted:
-            path = Path(wanted)
-            if path.exists():
-                return self.registry.require_usable(self.registry.add(path))
-            return self.find_checkpoint(wanted)
-        usable = self.checkpoints()
-        if not usable:
-            raise CheckpointError(f"no usable checkpoint in {self.settings.ckpt_dir}")
-        return usable[0]
-
-    def _load_to_host(self, path: Path) -> LoadedModel:
-        # The registry's name ("xl/base") is what lists, events and the infotext show.
-        known = next((f for f in self.checkpoints() if f.path == path), None)
-        use_ema = self.uses_ema(known) if known else self.settings.use_ema
-        model = load_model(path, HOST, self.dtype, use_ema=use_ema)
-        model.name = known.name if known else model.name
-        return model
-
-    # -- EMA weights --------------------------------------------------------------------------
-    def uses_ema(self, file: ModelFile) -> bool:
-        """Whether `file` is (to be) loaded with its EMA weights: its own choice, else --no-ema's."""
-        return file.has_ema and self.settings.ema_choices.get(file.name, self.settings.use_ema)
-
-    def _match_weights(self, file: ModelFile) -> None:
-        """Drop a cached copy of `file` built with the other weights than now chosen."""
-        cached = self.cache.cached(file.path)
-        if cached is not None and file.has_ema and cached.uses_ema != self.uses_ema(file):
-            self.cache.evict(file.path)
-
-    def start_background_hashing(self) -> threading.Thread:
-        """Hash files not hashed yet, so titles and the API show hashes without a wait later."""
-        thread = threading.Thread(target=self.registry.hash_all, name="model-hashing", daemon=True)
-        thread.start()
-        return thread
-
-    # -- checkpoints --------------------------------------------------------------------------
-    def checkpoints(self) -> list[ModelFile]:
-        return self.registry.files(ModelKind.CHECKPOINT)
-
-    def checkpoint_titles(self) -> list[str]:
-        names = [file.name for file in self.checkpoints()]
-        if self._selected.name not in names:
-            names.insert(0, self._selected.name)
-        return names
-
-    def current_checkpoint(self) -> str:
-        return self._selected.name
-
-    def current_checkpoint_file(self) -> ModelFile:
-        return self._selected
-
-    def refresh_checkpoints(self) -> list[str]:
-        self.registry.refresh()
-        self.upscalers.refresh()
-        return self.checkpoint_titles()
-
-    def find_checkpoint(self, title: str) -> ModelFile:
-        """By name, by A1111 title ("name [hash]"), by file name or by hash."""
-        return self.registry.find(ModelKind.CHECKPOINT, title)
-
-    def select_checkpoint(self, title: str) -> None:
-        """Switch checkpoints; if loading fails, the previous one stays selected and loaded.
-
-        While a generation runs, the new model is loaded into RAM beside it and becomes the
-        active one at the next job.
-        """
-        file = self.find_checkpoint(title)
-        if self._generation.locked():
-            self.cache.prefetch(file.path)
-        else:
-            self._activate(file)
-        self._selected = file
-
-    def model(self) -> LoadedModel:
-        """The selected model, on the compute device (loading it if needed)."""
-        return self._activate(self._selected)
-
-    def unload_checkpoint(self, title: str | None = None) -> None:
-        """Free GPU memory: models (or just `title`) go to RAM (or disk, past the RAM budget)."""
-        self.cache.unload(self.find_checkpoint(title).path if title else None)
-
-    def evict_checkpoint(self, title: str) -> None:
-        """Drop `title` from memory altogether (unless a job is using it); the next use loads it."""
-        self.cache.evict(self.find_checkpoint(title).path)
-
-    def reload_checkpoint(self) -> LoadedModel:
-        return self.model()
-
-    def _activate(self, file: ModelFile) -> LoadedModel:
-        self._match_weights(file)
-        model = self.cache.activate(file.path)
-        self._apply_vae(file, model)
-        return model
-
-    # -- VAE ----------------------------------------------------------------------------------
-    def vae_choices(self) -> list[str]:
-        return [AUTOMATIC, BUILT_IN, *(file.name for file in self.registry.files(ModelKind.VAE))]
-
-    @property
-    def vae_choice(self) -> str:
-        return self._vae_choice
-
-    def select_vae(self, choice: str) -> None:
-        """Use another VAE from the next job on (now, when no job runs); unknown names are refused."""
-        previous, self._vae_choice = self._vae_choice, choice
-        try:
-            self._vae_file(self._selected)
-            if not self._generation.locked() and self.cache.tier(self._selected.path) is not Tier.DISK:
-                self._activate(self._selected)
-        except CheckpointError:
-            self._vae_choice = previous
-            raise
-
-    def check_vae(self, choice: str) -> None:
-        """Raise CheckpointError if `choice` names no VAE (by name, file name, Automatic or None)."""
-        self._vae_file(self._selected, choice)
-
-    def _vae_file(self, checkpoint: ModelFile, choice: str | None = None) -> Path | None:
-        named = {file.name: file.path for file in self.registry.files(ModelKind.VAE)}
-        return resolve_vae_file(choice or self._vae_choice, checkpoint.path, named)
-
-    def _apply_vae(self, checkpoint: ModelFile, model: LoadedModel, choice: str | None = None) -> None:
-        vae_file = self._vae_file(checkpoint, choice)
-        if model.vae_path != vae_file:
-            self.cache.modify(checkpoint.path, lambda m: swap_vae(m, vae_file))
-
-    # -- memory -------------------------------------------------------------------------------
-    def placements(self) -> list[Placement]:
-        return self.cache.placements()
-
-    def model_events(self) -> list[ModelEvent]:
-        return self.cache.events()
-
-    def memory_report(self) -> dict[str, object]:
-        """What the API's `memory` endpoint and the UI show: RAM, VRAM and where each model is."""
-        import psutil
-
-        system = psutil.virtual_memory()
-        report: dict[str, object] = {
-            "ram": {
-                "total": system.total,
-                "free": system.available,
-                "used": system.total - system.available,
-                "process": psutil.Process().memory_info().rss,
-                "models": self.cache.used_bytes(Tier.RAM),
-                "budget": self.cache.budgets.ram_bytes,
-            },
-            "models": [
-                {
-                    "name": p.name,
-                    "tier": p.tier.value,
-                    "size": p.size_bytes,
-                    "memory_mode": p.memory_mode.value,
-                    "in_use": p.in_use,
-                    "last_event": p.last_event.describe() if p.last_event else None,
-                }
-                for p in self.placements()
-            ],
-        }
-        if self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            report["cuda"] = {
-                "total": total,
-                "free": free,
-                "allocated": torch.cuda.memory_allocated(self.device),
-                "reserved": torch.cuda.memory_reserved(self.device),
-                "peak": torch.cuda.max_memory_allocated(self.device),
-                "models": self.cache.used_bytes(Tier.VRAM),
-                "budget": self.cache.budgets.vram_bytes,
-            }
-        return report
-
-    # -- upscalers ----------------------------------------------------------------------------
-    def upscaler_names(self) -> list[str]:
-        """Pixel upscalers for Extras, hires fix and SD upscale: resamplers, then models/ESRGAN files."""
-        return self.upscalers.names()
-
-    def hires_upscaler_names(self) -> list[str]:
-        """Hires fix upscalers: the latent modes first (A1111's order), then the pixel upscalers."""
-        return [*LATENT_UPSCALE_MODES, *(name for name in self.upscaler_names() if name != "None")]
+        self.outputs.apply_settings(new)
+        self.models.apply_settings(new)
 
     def upscale_image(
         self,
@@ -363,12 +117,12 @@ class Studio:
         second_visibility: float = 0.0,
     ) -> Image.Image:
         """Extras: resize by `scale` or to `size`, optionally blending a second upscaler's result."""
-        return self.upscalers.blend(
+        return self.models.upscalers.blend(
             image, upscaler, second, second_visibility, scale=scale, size=size, crop=crop
         )
 
     def _hires_upscale(self, image: Image.Image, upscaler: str, size: tuple[int, int]) -> Image.Image:
-        return self.upscalers.upscale(image, upscaler, size=size, crop=False, field="hr_upscaler")
+        return self.models.upscalers.upscale(image, upscaler, size=size, crop=False, field="hr_upscaler")
 
     # -- training -----------------------------------------------------------------------------
     def training_preflight(self, request: TrainingRequest, admin: bool = True) -> str:
@@ -376,19 +130,8 @@ class Studio:
 
     def train(self, request: TrainingRequest, hooks: TrainingHooks, base: str) -> TrainingResult:
         """Run a training job (on the queue's worker, between generations)."""
-        with self._generation:
+        with self.models.busy:
             return self.training.run(request, hooks, base)
-
-    # -- merging ------------------------------------------------------------------------------
-    def merge_checkpoints(self, recipe: MergeRecipe) -> ModelFile:
-        """Write the merge into the checkpoint folder; it is listed (and selectable) at once."""
-        path = merge_checkpoints(recipe, self.settings.ckpt_dir, hashes=self.facts.sha256)
-        self.registry.refresh([ModelKind.CHECKPOINT])
-        file = self.registry.add(path)
-        # Hashed now, while the file is in the page cache: background hashing runs only at start,
-        # and PNG Info and the API find a model by its hash.
-        self.facts.sha256(path)
-        return file
 
     # -- generation ---------------------------------------------------------------------------
     def preflight(
@@ -418,11 +161,15 @@ class Studio:
                     guard(each.request, each.where)
         self.extensions.alwayson_args(request)
         try:
-            file = self.find_checkpoint(checkpoint) if checkpoint else self._selected
+            file = (
+                self.models.find_checkpoint(checkpoint)
+                if checkpoint
+                else self.models.current_checkpoint_file()
+            )
         except CheckpointError as error:
             raise CheckpointError(str(error), "checkpoint") from error
         try:
-            self._vae_file(file, vae)
+            self.models.vae_file(file, vae)
         except CheckpointError as error:
             raise CheckpointError(str(error), "vae") from error
         return file
@@ -438,10 +185,10 @@ class Studio:
         return replace(request, prompt=prompt, negative_prompt=negative, styles=[])
 
     def _check_hires(self, request: GenerationRequest) -> None:
-        if request.hr_upscaler not in self.hires_upscaler_names():
+        if request.hr_upscaler not in self.models.hires_upscaler_names():
             raise GenerationError(
                 f"unknown hires upscaler {request.hr_upscaler!r}; choose one of: "
-                + ", ".join(self.hires_upscaler_names()),
+                + ", ".join(self.models.hires_upscaler_names()),
                 "hr_upscaler",
             )
         if request.hr_sampler_name or request.hr_scheduler:
@@ -480,17 +227,19 @@ class Studio:
         request = self._with_styles(hooks.before_job(request))  # preflight then finds no styles
         file = self.preflight(request, checkpoint, vae)
         done = StudioResult([], [], [], [])
-        self._match_weights(file)  # jobs run one at a time: no other job holds this model now
-        with self._generation, self.cache.use(file.path) as model:
-            self._apply_vae(file, model, vae)
+        self.models.match_weights(file)  # jobs run one at a time: no other job holds this model now
+        with self.models.busy, self.models.cache.use(file.path) as model:
+            self.models.apply_vae(file, model, vae)
             self._configure_vae_tiling(file, model, request)
             engine = Engine(
                 model,
-                loras=self._paths(ModelKind.LORA),
-                embeddings=self._paths(ModelKind.EMBEDDING),
+                loras=self.models.paths(ModelKind.LORA),
+                embeddings=self.models.paths(ModelKind.EMBEDDING),
                 upscale_image=self._hires_upscale,
                 speed=self.settings.speed,
-                refused=RefusedNetworks(self._refused(ModelKind.LORA), self._refused(ModelKind.EMBEDDING)),
+                refused=RefusedNetworks(
+                    self.models.refused(ModelKind.LORA), self.models.refused(ModelKind.EMBEDDING)
+                ),
             )
             if on_step is not None:
                 on_step = with_previews(
@@ -540,7 +289,7 @@ class Studio:
             done.infotexts.append(infotext)
             done.seeds.append(seed)
             if save:
-                path = self.saver.save(finished.image, mode=request.mode, seed=seed, infotext=infotext)
+                path = self.outputs.save(finished.image, mode=request.mode, seed=seed, infotext=infotext)
                 done.paths.append(path)
                 hooks.after_save(ImageSaved(path, finished.image, infotext, seed, request))
         if on_images is not None:
@@ -572,6 +321,60 @@ class Studio:
             )
         return find_script(name, mode, self.scripts(mode))
 
+    def script_run(
+        self,
+        mode: str,
+        control: JobControl | None = None,
+        on_step: StepHook | None = None,
+        save: bool = True,
+        checkpoint: str | None = None,
+        vae: str | None = None,
+        hooks: JobHooks | None = None,
+        guard: Callable[[GenerationRequest], None] | None = None,
+    ) -> ScriptRun:
+        """A script's way to generate: with the job's checkpoint/VAE overrides and always-on
+        scripts' hooks; grids go to `<mode>-grids`. `guard` sees each request before it runs and may refuse
+        it (the admin's limits, for scripts that cannot say beforehand what they will make)."""
+        if mode not in ("txt2img", "img2img"):  # refused now rather than at the first grid
+            raise ValueError(f"mode must be txt2img or img2img, got {mode!r}")
+        job_control = control or JobControl()
+        job_checkpoint, save_all = checkpoint, save
+
+        def generate(
+            request: GenerationRequest, checkpoint: str | None = None, *, save: bool = True
+        ) -> StudioResult:
+            if guard is not None:
+                guard(request)
+            return self.generate(
+                request,
+                on_step,
+                job_control,
+                checkpoint or job_checkpoint,
+                vae,
+                save=save_all and save,
+                hooks=hooks,
+            )
+
+        def save_grid(grid: Image.Image, infotext: str) -> Path | None:
+            if not save_all:
+                return None
+            return self.outputs.save(
+                grid, mode=mode, seed=grid_seed(infotext), infotext=infotext, kind="grids"
+            )
+
+        def save_image(image: Image.Image, infotext: str, seed: int) -> Path | None:
+            return self.outputs.save(image, mode=mode, seed=seed, infotext=infotext) if save_all else None
+
+        return ScriptRun(
+            generate=generate,
+            preflight=lambda request, name: self.preflight(request, name or job_checkpoint, vae),
+            upscale=lambda image, name, scale: self.models.upscalers.upscale(image, name, scale=scale),
+            checkpoint_names=self.models.checkpoint_titles,
+            save_grid=save_grid,
+            save_image=save_image,
+            control=job_control,
+        )
+
     def _run_script(
         self,
         request: GenerationRequest,
@@ -588,7 +391,7 @@ class Studio:
         script = self.find_script(request.script_name, request.mode)
         args = script.parse_args(request.script_args)
         each = None if guard is None else (lambda generation: guard(generation, script.title))
-        run = ScriptRun.for_studio(self, request.mode, control, on_step, save, checkpoint, vae, hooks, each)
+        run = self.script_run(request.mode, control, on_step, save, checkpoint, vae, hooks, each)
         if not request.save_grid:
             run.save_grid = lambda _grid, _infotext: None
         return script.run(replace(request, script_name="", script_args=[]), args, run)
@@ -614,7 +417,9 @@ class Studio:
     def _taesd_decoder(self, arch: Arch) -> AutoencoderTiny | None:
         """The TAESD decoder for `arch` from models/VAE-approx, loaded once; None (linear previews,
         logged once) when there is none or it cannot be read."""
-        path = next(filter(None, (find_taesd(folder, arch) for folder in self.library.vae_approx)), None)
+        path = next(
+            filter(None, (find_taesd(folder, arch) for folder in self.models.library.vae_approx)), None
+        )
         if path is None:
             if arch not in self._taesd_missing:
                 self._taesd_missing.add(arch)
@@ -632,7 +437,7 @@ class Studio:
         self, file: ModelFile, request: GenerationRequest, batch: GenerationResult
     ) -> list[str]:
         """A note for each few-step checkpoint or LoRA of the job run far from its settings."""
-        loras = {lora.name: lora for lora in self.registry.files(ModelKind.LORA)}
+        loras = {lora.name: lora for lora in self.models.registry.files(ModelKind.LORA)}
         used = [file, *(loras[name] for name, _ in batch.loras if name in loras)]
         notes = [
             settings_warning(each.few_step, each.name, request.steps, request.cfg_scale)
@@ -653,14 +458,8 @@ class Studio:
             if flag
         ]
 
-    def _paths(self, kind: ModelKind) -> dict[str, Path]:
-        return {file.name: file.path for file in self.registry.files(kind)}
-
-    def _refused(self, kind: ModelKind) -> dict[str, str]:
-        return {file.name: file.error or "" for file in self.registry.unusable() if file.kind is kind}
-
     def _configure_vae_tiling(self, file: ModelFile, model: LoadedModel, request: GenerationRequest) -> None:
-        mode = self.cache.memory_mode_of(file.path)
+        mode = self.models.cache.memory_mode_of(file.path)
         setting = self.settings.vae_tiling
         tile = setting == "on" or (
             setting == "auto" and request.width * request.height > _TILING_PIXELS[mode]
@@ -675,7 +474,7 @@ class Studio:
     ) -> dict[str, object]:
         extras: dict[str, object] = {}
         if vae_file is not None:
-            digest = self.facts.sha256(vae_file)
+            digest = self.models.facts.sha256(vae_file)
             extras["VAE hash"] = digest[:10] if digest else None
             extras["VAE"] = vae_file.name
         for key, kind, names in (
@@ -683,9 +482,9 @@ class Studio:
             ("TI hashes", ModelKind.EMBEDDING, result.embeddings),
         ):
             if names:
-                files = self._paths(kind)
+                files = self.models.paths(kind)
                 extras[key] = ", ".join(
-                    f"{name}: {(self.facts.sha256(files[name]) or '')[:_NETWORK_HASH_LENGTH]}"
+                    f"{name}: {(self.models.facts.sha256(files[name]) or '')[:_NETWORK_HASH_LENGTH]}"
                     for name in names
                 )
         return extras
@@ -699,7 +498,7 @@ class Studio:
             if key == "CFG scale":
                 ordered["Seed"] = seed
             if key == "Size":
-                ordered["Model hash"] = self.registry.short_hash(file)
+                ordered["Model hash"] = self.models.registry.short_hash(file)
                 ordered["Model"] = Path(file.name).name  # A1111: the file name, not its folder
                 ordered.update({k: v for k, v in extras.items() if k in ("VAE hash", "VAE")})
         ordered.update({k: v for k, v in extras.items() if k not in ordered})

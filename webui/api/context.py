@@ -29,7 +29,7 @@ class ApiContext:
             raise ApiError(404, f"job {job.id} has no image {index}")
         if index < len(result.paths) and result.paths[index].is_file():
             return result.paths[index].read_bytes()
-        return self.studio.saver.encode_png(result.images[index], result.infotexts[index])
+        return self.studio.outputs.encode_png(result.images[index], result.infotexts[index])
 
 
 async def wait_until_finished(job: Job) -> None:

@@ -65,7 +65,7 @@ def openai_images_router(ctx: ApiContext) -> APIRouter:
     async def generations(request: Request) -> JSONResponse:
         async def answer() -> dict[str, Any]:
             body = _parse(await _json_body(request))
-            width, height = _size(body.size, (ctx.studio.default_size,) * 2)
+            width, height = _size(body.size, (ctx.studio.models.default_size,) * 2)
             a1111 = Txt2ImgBody(**_common(ctx, body, width, height))
             return await _run(ctx, request, body, a1111)
 
@@ -94,7 +94,7 @@ def openai_images_router(ctx: ApiContext) -> APIRouter:
             "object": "list",
             "data": [
                 {"id": file.name, "object": "model", "created": created, "owned_by": "local"}
-                for file in ctx.studio.checkpoints()
+                for file in ctx.studio.models.checkpoints()
             ],
         }
 
@@ -183,7 +183,7 @@ def _common(ctx: ApiContext, body: ImageRequest, width: int, height: int) -> dic
 def _checkpoint(ctx: ApiContext, model: str | None) -> str | None:
     if not model or model.lower().startswith(_OPENAI_MODEL_PREFIXES):
         return None
-    names = [file.name for file in ctx.studio.checkpoints()]
+    names = [file.name for file in ctx.studio.models.checkpoints()]
     if model not in names:
         raise OpenAIError(
             404, f"model: no checkpoint {model!r}; GET /v1/models lists them", "model", "model_not_found"

@@ -43,13 +43,13 @@ class ServerOptions:
 
     def read(self) -> dict[str, Any]:
         studio = self.studio
-        current = studio.current_checkpoint_file()
+        current = studio.models.current_checkpoint_file()
         outputs = studio.settings.outputs_dir
         limits = self.jobs.limits
         return {
-            CHECKPOINT_OPTION: studio.registry.title(current),
-            "sd_checkpoint_hash": studio.facts.cached_sha256(current.path),
-            VAE_OPTION: studio.vae_choice,
+            CHECKPOINT_OPTION: studio.models.registry.title(current),
+            "sd_checkpoint_hash": studio.models.facts.cached_sha256(current.path),
+            VAE_OPTION: studio.models.vae_choice,
             CLIP_SKIP_OPTION: self.clip_skip,
             RNG_OPTION: self.randn_source,
             "samples_format": "png",
@@ -67,8 +67,8 @@ class ServerOptions:
             if key in values and not isinstance(values[key], str):
                 raise ApiError(422, f"{key}: expected a name", key)
         for key, check in (
-            (CHECKPOINT_OPTION, self.studio.find_checkpoint),
-            (VAE_OPTION, self.studio.check_vae),
+            (CHECKPOINT_OPTION, self.studio.models.find_checkpoint),
+            (VAE_OPTION, self.studio.models.check_vae),
         ):
             if key in values:
                 _by_name(key, check, values[key])
@@ -102,8 +102,8 @@ class ServerOptions:
         self._check_names(values)
         with self._writing:
             for key, apply in (
-                (CHECKPOINT_OPTION, self.studio.select_checkpoint),
-                (VAE_OPTION, self.studio.select_vae),
+                (CHECKPOINT_OPTION, self.studio.models.select_checkpoint),
+                (VAE_OPTION, self.studio.models.select_vae),
             ):
                 if key in values:
                     _by_name(key, apply, values[key])

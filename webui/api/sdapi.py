@@ -122,11 +122,11 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
     @router.get("/sd-models")
     def sd_models() -> list[dict[str, Any]]:
         models = []
-        for file in studio.checkpoints():
-            digest = studio.facts.cached_sha256(file.path)
+        for file in studio.models.checkpoints():
+            digest = studio.models.facts.cached_sha256(file.path)
             models.append(
                 {
-                    "title": studio.registry.title(file),
+                    "title": studio.models.registry.title(file),
                     "model_name": file.name,
                     "hash": digest[:10] if digest else None,
                     "sha256": digest,
@@ -138,7 +138,10 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
 
     @router.get("/sd-vae")
     def sd_vae() -> list[dict[str, Any]]:
-        return [{"model_name": f.name, "filename": str(f.path)} for f in studio.registry.files(ModelKind.VAE)]
+        return [
+            {"model_name": f.name, "filename": str(f.path)}
+            for f in studio.models.registry.files(ModelKind.VAE)
+        ]
 
     @router.get("/samplers")
     def samplers() -> list[dict[str, Any]]:
@@ -159,7 +162,7 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
 
     @router.get("/upscalers")
     def upscalers() -> list[dict[str, Any]]:
-        files = studio.upscalers.model_files()
+        files = studio.models.upscalers.model_files()
         return [
             {
                 "name": name,
@@ -168,7 +171,7 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
                 "model_url": None,
                 "scale": 4,
             }
-            for name in studio.upscaler_names()
+            for name in studio.models.upscaler_names()
         ]
 
     @router.get("/latent-upscale-modes", summary="Latent upscale modes for hires fix")
@@ -187,7 +190,7 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
     def loras() -> list[dict[str, Any]]:
         return [
             {"name": f.name, "alias": f.name, "path": str(f.path), "metadata": {}}
-            for f in studio.registry.files(ModelKind.LORA)
+            for f in studio.models.registry.files(ModelKind.LORA)
         ]
 
     @router.get("/embeddings")
@@ -226,23 +229,23 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
 
     @router.post("/refresh-checkpoints")
     def refresh_checkpoints() -> None:
-        studio.refresh_checkpoints()
+        studio.models.refresh_checkpoints()
 
     @router.post("/refresh-vae")
     def refresh_vae() -> None:
-        studio.registry.refresh([ModelKind.VAE])
+        studio.models.registry.refresh([ModelKind.VAE])
 
     @router.post("/refresh-loras")
     def refresh_loras() -> None:
-        studio.registry.refresh([ModelKind.LORA, ModelKind.EMBEDDING])
+        studio.models.registry.refresh([ModelKind.LORA, ModelKind.EMBEDDING])
 
     @router.post("/refresh-embeddings")
     def refresh_embeddings() -> None:
-        studio.registry.refresh([ModelKind.EMBEDDING])
+        studio.models.registry.refresh([ModelKind.EMBEDDING])
 
     @router.post("/unload-checkpoint", summary="Move models out of GPU memory")
     def unload_checkpoint() -> None:
-        studio.unload_checkpoint()
+        studio.models.unload_checkpoint()
 
     @router.post(
         "/reload-checkpoint",
@@ -251,7 +254,7 @@ def sdapi_router(ctx: ApiContext) -> APIRouter:
     )
     def reload_checkpoint() -> None:
         try:
-            studio.reload_checkpoint()
+            studio.models.reload_checkpoint()
         except CheckpointError as error:
             raise ApiError(422, str(error)) from error
 
@@ -359,10 +362,10 @@ def _state(job: Job | None, status: Any) -> dict[str, Any]:
 
 
 def _embeddings(ctx: ApiContext) -> dict[str, Any]:
-    current = ctx.studio.current_checkpoint_file().arch
+    current = ctx.studio.models.current_checkpoint_file().arch
     loaded: dict[str, Any] = {}
     skipped: dict[str, Any] = {}
-    for file in ctx.studio.registry.files(ModelKind.EMBEDDING):
+    for file in ctx.studio.models.registry.files(ModelKind.EMBEDDING):
         try:
             embedding = read_embedding(file.path)
         except (CheckpointError, ValueError, OSError):
@@ -380,7 +383,7 @@ def _embeddings(ctx: ApiContext) -> dict[str, Any]:
 
 
 def _memory(ctx: ApiContext) -> dict[str, Any]:
-    report = ctx.studio.memory_report()
+    report = ctx.studio.models.memory_report()
     ram = report["ram"]
     answer: dict[str, Any] = {
         "ram": {"free": ram["free"], "used": ram["used"], "total": ram["total"]},

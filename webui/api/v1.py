@@ -187,7 +187,7 @@ def v1_router(ctx: ApiContext) -> APIRouter:
 
     @router.get("/memory", summary="RAM, VRAM and where each cached model is, with its last move")
     def memory() -> dict[str, Any]:
-        return ctx.studio.memory_report()
+        return ctx.studio.models.memory_report()
 
     @router.get(
         "/models",
@@ -286,18 +286,18 @@ def _event(name: str, data: dict[str, Any]) -> str:
 
 def _models(ctx: ApiContext) -> list[dict[str, Any]]:
     studio = ctx.studio
-    where = {p.name: p for p in studio.placements()}
+    where = {p.name: p for p in studio.models.placements()}
     answer = []
-    for file in studio.checkpoints():
+    for file in studio.models.checkpoints():
         placement = where.get(file.name)
-        digest = studio.facts.cached_sha256(file.path)
+        digest = studio.models.facts.cached_sha256(file.path)
         answer.append(
             {
                 "name": file.name,
-                "title": studio.registry.title(file),
+                "title": studio.models.registry.title(file),
                 "architecture": file.label,
                 # null: the file has no EMA weights; else whether they are the ones used
-                "ema_weights": studio.uses_ema(file) if file.has_ema else None,
+                "ema_weights": studio.models.uses_ema(file) if file.has_ema else None,
                 # a model distilled for few steps, with the settings its family needs; else null
                 "few_step": file.few_step.as_dict() | {"summary": file.few_step.summary}
                 if file.few_step
@@ -306,14 +306,14 @@ def _models(ctx: ApiContext) -> list[dict[str, Any]]:
                 "size_bytes": file.size_bytes,
                 "where": placement.tier.value if placement else "disk",
                 "last_event": placement.last_event.describe() if placement and placement.last_event else None,
-                "selected": file.name == studio.current_checkpoint(),
+                "selected": file.name == studio.models.current_checkpoint(),
                 "kind": file.kind.value,
                 "usable": True,
                 "error": None,
             }
         )
     # Refused files are listed too, so a damaged or misplaced file is never silently missing.
-    for file in studio.registry.unusable():
+    for file in studio.models.registry.unusable():
         answer.append(
             {
                 "name": file.name,

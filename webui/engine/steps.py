@@ -5,13 +5,24 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
+from PIL import Image
 
 if TYPE_CHECKING:
     from webui.engine.conditioning import Conditioning
-    from webui.engine.preview import PreviewCopy
+    from webui.model_manager.archs import Arch
+
+
+class Preview(Protocol):
+    """A step's preview on its way to host memory (engine/preview.py's PreviewCopy)."""
+
+    pixels: bool  # a decoder drew it (else it is a latent, drawn by the linear map on demand)
+
+    def tensor(self) -> torch.Tensor: ...
+
+    def image(self, arch: Arch) -> Image.Image: ...
 
 
 class Interrupted(Exception):
@@ -26,7 +37,7 @@ class StepInfo:
     denoised: torch.Tensor | None  # the scheduler's estimate of the clean latent, when it gives one
     batch_index: int  # which batch of the job (0-based, of `n_iter`)
     preview_due: bool = True  # whether this step is one to preview (see `with_previews`)
-    preview: PreviewCopy | None = None  # the preview on its way to host memory (see `with_previews`)
+    preview: Preview | None = None  # the preview on its way to host memory (see `with_previews`)
 
     @property
     def preview_latent(self) -> torch.Tensor:

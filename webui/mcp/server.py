@@ -121,7 +121,7 @@ class StudioTools:
     ) -> CallToolResult:
         """Generate images from a text prompt (txt2img). Returns each image as PNG with its
         parameters (seed included) and a URL for the edit tools."""
-        size = self.ctx.studio.default_size
+        size = self.ctx.studio.models.default_size
         body = Txt2ImgBody(
             **_generation_fields(prompt, negative_prompt, steps, cfg_scale, sampler, seed, model, batch),
             width=width or size,
@@ -219,7 +219,7 @@ class StudioTools:
         limit = self.ctx.jobs.limits.max_pixels
         if width * height > limit:  # the same --max-size a generation is held to
             raise ToolError(f"{width}x{height} is over this server's limit of {limit} pixels (--max-size)")
-        names = [name for name in self.ctx.studio.upscaler_names() if name != "None"]
+        names = [name for name in self.ctx.studio.models.upscaler_names() if name != "None"]
         chosen = upscaler or ("Lanczos" if "Lanczos" in names else names[0])
         if chosen not in names:
             raise ToolError(f"upscaler: no {chosen!r}; this server has {', '.join(names)}")
@@ -240,10 +240,10 @@ class StudioTools:
     def list_models(self) -> str:
         """The checkpoints this server can generate with (names for `model`), and which is selected."""
         studio = self.ctx.studio
-        selected = studio.current_checkpoint()
+        selected = studio.models.current_checkpoint()
         models = [
             {"name": file.name, "architecture": file.label, "selected": file.name == selected}
-            for file in studio.checkpoints()
+            for file in studio.models.checkpoints()
         ]
         return json.dumps({"models": models, "selected": selected}, indent=1)
 
@@ -256,7 +256,7 @@ class StudioTools:
             self.ctx.options.write({CHECKPOINT_OPTION: model}, _caller(context))
         except ApiError as error:
             raise ToolError(str(error)) from error
-        return f"Selected checkpoint: {self.ctx.studio.current_checkpoint()}"
+        return f"Selected checkpoint: {self.ctx.studio.models.current_checkpoint()}"
 
     # -- jobs --------------------------------------------------------------------------------
     async def get_job(self, context: Context, job_id: JobId) -> CallToolResult:

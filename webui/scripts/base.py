@@ -1,4 +1,4 @@
-"""The script contract (A1111's "Script" dropdown: X/Y/Z plot, prompt matrix, ...) and its Studio adapter.
+"""The script contract (A1111's "Script" dropdown: X/Y/Z plot, prompt matrix, ...).
 
 Scripts are torch-free: everything that needs a model goes through `ScriptRun`.
 """
@@ -13,15 +13,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
 
-from webui.engine.request import GenerationError, GenerationRequest
+from webui.engine.request import GenerationRequest
 from webui.outputs.infotext import parse_infotext
 from webui.results import StudioResult
 from webui.scripts.args import ScriptArg
 
 if TYPE_CHECKING:
-    from webui.engine.steps import JobControl, StepHook
-    from webui.extensions.hooks import JobHooks
-    from webui.studio import Studio
+    from webui.engine.steps import JobControl
 
 SEED_LIMIT = 2**32
 
@@ -87,67 +85,8 @@ class ScriptRun:
     save_image: Callable[[Image.Image, str, int], Path | None]  # (image, infotext, seed), the mode's images
     control: JobControl
 
-    @classmethod
-    def for_studio(
-        cls,
-        studio: Studio,
-        mode: str,
-        control: JobControl | None = None,
-        on_step: StepHook | None = None,
-        save: bool = True,
-        checkpoint: str | None = None,
-        vae: str | None = None,
-        hooks: JobHooks | None = None,
-        guard: Callable[[GenerationRequest], None] | None = None,
-    ) -> ScriptRun:
-        """Generations on `studio` with the job's checkpoint/VAE overrides and always-on scripts'
-        hooks; grids go to `<mode>-grids`. `guard` sees each request before it runs and may refuse
-        it (the admin's limits, for scripts that cannot say beforehand what they will make)."""
-        # Imported here: Studio users already have torch loaded, script modules must not need it.
-        from webui.engine.steps import JobControl
 
-        if mode not in ("txt2img", "img2img"):  # refused now rather than at the first grid
-            raise ValueError(f"mode must be txt2img or img2img, got {mode!r}")
-        job_control = control or JobControl()
-        job_checkpoint, save_all = checkpoint, save
-
-        def generate(
-            request: GenerationRequest, checkpoint: str | None = None, *, save: bool = True
-        ) -> StudioResult:
-            if guard is not None:
-                guard(request)
-            return studio.generate(
-                request,
-                on_step,
-                job_control,
-                checkpoint or job_checkpoint,
-                vae,
-                save=save_all and save,
-                hooks=hooks,
-            )
-
-        def save_grid(grid: Image.Image, infotext: str) -> Path | None:
-            if not save_all:
-                return None
-            return studio.saver.save(
-                grid, mode=mode, seed=_seed_of(infotext), infotext=infotext, kind="grids"
-            )
-
-        def save_image(image: Image.Image, infotext: str, seed: int) -> Path | None:
-            return studio.saver.save(image, mode=mode, seed=seed, infotext=infotext) if save_all else None
-
-        return cls(
-            generate=generate,
-            preflight=lambda request, name: studio.preflight(request, name or job_checkpoint, vae),
-            upscale=lambda image, name, scale: studio.upscalers.upscale(image, name, scale=scale),
-            checkpoint_names=studio.checkpoint_titles,
-            save_grid=save_grid,
-            save_image=save_image,
-            control=job_control,
-        )
-
-
-def _seed_of(infotext: str) -> int:
+def grid_seed(infotext: str) -> int:
     """The seed a grid's file name pattern shows: its first cell's."""
     try:
         return int(parse_infotext(infotext).params.get("Seed", "0"))
@@ -171,32 +110,3 @@ class Script(Protocol):
     # A script may also have `planned(request, args) -> list[Planned]`: every generation its job
     # will make, so a server checks them against its limits before queueing the job. Without it,
     # each generation is checked as it comes, and an over-limit one fails the job.
-
-
-def builtin_scripts() -> dict[str, Script]:
-    """The scripts that ship with the app, keyed by lower-case title."""
-    from webui.scripts.outpainting import Outpainting
-    from webui.scripts.prompt_matrix import PromptMatrix
-    from webui.scripts.prompts_from_file import PromptsFromFile
-    from webui.scripts.sd_upscale import SdUpscale
-    from webui.scripts.xyz_plot import XyzPlot
-
-    scripts: list[Script] = [XyzPlot(), PromptMatrix(), PromptsFromFile(), Outpainting(), SdUpscale()]
-    return {script.title.lower(): script for script in scripts}
-
-
-def scripts_for(mode: str) -> list[Script]:
-    return [script for script in builtin_scripts().values() if mode in script.modes]
-
-
-def find_script(name: str, mode: str, available: Sequence[Script] | None = None) -> Script:
-    """The script titled `name` (ignoring case) of `available` (default: the built-in scripts of
-    `mode`); GenerationError lists the others."""
-    if available is None:
-        available = scripts_for(mode)
-    wanted = (name or "").strip().lower()
-    for script in available:
-        if script.title.lower() == wanted:
-            return script
-    titles = ", ".join(repr(script.title) for script in available)
-    raise GenerationError(f"no script {name!r} for {mode}; available: {titles}", "script_name")

@@ -125,15 +125,17 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
         with gr.Row(elem_id="header", equal_height=True):
             gr.Markdown(f"# {TITLE}", elem_id="title", min_width=330)
             checkpoint = gr.Dropdown(
-                choices=studio.checkpoint_titles(),
-                value=studio.current_checkpoint(),
+                choices=studio.models.checkpoint_titles(),
+                value=studio.models.current_checkpoint(),
                 label="Checkpoint",
                 elem_id="checkpoint",
                 scale=3,
             )
             refresh = tool_button("Refresh", "refresh-checkpoints")
             model_status = gr.Markdown(header_status(studio), elem_id="model-status")
-        banner = gr.Markdown(studio.demo_message, elem_id="demo-banner", visible=studio.demo_mode)
+        banner = gr.Markdown(
+            studio.models.demo_message, elem_id="demo-banner", visible=studio.models.demo_mode
+        )
         header_error = error_box("header")
 
         with gr.Tabs(elem_id="tabs") as tabs:
@@ -169,7 +171,7 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
         # ... and the header as it is now, not as it was when the page was built at start.
         demo.load(
             lambda: (
-                gr.Dropdown(choices=studio.checkpoint_titles(), value=studio.current_checkpoint()),
+                _checkpoint_dropdown(studio),
                 header_status(studio),
             ),
             outputs=[checkpoint, model_status],
@@ -185,13 +187,13 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
         # -- the header's checkpoint ---------------------------------------------------------------
         def run_select(title: str) -> tuple[Any, Any, Any, Any]:
             try:
-                done = run_and_describe(studio, lambda: studio.select_checkpoint(title))
+                done = run_and_describe(studio, lambda: studio.models.select_checkpoint(title))
             except Exception as exc:  # a broken file must not take the page down
                 if not isinstance(exc, CheckpointError | ValueError):
                     log.exception("loading checkpoint %s failed", title)
                 message = f"Could not use checkpoint {title!r}: {exc}"
                 return (
-                    gr.Dropdown(value=studio.current_checkpoint()),
+                    gr.Dropdown(value=studio.models.current_checkpoint()),
                     show_error(message),
                     gr.skip(),
                     gr.skip(),
@@ -208,9 +210,9 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
 
         def run_refresh() -> tuple[Any, ...]:
             table, choice, vae, loras, embeddings, unusable = refresh_outputs(studio)
-            header = gr.Dropdown(choices=studio.checkpoint_titles(), value=studio.current_checkpoint())
+            header = _checkpoint_dropdown(studio)
             # The demo's note goes once a checkpoint of the user's own is there: no restart needed.
-            note = gr.Markdown(visible=studio.demo_mode and not studio.checkpoints())
+            note = gr.Markdown(visible=studio.models.demo_mode and not studio.models.checkpoints())
             return header, table, choice, vae, loras, embeddings, unusable, note
 
         refresh_targets = [
@@ -229,7 +231,7 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
 
         def sync_header(done: str) -> tuple[Any, Any]:
             """After a Models tab action: its outcome, as that tab's status line says it."""
-            return gr.Dropdown(value=studio.current_checkpoint()), header_status(studio, done)
+            return gr.Dropdown(value=studio.models.current_checkpoint()), header_status(studio, done)
 
         models_page.select(
             lambda: (checkpoint_rows(studio), unusable_rows(studio)),
@@ -237,7 +239,7 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
             **PRIVATE,
         )
         models.merged.then(
-            lambda: gr.Dropdown(choices=studio.checkpoint_titles(), value=studio.current_checkpoint()),
+            lambda: _checkpoint_dropdown(studio),
             outputs=checkpoint,
             **PRIVATE,
         )
@@ -388,17 +390,17 @@ def _use_model_of(studio: Studio, infotext: str) -> tuple[Any, Any, Any]:
         wanted = " / ".join(value for value in (model_hash, model_name) if value)
         message = (
             f"The image was made with checkpoint {wanted!r}, which is not in the checkpoint folder; "
-            f"the other parameters were filled in and {studio.current_checkpoint()!r} stays selected."
+            f"the other parameters were filled in and {studio.models.current_checkpoint()!r} stays selected."
         )
         return gr.skip(), show_error(message), gr.skip()
-    if file.name == studio.current_checkpoint():
+    if file.name == studio.models.current_checkpoint():
         return gr.skip(), hide_error(), gr.skip()
     try:
-        done = run_and_describe(studio, lambda: studio.select_checkpoint(file.name))
+        done = run_and_describe(studio, lambda: studio.models.select_checkpoint(file.name))
     except Exception as exc:
         log.exception("loading checkpoint %s failed", file.name)
         return gr.skip(), show_error(f"Could not use checkpoint {file.name!r}: {exc}"), gr.skip()
-    return gr.Dropdown(value=studio.current_checkpoint()), hide_error(), header_status(studio, done)
+    return gr.Dropdown(value=studio.models.current_checkpoint()), hide_error(), header_status(studio, done)
 
 
 def _checkpoint_named(studio: Studio, model_hash: str, model_name: str) -> ModelFile | None:
@@ -407,12 +409,17 @@ def _checkpoint_named(studio: Studio, model_hash: str, model_name: str) -> Model
 
     def find(title: str) -> ModelFile | None:
         try:
-            return studio.find_checkpoint(title) if title else None
+            return studio.models.find_checkpoint(title) if title else None
         except CheckpointError:
             return None
 
     by_hash, by_name = find(model_hash), find(model_name)
     if by_hash is not None and by_name is not None:
-        digest = studio.facts.cached_sha256(by_name.path) if by_name.path.is_file() else None
+        digest = studio.models.facts.cached_sha256(by_name.path) if by_name.path.is_file() else None
         return by_name if digest and digest.startswith(model_hash.lower()) else by_hash
     return by_hash or by_name
+
+
+def _checkpoint_dropdown(studio: Studio) -> gr.Dropdown:
+    """The header's checkpoint list as it is now."""
+    return gr.Dropdown(choices=studio.models.checkpoint_titles(), value=studio.models.current_checkpoint())

@@ -91,7 +91,7 @@ def upscale_file(studio: Studio, path: Path, options: UpscaleOptions) -> tuple[P
     info = parse_infotext(source_infotext)
     seed = request_fields_from_params(info.params).get("seed")
     infotext = format_infotext(info.prompt, info.negative_prompt, {**info.params, **options.params()})
-    saved = studio.saver.save(
+    saved = studio.outputs.save(
         result, mode="extras", seed=seed if isinstance(seed, int) else -1, infotext=infotext
     )
     return saved, f"{image.width}x{image.height} → {result.width}x{result.height}"
@@ -121,7 +121,7 @@ def build_extras_tab(
                 width = gr.Number(value=512, precision=0, minimum=1, label="Width", elem_id="extras-width")
                 height = gr.Number(value=512, precision=0, minimum=1, label="Height", elem_id="extras-height")
                 crop = gr.Checkbox(value=True, label="Crop to fit", elem_id="extras-crop")
-            names = studio.upscaler_names()
+            names = studio.models.upscaler_names()
             first_choice = next((name for name in names if name != "None"), "None")
             with gr.Row(equal_height=True):
                 upscaler_1 = gr.Dropdown(
@@ -194,7 +194,7 @@ def build_extras_tab(
         **PRIVATE,
     )
     refresh.click(
-        lambda: [gr.Dropdown(choices=studio.upscaler_names())] * 2,
+        lambda: [gr.Dropdown(choices=studio.models.upscaler_names())] * 2,
         outputs=[upscaler_1, upscaler_2],
         **PRIVATE,
     )

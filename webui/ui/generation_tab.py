@@ -90,9 +90,9 @@ def build_generation_tab(
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             extra = build_inputs() if build_inputs is not None else None
-            controls = build_sampling(name, prompts, ctx.jobs.limits, ctx.studio.default_size)
+            controls = build_sampling(name, prompts, ctx.jobs.limits, ctx.studio.models.default_size)
             options = build_options(controls) if build_options is not None else None
-            sources = {"upscalers": ctx.studio.upscaler_names()}
+            sources = {"upscalers": ctx.studio.models.upscaler_names()}
             scripts = (
                 build_scripts_panel(name, ctx.studio.scripts(script_mode), sources)
                 if script_mode is not None

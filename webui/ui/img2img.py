@@ -84,9 +84,11 @@ def build_img2img(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> Ge
             raise GenerationError(image.message, "init_image")
         return tab.with_script(tab.controls.to_request(values, init_image=image), script_values)
 
-    wire_generation(
+    tab.finished = wire_generation(
         ctx,
-        tab,
+        tab.controls,
+        tab.panel,
+        tab.buttons,
         extra_inputs=[extra.image, *tab.script_inputs()],
         make_request=make_request,
         allowed_roots=allowed_roots,

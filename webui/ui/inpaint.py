@@ -179,9 +179,11 @@ def build_inpaint(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> Ge
         request = tab.controls.to_request(values, init_image=image, mask=mask)
         return tab.with_script(request, extra_values[own:])
 
-    wire_generation(
+    tab.finished = wire_generation(
         ctx,
-        tab,
+        tab.controls,
+        tab.panel,
+        tab.buttons,
         extra_inputs=[*extra.request_inputs, *tab.script_inputs()],
         make_request=make_request,
         allowed_roots=allowed_roots,

@@ -29,10 +29,10 @@ def event_text(event: ModelEvent) -> str:
 
 def run_and_describe(studio: Studio, action: Callable[[], object]) -> str:
     """Run `action` and say what it loaded, moved or evicted (or that it had nothing to do)."""
-    before = studio.model_events()
+    before = studio.models.model_events()
     last = before[-1] if before else None
     action()
-    events = studio.model_events()
+    events = studio.models.model_events()
     # The history is bounded: find the last event seen before by identity, not by position.
     start = next((i + 1 for i in range(len(events) - 1, -1, -1) if events[i] is last), 0) if last else 0
     return "; ".join(event_text(event) for event in events[start:]) or NOTHING_MOVED
@@ -40,8 +40,8 @@ def run_and_describe(studio: Studio, action: Callable[[], object]) -> str:
 
 def current_place(studio: Studio) -> str:
     """ "tiny: in RAM" and the like, for the selected checkpoint."""
-    file = studio.current_checkpoint_file()
-    placement = next((p for p in studio.placements() if p.path == file.path), None)
+    file = studio.models.current_checkpoint_file()
+    placement = next((p for p in studio.models.placements() if p.path == file.path), None)
     tier = placement.tier.value if placement else "disk"
     device = studio.device.type
     place = {

@@ -52,17 +52,17 @@ def format_size(size: int) -> str:
 
 def checkpoint_rows(studio: Studio) -> list[list[str]]:
     """One row per checkpoint: the tier is where its weights are now; the hash shows once computed."""
-    placements = {placement.path: placement for placement in studio.placements()}
-    selected = studio.current_checkpoint()
+    placements = {placement.path: placement for placement in studio.models.placements()}
+    selected = studio.models.current_checkpoint()
     device = studio.device.type
     rows = []
-    for file in studio.checkpoints():
+    for file in studio.models.checkpoints():
         placement = placements.get(file.path)
         tier = placement.tier if placement else Tier.DISK
         where = {Tier.VRAM: f"VRAM ({device})", Tier.RAM: "RAM", Tier.DISK: "disk"}[tier]
         if placement and placement.in_use:
             where += ", in use"
-        digest = studio.facts.cached_sha256(file.path)
+        digest = studio.models.facts.cached_sha256(file.path)
         rows.append(
             [
                 f"{file.name} ✓" if file.name == selected else file.name,
@@ -80,7 +80,7 @@ def weights_note(studio: Studio, file: ModelFile) -> str:
     """ ", EMA weights" or ", raw weights (has EMA)" for files with both; "" for the rest."""
     if not file.has_ema:
         return ""
-    return ", EMA weights" if studio.uses_ema(file) else ", raw weights (has EMA)"
+    return ", EMA weights" if studio.models.uses_ema(file) else ", raw weights (has EMA)"
 
 
 def ema_box(studio: Studio, title: str) -> Any:
@@ -92,12 +92,12 @@ def unusable_rows(studio: Studio) -> list[list[str]]:
     """One row per model file of any kind that the last scan refused, with its reason."""
     return [
         [file.kind.value, f"{file.name}{file.path.suffix}", file.error or ""]
-        for file in studio.registry.unusable()
+        for file in studio.models.registry.unusable()
     ]
 
 
 def network_samples(studio: Studio, kind: ModelKind) -> list[list[str]]:
-    return [[file.name] for file in studio.registry.files(kind)]
+    return [[file.name] for file in studio.models.registry.files(kind)]
 
 
 def prompt_tag(kind: ModelKind, name: str) -> str:
@@ -116,8 +116,8 @@ def build_models_tab(ctx: UiContext) -> ModelsTab:
     studio = ctx.studio
     with gr.Row(equal_height=True):
         choice = gr.Dropdown(
-            studio.checkpoint_titles(),
-            value=studio.current_checkpoint(),
+            studio.models.checkpoint_titles(),
+            value=studio.models.current_checkpoint(),
             label="Checkpoint",
             elem_id="models-choice",
             scale=3,
@@ -129,7 +129,7 @@ def build_models_tab(ctx: UiContext) -> ModelsTab:
     use_ema = gr.Checkbox(
         label="Use its EMA weights (files that hold both; as CompVis samples)",
         elem_id="models-ema",
-        **_ema_box_args(studio, studio.current_checkpoint()),
+        **_ema_box_args(studio, studio.models.current_checkpoint()),
     )
     error = error_box("models")
     status = gr.Markdown(elem_id="models-status")
@@ -142,8 +142,8 @@ def build_models_tab(ctx: UiContext) -> ModelsTab:
         label="Checkpoints (✓ selected)",
     )
     vae = gr.Dropdown(
-        studio.vae_choices(),
-        value=studio.vae_choice,
+        studio.models.vae_choices(),
+        value=studio.models.vae_choice,
         label="VAE (Automatic: a sidecar .vae file or the checkpoint's own)",
         elem_id="models-vae",
     )
@@ -197,9 +197,9 @@ def build_models_tab(ctx: UiContext) -> ModelsTab:
     def act(action: str, title: str) -> tuple[Any, Any, Any]:
         try:
             run = {
-                "switch": studio.select_checkpoint,
-                "unload": studio.unload_checkpoint,
-                "evict": studio.evict_checkpoint,
+                "switch": studio.models.select_checkpoint,
+                "unload": studio.models.unload_checkpoint,
+                "evict": studio.models.evict_checkpoint,
             }[action]
             done = run_and_describe(studio, lambda: run(title))
         except Exception as exc:  # a broken file must not take the page down
@@ -220,11 +220,13 @@ def build_models_tab(ctx: UiContext) -> ModelsTab:
 
     def run_select_vae(value: str) -> tuple[Any, Any]:
         try:
-            studio.select_vae(value)
+            studio.models.select_vae(value)
         except Exception as exc:
             if not isinstance(exc, CheckpointError):
                 log.exception("selecting VAE %s failed", value)
-            return gr.Dropdown(value=studio.vae_choice), show_error(f"Could not use VAE {value!r}: {exc}")
+            return gr.Dropdown(value=studio.models.vae_choice), show_error(
+                f"Could not use VAE {value!r}: {exc}"
+            )
         return gr.skip(), hide_error()
 
     vae.input(run_select_vae, inputs=vae, outputs=[vae, error], **PRIVATE)
@@ -241,7 +243,7 @@ def build_models_tab(ctx: UiContext) -> ModelsTab:
             refused = show_error("only an admin may choose a checkpoint's weights")
             return gr.skip(), refused, gr.skip(), ema_box(studio, title)
         try:
-            file = studio.find_checkpoint(title)
+            file = studio.models.find_checkpoint(title)
             ctx.live.update(ema_choices={**studio.settings.ema_choices, file.name: bool(use)})
         except (CheckpointError, ValueError) as exc:
             return (
@@ -259,19 +261,19 @@ def build_models_tab(ctx: UiContext) -> ModelsTab:
 
 def _ema_box_args(studio: Studio, title: str) -> dict[str, Any]:
     try:
-        file = studio.find_checkpoint(title)
+        file = studio.models.find_checkpoint(title)
     except CheckpointError:
         return {"value": False, "interactive": False}
-    return {"value": studio.uses_ema(file), "interactive": file.has_ema}
+    return {"value": studio.models.uses_ema(file), "interactive": file.has_ema}
 
 
 def refresh_outputs(studio: Studio) -> tuple[Any, ...]:
     """After a rescan: the table, the dropdown, the VAE list, both network lists and the refused files."""
-    studio.refresh_checkpoints()
+    studio.models.refresh_checkpoints()
     return (
         checkpoint_rows(studio),
-        gr.Dropdown(choices=studio.checkpoint_titles(), value=studio.current_checkpoint()),
-        gr.Dropdown(choices=studio.vae_choices(), value=studio.vae_choice),
+        gr.Dropdown(choices=studio.models.checkpoint_titles(), value=studio.models.current_checkpoint()),
+        gr.Dropdown(choices=studio.models.vae_choices(), value=studio.models.vae_choice),
         gr.Dataset(samples=network_samples(studio, ModelKind.LORA)),
         gr.Dataset(samples=network_samples(studio, ModelKind.EMBEDDING)),
         unusable_rows(studio),
@@ -280,7 +282,7 @@ def refresh_outputs(studio: Studio) -> tuple[Any, ...]:
 
 def _build_merger(ctx: UiContext, tab: ModelsTab) -> Any:
     studio = ctx.studio
-    titles = studio.checkpoint_titles()
+    titles = studio.models.checkpoint_titles()
     with gr.Accordion("Merge checkpoints", open=False, elem_id="models-merger"):
         with gr.Row():
             primary = gr.Dropdown(titles, label="Primary (A)", elem_id="merge-primary")
@@ -308,19 +310,19 @@ def _build_merger(ctx: UiContext, tab: ModelsTab) -> Any:
                 raise ValueError("choose a primary and a secondary checkpoint")
             method_of = {m.label: m for m in MergeMethod}
             recipe = MergeRecipe(
-                primary=studio.find_checkpoint(a).path,
-                secondary=studio.find_checkpoint(b).path,
-                tertiary=studio.find_checkpoint(c).path if c else None,
+                primary=studio.models.find_checkpoint(a).path,
+                secondary=studio.models.find_checkpoint(b).path,
+                tertiary=studio.models.find_checkpoint(c).path if c else None,
                 method=method_of[method_label],
                 multiplier=m,
                 name=new_name or "",
             )
-            file = studio.merge_checkpoints(recipe)
+            file = studio.models.merge_checkpoints(recipe)
         except (ValueError, OSError) as exc:
             return (show_error(f"Merge failed: {exc}"), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
-        titles = studio.checkpoint_titles()
+        titles = studio.models.checkpoint_titles()
         choices = gr.Dropdown(choices=titles)
-        digest = studio.facts.cached_sha256(file.path)
+        digest = studio.models.facts.cached_sha256(file.path)
         done = (
             f"Wrote **{file.name}** ({format_size(file.size_bytes)}, hash {digest[:10] if digest else '?'}) "
             f"to {file.path.parent}; it is in the lists now."

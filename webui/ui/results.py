@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 from PIL import Image
@@ -18,10 +18,8 @@ from webui.engine.request import GenerationRequest
 from webui.jobs import Job, JobState
 from webui.jobs.queue import JobNotFound, QueueFull
 from webui.ui.context import PRIVATE, UiContext
+from webui.ui.controls import GenerationControls
 from webui.ui.progress import image_data_url, live_html
-
-if TYPE_CHECKING:
-    from webui.ui.generation_tab import GenerationTab
 
 log = logging.getLogger(__name__)
 
@@ -115,19 +113,21 @@ def selected_item(items: list[dict[str, Any]], index: int | None) -> dict[str, A
 
 def wire_generation(
     ctx: UiContext,
-    tab: GenerationTab,
+    controls: GenerationControls,
+    panel: ResultsPanel,
+    buttons: tuple[gr.Button, gr.Button, gr.Button],
     *,
     extra_inputs: list[gr.components.Component],
     make_request: Callable[[list[Any], list[Any]], GenerationRequest],
     allowed_roots: Callable[[], list[Path]],
     staged: tuple[gr.components.Component, gr.components.Component] | None = None,
-) -> None:
-    """Generate, Interrupt and Skip for one tab. `make_request(control_values, extra_values)`.
+) -> Any:
+    """Generate, Interrupt and Skip (`buttons`) for one tab; the Generate event, which the page's
+    header follows. `make_request(control_values, extra_values)`.
 
     `staged` = (shown, hidden): Generate first copies `shown` into `hidden` in the browser (see
     `stage_copy`), and `extra_inputs` name `hidden`."""
-    generate, interrupt, skip = tab.buttons
-    controls, panel = tab.controls, tab.panel
+    generate, interrupt, skip = buttons
     count = len(controls.inputs)
 
     def run(request: gr.Request, *values: Any) -> Iterator[dict[Any, Any]]:
@@ -166,7 +166,7 @@ def wire_generation(
     }
     # Ctrl+Enter in a prompt box clicks this button (see KEYS_JS in app.py).
     start = generate.click if staged is None else stage_copy(generate.click, *staged).then
-    tab.finished = start(
+    finished = start(
         run,
         inputs=[*controls.inputs, *extra_inputs],
         outputs=outputs,  # type: ignore[arg-type]
@@ -180,6 +180,7 @@ def wire_generation(
     controls.reuse_seed.click(
         _reuse_seed, inputs=[panel.items, panel.selected], outputs=controls.seed, queue=False, **PRIVATE
     )
+    return finished
 
 
 def stage_copy(

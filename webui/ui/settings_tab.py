@@ -132,7 +132,7 @@ def build_settings_tab(ctx: UiContext) -> None:
         with gr.Group():
             gr.Markdown("### Memory budgets (GB; empty = automatic)")
             with gr.Row():
-                budgets = ctx.studio.cache.budgets
+                budgets = ctx.studio.models.cache.budgets
                 vram = gr.Textbox(
                     _budget_text(now.vram_budget_gb),
                     label="VRAM for cached models",

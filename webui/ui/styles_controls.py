@@ -6,17 +6,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import gradio as gr
 
 from webui.styles import Style, StyleBook, StyleError
 from webui.ui.context import PRIVATE
+from webui.ui.controls import GenerationControls
 from webui.ui.fields import Field
-from webui.ui.results import hide_error, show_error, show_notice
-
-if TYPE_CHECKING:
-    from webui.ui.generation_tab import GenerationTab
+from webui.ui.results import ResultsPanel, hide_error, show_error, show_notice
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +67,15 @@ def build_style_controls(tab: str, book: StyleBook) -> StyleControls:
     return StyleControls(styles, refresh, apply, name, save)
 
 
-def wire_styles(book: StyleBook, tabs: Sequence[GenerationTab]) -> None:
+class StyledTab(Protocol):
+    """What wiring styles needs of a generation tab: its style controls, prompts and error box."""
+
+    styles: StyleControls
+    controls: GenerationControls
+    panel: ResultsPanel
+
+
+def wire_styles(book: StyleBook, tabs: Sequence[StyledTab]) -> None:
     """Apply works on its own tab; saving or refreshing updates the style list of every tab."""
     dropdowns = [tab.styles.styles for tab in tabs]
 

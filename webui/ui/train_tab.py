@@ -65,8 +65,8 @@ def build_train_tab(ctx: UiContext) -> TrainTab:
                 value=SHAPES_DATASET, label="Dataset folder (or 'shapes')", elem_id="train-dataset"
             )
             base = gr.Dropdown(
-                choices=studio.checkpoint_titles(),
-                value=studio.current_checkpoint(),
+                choices=studio.models.checkpoint_titles(),
+                value=studio.models.current_checkpoint(),
                 label="Base checkpoint (not used by 'from scratch')",
                 elem_id="train-base",
             )
@@ -82,7 +82,7 @@ def build_train_tab(ctx: UiContext) -> TrainTab:
                 )
             with gr.Row():
                 resolution = gr.Number(
-                    studio.default_size,
+                    studio.models.default_size,
                     label="Resolution",
                     precision=0,
                     minimum=64,

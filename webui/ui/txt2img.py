@@ -14,12 +14,14 @@ from webui.ui.results import wire_generation
 
 def build_txt2img(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> GenerationTab:
     def options(controls: GenerationControls) -> HiresControls:
-        return build_hires("txt2img", ctx.studio.hires_upscaler_names, controls)
+        return build_hires("txt2img", ctx.studio.models.hires_upscaler_names, controls)
 
     tab = build_generation_tab(ctx, "txt2img", build_options=options, script_mode="txt2img")
-    wire_generation(
+    tab.finished = wire_generation(
         ctx,
-        tab,
+        tab.controls,
+        tab.panel,
+        tab.buttons,
         extra_inputs=tab.script_inputs(),
         make_request=lambda values, script_values: tab.with_script(
             tab.controls.to_request(values), script_values

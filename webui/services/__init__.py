@@ -1,0 +1,1 @@
+"""Services the page, the APIs and the CLI share: models, generation (webui.studio), outputs."""
