@@ -49,7 +49,7 @@ class ImageParameters:
         pairs: dict[str, object] = {}
         for item in declared_parameters(GenerationRequest):
             key = item.param.infotext
-            if key is None or key in pairs:  # the second half of a `WxH` key is written with the first
+            if key is None or key in pairs or item.param.size_axis:  # a `WxH` is written by its first half
                 continue
             write = item.param.write
             value = write(self) if write is not None else getattr(self.request, item.name)
