@@ -17,6 +17,7 @@ from webui.api.fields import (
     RNG_OPTION,
     SAVE_OPTION,
     VAE_OPTION,
+    settings_fields,
 )
 from webui.api.images import decode_image, flatten_alpha
 from webui.api.schemas import Img2ImgBody, Txt2ImgBody
@@ -172,7 +173,7 @@ def _refuse_unsupported(body: Txt2ImgBody) -> None:
 
 
 # A1111 settings an infotext carries, by our request field, and their override_settings key.
-_INFOTEXT_SETTINGS = {"clip_skip": CLIP_SKIP_OPTION, "rng": RNG_OPTION}
+_INFOTEXT_SETTINGS = settings_fields()
 
 
 def with_infotext(body: Txt2ImgBody) -> Txt2ImgBody:

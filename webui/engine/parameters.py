@@ -97,8 +97,10 @@ class Declared:
         return self.param.api or self.name
 
     @property
-    def is_int(self) -> bool:
-        return self.type is int
+    def flag_dest(self) -> str:
+        """The argparse attribute of its command-line flag ("--n-iter": "n_iter")."""
+        long = next(flag for flag in self.param.cli if flag.startswith("--"))
+        return long.removeprefix("--").replace("-", "_")
 
     def range_text(self) -> str:
         """The range in words, e.g. "between 64 and 4096"; "" when there is none."""
