@@ -590,7 +590,7 @@ class Studio:
         each = None if guard is None else (lambda generation: guard(generation, script.title))
         run = ScriptRun.for_studio(self, request.mode, control, on_step, save, checkpoint, vae, hooks, each)
         if not request.save_grid:
-            run.save_grid = lambda _grid, _infotext: None
+            run.save_grid = lambda *_grid_infotext_seed: None
         return script.run(replace(request, script_name="", script_args=[]), args, run)
 
     # -- live previews ------------------------------------------------------------------------

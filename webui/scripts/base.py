@@ -83,7 +83,8 @@ class ScriptRun:
     preflight: Callable[[GenerationRequest, str | None], object]
     upscale: Callable[[Image.Image, str, float], Image.Image]  # (image, upscaler name, scale factor)
     checkpoint_names: Callable[[], list[str]]  # for scripts and UIs that offer the checkpoint list
-    save_grid: Callable[[Image.Image, str], Path | None]  # (grid, infotext) -> path; None when not saving
+    # (grid, infotext, seed of its first cell; None: read from the infotext) -> path; None when not saving
+    save_grid: Callable[..., Path | None]
     save_image: Callable[[Image.Image, str, int], Path | None]  # (image, infotext, seed), the mode's images
     control: JobControl
 
@@ -126,12 +127,11 @@ class ScriptRun:
                 hooks=hooks,
             )
 
-        def save_grid(grid: Image.Image, infotext: str) -> Path | None:
+        def save_grid(grid: Image.Image, infotext: str, seed: int | None = None) -> Path | None:
             if not save_all:
                 return None
-            return studio.saver.save(
-                grid, mode=mode, seed=_seed_of(infotext), infotext=infotext, kind="grids"
-            )
+            seed = _seed_of(infotext) if seed is None else seed
+            return studio.saver.save(grid, mode=mode, seed=seed, infotext=infotext, kind="grids")
 
         def save_image(image: Image.Image, infotext: str, seed: int) -> Path | None:
             return studio.saver.save(image, mode=mode, seed=seed, infotext=infotext) if save_all else None
@@ -148,7 +148,7 @@ class ScriptRun:
 
 
 def _seed_of(infotext: str) -> int:
-    """The seed a grid's file name pattern shows: its first cell's."""
+    """The seed a grid's file name pattern shows, its first cell's, for a script that gave none."""
     try:
         return int(parse_infotext(infotext).params.get("Seed", "0"))
     except ValueError:
