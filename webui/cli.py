@@ -11,12 +11,12 @@ import argparse
 import logging
 import sys
 from dataclasses import replace
-from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from webui.cli_flags import GENERATION_FLAGS, IMG2IMG_FLAGS, add_declared_flag, is_choice
 from webui.cli_remote import AUTH_ENV, open_image, run_on_server
-from webui.engine.parameters import Declared, declared  # no torch
+from webui.engine.parameters import declared  # no torch
 from webui.engine.request import GenerationError, GenerationRequest  # no torch
 
 if TYPE_CHECKING:
@@ -71,33 +71,6 @@ def build_parser(server: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
-# The request fields each command takes a flag for; flags, help and bounds come from the request's
-# declaration (engine/request.py).
-GENERATION_FLAGS = (
-    "prompt",
-    "negative_prompt",
-    "sampler_name",
-    "scheduler",
-    "steps",
-    "cfg_scale",
-    "width",
-    "height",
-    "seed",
-    "batch_size",
-    "n_iter",
-    "clip_skip",
-)
-IMG2IMG_FLAGS = (
-    "denoising_strength",
-    "resize_mode",
-    "mask_blur",
-    "inpainting_mask_invert",
-    "inpainting_fill",
-    "inpaint_full_res",
-    "inpaint_full_res_padding",
-)
-
-
 def _add_generation_flags(
     command: argparse.ArgumentParser, name: str, scheduler_help: str, server: bool
 ) -> None:
@@ -119,24 +92,6 @@ def _add_generation_flags(
         )
         for field in IMG2IMG_FLAGS:
             add_declared_flag(command, declared(GenerationRequest, field))
-
-
-def add_declared_flag(command: argparse.ArgumentParser, item: Declared, **options: Any) -> None:
-    """A request field's flag as declared: its type, default and help, its bounds in the help."""
-    kwargs: dict[str, Any] = {"default": item.default}
-    if item.param.help:
-        kwargs["help"] = item.param.help
-    if item.type is bool:
-        kwargs["action"] = "store_true"
-    elif _is_choice(item):
-        kwargs.update(type=int, choices=[member.value for member in item.type], default=int(item.default))
-    else:
-        kwargs["type"] = item.type
-    kwargs.update(options)
-    bounds = item.bounds_text()
-    if bounds:
-        kwargs["help"] = f"{kwargs['help']}; {bounds}" if kwargs.get("help") else bounds
-    command.add_argument(*item.param.cli, **kwargs)
 
 
 def _add_server_flags(command: argparse.ArgumentParser) -> None:
@@ -175,18 +130,13 @@ class _LocalOnly(argparse.Action):
         )
 
 
-def _is_choice(item: Declared) -> bool:
-    """A numbered choice (resize mode, masked content): an int flag limited to its members."""
-    return isinstance(item.type, type) and issubclass(item.type, IntEnum)
-
-
 def request_from_args(args: argparse.Namespace) -> GenerationRequest:
     names = GENERATION_FLAGS + (IMG2IMG_FLAGS if args.command == "img2img" else ())
     values: dict[str, Any] = {}
     for name in names:
         item = declared(GenerationRequest, name)
         value = getattr(args, item.flag_dest)
-        values[name] = item.type(value) if _is_choice(item) else value
+        values[name] = item.type(value) if is_choice(item) else value
     values["width"], values["height"] = args.width or 512, args.height or 512
     request = GenerationRequest(**values)
     if args.command == "img2img":
