@@ -158,16 +158,12 @@ def declared(cls: type, name: str) -> Declared:
 def _bounds_model(cls: type) -> type[BaseModel]:
     """A pydantic model of `cls`'s bounded fields, strict so that 20.0 or True is no step count."""
     model_fields: dict[str, Any] = {
-        item.name: (_annotation_of(cls, item.name), item.default)
+        item.name: (_hints(cls)[item.name], item.default)
         for item in declared_parameters(cls)
         if item.bounds is not None
     }
     config = ConfigDict(strict=True, arbitrary_types_allowed=True, allow_inf_nan=False)
     return create_model(f"{cls.__name__}Bounds", __config__=config, **model_fields)
-
-
-def _annotation_of(cls: type, name: str) -> Any:
-    return _hints(cls)[name]
 
 
 def _hints(cls: type) -> dict[str, Any]:
