@@ -12,10 +12,12 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from webui.cli_flags import GENERATION_FLAGS, IMG2IMG_FLAGS, add_declared_flag, is_choice
 from webui.cli_remote import AUTH_ENV, open_image, run_on_server
-from webui.engine.request import GenerationError, GenerationRequest, MaskedContent, ResizeMode  # no torch
+from webui.engine.parameters import declared  # no torch
+from webui.engine.request import GenerationError, GenerationRequest  # no torch
 
 if TYPE_CHECKING:
     from webui.engine.steps import StepInfo
@@ -72,38 +74,24 @@ def build_parser(server: bool = False) -> argparse.ArgumentParser:
 def _add_generation_flags(
     command: argparse.ArgumentParser, name: str, scheduler_help: str, server: bool
 ) -> None:
-    command.add_argument("--prompt", "-p", required=True)
-    command.add_argument("--negative-prompt", "-n", default="")
-    command.add_argument("--sampler", default="Euler a", help='A1111 name, e.g. "DPM++ 2M" or "Euler a"')
-    command.add_argument("--scheduler", default="Automatic", help=scheduler_help)
-    command.add_argument("--steps", type=int, default=20)
-    command.add_argument("--cfg-scale", type=float, default=7.0)
     size_help = "default 512 (128 with the demo model)"
-    command.add_argument("--width", type=int, default=None, help=size_help)
-    command.add_argument("--height", type=int, default=None, help=size_help)
-    command.add_argument("--seed", type=int, default=-1, help="-1 picks one and reports it")
-    command.add_argument("--batch-size", type=int, default=1)
-    command.add_argument("--n-iter", type=int, default=1, help="batch count")
     # A server has its own clip skip setting: only send one when asked to.
-    command.add_argument(
-        "--clip-skip", type=int, default=None if server else 1, help="default: 1 (--server: the server's)"
-    )
+    special: dict[str, dict[str, Any]] = {
+        "prompt": {"required": True, "default": None},
+        "scheduler": {"help": scheduler_help},
+        "width": {"default": None, "help": size_help},
+        "height": {"default": None, "help": size_help},
+        "clip_skip": {"default": None if server else 1, "help": "default: 1 (--server: the server's)"},
+    }
+    for field in GENERATION_FLAGS:
+        add_declared_flag(command, declared(GenerationRequest, field), **special.get(field, {}))
     if name == "img2img":
         command.add_argument("--init-image", type=Path, required=True)
         command.add_argument(
             "--mask", type=Path, help="white = repaint; without it, the image's alpha is used"
         )
-        command.add_argument("--denoising-strength", type=float, default=0.75)
-        command.add_argument("--resize-mode", type=int, choices=[m.value for m in ResizeMode], default=0)
-        command.add_argument("--mask-blur", type=int, default=4)
-        command.add_argument("--invert-mask", action="store_true")
-        command.add_argument(
-            "--inpainting-fill", type=int, choices=[m.value for m in MaskedContent], default=1
-        )
-        command.add_argument(
-            "--only-masked", action="store_true", help="inpaint the masked area at full size"
-        )
-        command.add_argument("--only-masked-padding", type=int, default=32)
+        for field in IMG2IMG_FLAGS:
+            add_declared_flag(command, declared(GenerationRequest, field))
 
 
 def _add_server_flags(command: argparse.ArgumentParser) -> None:
@@ -143,30 +131,17 @@ class _LocalOnly(argparse.Action):
 
 
 def request_from_args(args: argparse.Namespace) -> GenerationRequest:
-    request = GenerationRequest(
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        sampler_name=args.sampler,
-        scheduler=args.scheduler,
-        steps=args.steps,
-        cfg_scale=args.cfg_scale,
-        width=args.width or 512,
-        height=args.height or 512,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        n_iter=args.n_iter,
-        clip_skip=args.clip_skip,
-    )
+    names = GENERATION_FLAGS + (IMG2IMG_FLAGS if args.command == "img2img" else ())
+    values: dict[str, Any] = {}
+    for name in names:
+        item = declared(GenerationRequest, name)
+        value = getattr(args, item.flag_dest)
+        values[name] = item.type(value) if is_choice(item) else value
+    values["width"], values["height"] = args.width or 512, args.height or 512
+    request = GenerationRequest(**values)
     if args.command == "img2img":
         request.init_image = open_image(args.init_image, "--init-image")
         request.mask = open_image(args.mask, "--mask") if args.mask else None
-        request.denoising_strength = args.denoising_strength
-        request.resize_mode = ResizeMode(args.resize_mode)
-        request.mask_blur = args.mask_blur
-        request.inpainting_mask_invert = args.invert_mask
-        request.inpainting_fill = MaskedContent(args.inpainting_fill)
-        request.inpaint_full_res = args.only_masked
-        request.inpaint_full_res_padding = args.only_masked_padding
     return request
 
 

@@ -16,32 +16,15 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from webui.api_client import ApiClient, ApiClientError, parse_auth, split_credentials
+from webui.cli_flags import GENERATION_FLAGS, IMG2IMG_FLAGS, body_fields
 from webui.engine.request import GenerationError
 from webui.outputs.files import ImageSaver
 
 AUTH_ENV = "WEBUI_AUTH"
 # (body field, argument, flag): the A1111 body of --server, and the flag behind a refused field.
-BODY_FIELDS = (
-    ("prompt", "prompt", "--prompt"),
-    ("negative_prompt", "negative_prompt", "--negative-prompt"),
-    ("sampler_name", "sampler", "--sampler"),
-    ("scheduler", "scheduler", "--scheduler"),
-    ("steps", "steps", "--steps"),
-    ("cfg_scale", "cfg_scale", "--cfg-scale"),
-    ("width", "width", "--width"),
-    ("height", "height", "--height"),
-    ("seed", "seed", "--seed"),
-    ("batch_size", "batch_size", "--batch-size"),
-    ("n_iter", "n_iter", "--n-iter"),
-)
-IMG2IMG_BODY_FIELDS = (
-    ("denoising_strength", "denoising_strength", "--denoising-strength"),
-    ("resize_mode", "resize_mode", "--resize-mode"),
-    ("mask_blur", "mask_blur", "--mask-blur"),
-    ("inpainting_fill", "inpainting_fill", "--inpainting-fill"),
-    ("inpaint_full_res", "only_masked", "--only-masked"),
-    ("inpaint_full_res_padding", "only_masked_padding", "--only-masked-padding"),
-)
+BODY_FIELDS = body_fields(GENERATION_FLAGS)
+# The body takes the mask's inversion as 0 or 1: sent apart.
+IMG2IMG_BODY_FIELDS = body_fields(IMG2IMG_FLAGS, sent_apart=("inpainting_mask_invert",))
 # Fields a server may name that are not copied one-to-one from an argument.
 OTHER_FIELD_FLAGS = (
     ("init_images", "--init-image"),

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from webui.engine.image_parameters import ImageParameters
+
 
 @dataclass
 class StudioResult:
@@ -16,3 +18,5 @@ class StudioResult:
     seeds: list[int]
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)  # extensions' failures during the job
+    # Each image's typed parameters, beside `infotexts` (a script's grids and cells have none).
+    parameters: list[ImageParameters] = field(default_factory=list)

@@ -14,6 +14,7 @@ from webui import __version__
 from webui.engine.devices import resolve_device, resolve_dtype
 from webui.engine.extra_networks import RefusedNetworks
 from webui.engine.generate import Engine, GenerationResult
+from webui.engine.image_parameters import ModelFacts
 from webui.engine.preview import PreviewRenderer, vae_decode, with_previews
 from webui.engine.request import GenerationError, GenerationRequest
 from webui.engine.samplers import make_scheduler, resolve_sampler
@@ -275,19 +276,17 @@ class Studio:
         if first == 0:
             hooks.warnings.extend(self._few_step_notes(file, request, batch))
         hooks.warnings.extend(self._screen(batch, first))
-        shared = self._infotext_extras(file, model.vae_path, batch)
-        if model.weights_label is not None:
-            shared["Weights"] = model.weights_label
-        for offset, (image, seed) in enumerate(zip(batch.images, batch.seeds)):
-            params = self._infotext_params(batch.params, seed, file, shared)
-            if batch.subseeds:
-                params["Variation seed"] = batch.subseeds[offset]
-            finished = ImageDone(image, first + offset, seed, request, params)
+        facts = self._model_facts(file, model, batch)
+        for offset, (image, made) in enumerate(zip(batch.images, batch.parameters)):
+            parameters = replace(made, model=facts)
+            seed = parameters.seed
+            finished = ImageDone(image, first + offset, seed, request, parameters.infotext_pairs())
             hooks.after_image(finished)
             infotext = format_infotext(request.prompt, request.negative_prompt, finished.params)
             done.images.append(finished.image)
             done.infotexts.append(infotext)
             done.seeds.append(seed)
+            done.parameters.append(parameters)
             if save:
                 path = self.outputs.save(finished.image, mode=request.mode, seed=seed, infotext=infotext)
                 done.paths.append(path)
@@ -300,6 +299,7 @@ class Studio:
                     done.infotexts[first:],
                     done.seeds[first:],
                     batch.interrupted,
+                    parameters=done.parameters[first:],
                 )
             )
 
@@ -355,12 +355,11 @@ class Studio:
                 hooks=hooks,
             )
 
-        def save_grid(grid: Image.Image, infotext: str) -> Path | None:
+        def save_grid(grid: Image.Image, infotext: str, seed: int | None = None) -> Path | None:
             if not save_all:
                 return None
-            return self.outputs.save(
-                grid, mode=mode, seed=grid_seed(infotext), infotext=infotext, kind="grids"
-            )
+            seed = grid_seed(infotext) if seed is None else seed
+            return self.outputs.save(grid, mode=mode, seed=seed, infotext=infotext, kind="grids")
 
         def save_image(image: Image.Image, infotext: str, seed: int) -> Path | None:
             return self.outputs.save(image, mode=mode, seed=seed, infotext=infotext) if save_all else None
@@ -393,7 +392,7 @@ class Studio:
         each = None if guard is None else (lambda generation: guard(generation, script.title))
         run = self.script_run(request.mode, control, on_step, save, checkpoint, vae, hooks, each)
         if not request.save_grid:
-            run.save_grid = lambda _grid, _infotext: None
+            run.save_grid = lambda *_grid_infotext_seed: None
         return script.run(replace(request, script_name="", script_args=[]), args, run)
 
     # -- live previews ------------------------------------------------------------------------
@@ -469,38 +468,30 @@ class Studio:
         else:
             model.vae.disable_tiling()
 
-    def _infotext_extras(
-        self, file: ModelFile, vae_file: Path | None, result: GenerationResult
-    ) -> dict[str, object]:
-        extras: dict[str, object] = {}
-        if vae_file is not None:
-            digest = self.models.facts.sha256(vae_file)
-            extras["VAE hash"] = digest[:10] if digest else None
-            extras["VAE"] = vae_file.name
+    def _model_facts(self, file: ModelFile, model: LoadedModel, result: GenerationResult) -> ModelFacts:
+        """The files behind a batch's images, for their infotext."""
+        vae_hash = vae_name = None
+        if model.vae_path is not None:
+            digest = self.models.facts.sha256(model.vae_path)
+            vae_hash, vae_name = (digest[:10] if digest else None), model.vae_path.name
+        more: dict[str, object] = {}
         for key, kind, names in (
             ("Lora hashes", ModelKind.LORA, [name for name, _ in result.loras]),
             ("TI hashes", ModelKind.EMBEDDING, result.embeddings),
         ):
             if names:
                 files = self.models.paths(kind)
-                extras[key] = ", ".join(
+                more[key] = ", ".join(
                     f"{name}: {(self.models.facts.sha256(files[name]) or '')[:_NETWORK_HASH_LENGTH]}"
                     for name in names
                 )
-        return extras
-
-    def _infotext_params(
-        self, params: dict[str, object], seed: int, file: ModelFile, extras: dict[str, object]
-    ) -> dict[str, object]:
-        ordered: dict[str, object] = {}
-        for key, value in params.items():
-            ordered[key] = value
-            if key == "CFG scale":
-                ordered["Seed"] = seed
-            if key == "Size":
-                ordered["Model hash"] = self.models.registry.short_hash(file)
-                ordered["Model"] = Path(file.name).name  # A1111: the file name, not its folder
-                ordered.update({k: v for k, v in extras.items() if k in ("VAE hash", "VAE")})
-        ordered.update({k: v for k, v in extras.items() if k not in ordered})
-        ordered["Version"] = f"webui {__version__}"
-        return ordered
+        if model.weights_label is not None:
+            more["Weights"] = model.weights_label
+        return ModelFacts(
+            name=Path(file.name).name,  # A1111: the file name, not its folder
+            hash=self.models.registry.short_hash(file),
+            vae=vae_name,
+            vae_hash=vae_hash,
+            more=more,
+            version=f"webui {__version__}",
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +18,14 @@ from webui.api.fields import (
     RNG_OPTION,
     SAVE_OPTION,
     VAE_OPTION,
+    settings_fields,
 )
 from webui.api.images import decode_image, flatten_alpha
 from webui.api.schemas import Img2ImgBody, Txt2ImgBody
 from webui.engine.request import RNG_SOURCES, GenerationRequest, MaskedContent, ResizeMode
 from webui.jobs import Job
 from webui.outputs import parse_infotext, request_fields_from_params
+from webui.results import StudioResult
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,7 @@ def _refuse_unsupported(body: Txt2ImgBody) -> None:
 
 
 # A1111 settings an infotext carries, by our request field, and their override_settings key.
-_INFOTEXT_SETTINGS = {"clip_skip": CLIP_SKIP_OPTION, "rng": RNG_OPTION}
+_INFOTEXT_SETTINGS = settings_fields()
 
 
 def with_infotext(body: Txt2ImgBody) -> Txt2ImgBody:
@@ -263,20 +266,20 @@ def response_info(job: Job, body: Txt2ImgBody) -> str:
     request = job.request
     infotexts = list(result.infotexts) if result else []
     seeds = list(result.seeds) if result else []
-    parsed_texts = [parse_infotext(text) for text in infotexts]
-    params = parsed_texts[0].params if parsed_texts else {}
+    images = _images_made(result)
+    params = images[0].params if images else {}
     count = len(seeds)
     subseeds = (
-        [int(parsed.params.get("Variation seed", -1)) for parsed in parsed_texts]
+        [int(str(image.params.get("Variation seed", -1))) for image in images]
         if request.subseed_strength > 0
         else []
     )
     info = {
         "prompt": request.prompt,
         # As A1111: the prompts each image was made from, styles applied.
-        "all_prompts": [parsed.prompt for parsed in parsed_texts] or [request.prompt] * count,
+        "all_prompts": [image.prompt for image in images] or [request.prompt] * count,
         "negative_prompt": request.negative_prompt,
-        "all_negative_prompts": [parsed.negative_prompt for parsed in parsed_texts]
+        "all_negative_prompts": [image.negative_prompt for image in images]
         or [request.negative_prompt] * count,
         "seed": seeds[0] if seeds else request.seed,
         "all_seeds": seeds,
@@ -311,3 +314,24 @@ def response_info(job: Job, body: Txt2ImgBody) -> str:
         "version": __version__,
     }
     return json.dumps(info)
+
+
+@dataclass(frozen=True)
+class _Made:
+    prompt: str
+    negative_prompt: str
+    params: Mapping[str, object]  # the infotext's pairs, typed or as text
+
+
+def _images_made(result: StudioResult | None) -> list[_Made]:
+    """Each image's prompts and infotext pairs: from its typed parameters when the job has them,
+    else read back from its infotext (a job restored after a restart, a script's grids and cells)."""
+    if result is None:
+        return []
+    if len(result.parameters) == len(result.infotexts):
+        return [
+            _Made(made.request.prompt, made.request.negative_prompt, made.infotext_pairs())
+            for made in result.parameters
+        ]
+    parsed = [parse_infotext(text) for text in result.infotexts]
+    return [_Made(each.prompt, each.negative_prompt, each.params) for each in parsed]

@@ -6,7 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from webui.engine.request import find_bad_value
+from webui.engine.parameters import declared_parameters
+from webui.engine.request import GenerationRequest, find_bad_value
 
 
 class CleanBody(BaseModel):
@@ -37,7 +38,28 @@ class _Body(CleanBody):
         return value
 
 
+def _declared_bounds(schema: dict[str, Any], _model: type) -> None:
+    """The request's declared bounds (engine/request.py) on the body fields that carry them.
+
+    They are checked once, when the request is validated, and only where they apply: a hires
+    value, for one, is not refused while hires fix is off, as in A1111."""
+    properties = schema.get("properties", {})
+    for item in declared_parameters(GenerationRequest):
+        shown = properties.get(item.api_name)
+        if shown is None:
+            continue
+        for key, value in (
+            ("minimum", item.minimum),
+            ("maximum", item.maximum),
+            ("multipleOf", item.multiple_of),
+        ):
+            if value is not None:
+                shown[key] = value
+
+
 class Txt2ImgBody(_Body):
+    model_config = ConfigDict(json_schema_extra=_declared_bounds)
+
     prompt: str = ""
     negative_prompt: str = ""
     styles: list[str] = Field(default_factory=list)

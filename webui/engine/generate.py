@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from webui.engine.extra_networks import (
     refused_network,
 )
 from webui.engine.families import SamplingLoop, sampling_loop
+from webui.engine.image_parameters import ImageParameters
 from webui.engine.latent_upscale import is_latent_mode, upscale_latent
 from webui.engine.noise import image_noise, sampler_generator
 from webui.engine.passes import BatchInputs, ConditioningSchedule, Pass, Progress, pass_timesteps
@@ -47,11 +48,16 @@ LATENT_SCALE = 8
 class GenerationResult:
     images: list[Image.Image]
     seeds: list[int]
-    params: dict[str, object]  # A1111 infotext keys shared by every image (seed is per image)
+    parameters: list[ImageParameters]  # per image, typed; the infotext is written from them
     interrupted: bool = False
     loras: list[tuple[str, float]] = field(default_factory=list)  # (name, weight) applied from prompt tags
     embeddings: list[str] = field(default_factory=list)  # names of the embeddings the prompts used
     subseeds: list[int] = field(default_factory=list)  # per image, when variation seeds were used
+
+    @property
+    def params(self) -> dict[str, object]:
+        """The first image's A1111 infotext pairs (the others differ only in their seeds)."""
+        return self.parameters[0].infotext_pairs() if self.parameters else {}
 
 
 @dataclass
@@ -134,7 +140,11 @@ class Engine:
 
         images: list[Image.Image] = []
         interrupted = False
-        params = self._params(request, sampler.name, schedule)
+        made = _image_parameters(request, sampler.name, schedule)
+        parameters = [
+            replace(made, seed=seed, subseed=subseed if request.subseed_strength > 0 else None)
+            for seed, subseed in zip(seeds, subseeds)
+        ]
         for batch_index in range(request.n_iter):
             batch = slice(batch_index * request.batch_size, (batch_index + 1) * request.batch_size)
             try:
@@ -162,7 +172,7 @@ class Engine:
                     GenerationResult(
                         batch_images,
                         seeds[done],
-                        params,
+                        parameters[done],
                         interrupted,
                         prompts.loras,
                         prompts.embeddings,
@@ -175,7 +185,7 @@ class Engine:
         return GenerationResult(
             images,
             seeds[: len(images)],
-            params,
+            parameters[: len(images)],
             interrupted,
             prompts.loras,
             prompts.embeddings,
@@ -409,41 +419,6 @@ class Engine:
         posterior = vae.encode(pixels.to(self.model.device, vae.dtype)).latent_dist
         return (posterior.mode() * vae.config.scaling_factor).to(self.model.dtype)
 
-    def _params(self, request: GenerationRequest, sampler: str, schedule: str) -> dict[str, object]:
-        params: dict[str, object] = {
-            "Steps": request.steps,
-            "Sampler": sampler,
-            "Schedule type": schedule,
-            "CFG scale": request.cfg_scale,
-            "Size": f"{request.width}x{request.height}",
-        }
-        if request.clip_skip > 1:
-            params["Clip skip"] = request.clip_skip
-        if request.eta is not None:
-            params["Eta"] = request.eta
-        if request.init_image is not None:
-            params["Denoising strength"] = request.denoising_strength
-            if request.initial_noise_multiplier != 1.0:
-                params["Noise multiplier"] = request.initial_noise_multiplier
-        if request.is_inpaint:
-            if request.mask_blur_y is None or request.mask_blur_y == request.mask_blur:
-                params["Mask blur"] = request.mask_blur  # A1111 writes it only when both axes agree
-            if request.inpaint_full_res:
-                params["Inpaint area"] = "Only masked"
-                params["Masked area padding"] = request.inpaint_full_res_padding
-        if request.subseed_strength > 0:
-            params["Variation seed"] = None  # per image, filled in by the caller with the image's subseed
-            params["Variation seed strength"] = request.subseed_strength
-        if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
-            params["Seed resize from"] = f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
-        if request.tiling:
-            params["Tiling"] = True
-        if request.rng != "GPU":
-            params["RNG"] = request.rng  # A1111 writes the source unless it is its default, GPU
-        if request.enable_hr:
-            params.update(_hires_params(request, sampler, schedule))
-        return params
-
 
 def _hires_pass(request: GenerationRequest) -> Pass:
     width, height = request.hr_size
@@ -457,32 +432,16 @@ def _hires_pass(request: GenerationRequest) -> Pass:
     )
 
 
-def _hires_params(request: GenerationRequest, sampler: str, schedule: str) -> dict[str, object]:
-    """A1111's hires fix keys; a size given explicitly is written instead of the scale."""
-    params: dict[str, object] = {"Denoising strength": request.denoising_strength}
-    if request.hr_resize_x > 0 or request.hr_resize_y > 0:
-        width, height = request.hr_size
-        params["Hires resize"] = f"{width}x{height}"
-    else:
-        params["Hires upscale"] = request.hr_scale
-    if request.hr_second_pass_steps:
-        params["Hires steps"] = request.hr_second_pass_steps
-    params["Hires upscaler"] = request.hr_upscaler
-    if request.hr_sampler_name:
-        hires_sampler, hires_schedule = resolve_sampler(
-            request.hr_sampler_name, request.hr_scheduler or schedule
-        )
-        if hires_sampler.name != sampler:
-            params["Hires sampler"] = hires_sampler.name
-        if hires_schedule != schedule:
-            params["Hires schedule type"] = hires_schedule
-    elif request.hr_scheduler and request.hr_scheduler != schedule:
-        params["Hires schedule type"] = request.hr_scheduler
-    if request.hr_prompt and request.hr_prompt != request.prompt:
-        params["Hires prompt"] = request.hr_prompt
-    if request.hr_negative_prompt and request.hr_negative_prompt != request.negative_prompt:
-        params["Hires negative prompt"] = request.hr_negative_prompt
-    return params
+def _image_parameters(request: GenerationRequest, sampler: str, schedule: str) -> ImageParameters:
+    """What every image of the job shares; the caller adds each one's seeds. Hires fix's sampler
+    and schedule are resolved here, where the sampler table is, so the infotext names them as run."""
+    hr_sampler, hr_schedule = "", ""
+    if request.enable_hr and request.hr_sampler_name:
+        resolved, hr_schedule = resolve_sampler(request.hr_sampler_name, request.hr_scheduler or schedule)
+        hr_sampler = resolved.name
+    elif request.enable_hr:
+        hr_schedule = request.hr_scheduler
+    return ImageParameters(request, -1, sampler, schedule, hr_sampler=hr_sampler, hr_schedule=hr_schedule)
 
 
 def _resample(image: Image.Image, upscaler: str, size: tuple[int, int]) -> Image.Image:

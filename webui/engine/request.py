@@ -5,8 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
+from typing import Annotated
 
 from PIL import Image
+from pydantic import Field
+
+from webui.engine.parameters import Param, Slider, bounds_problem
 
 MIN_SIDE = 64
 MAX_SIDE = 4096
@@ -47,56 +51,341 @@ class MaskedContent(IntEnum):
     LATENT_NOTHING = 3
 
 
+# The infotext key a pasted A1111 text starts its hires keys with; see `enable_hr` below.
+_HIRES_KEYS = ("Hires upscale", "Hires resize")
+
+
 @dataclass
 class GenerationRequest:
-    prompt: str = ""
-    negative_prompt: str = ""
-    sampler_name: str = "Euler a"
-    scheduler: str = "Automatic"
-    steps: int = 20
-    cfg_scale: float = 7.0
-    width: int = 512
-    height: int = 512
-    seed: int = -1
-    batch_size: int = 1
-    n_iter: int = 1
-    clip_skip: int = 1
-    eta: float | None = None
-    rng: str = "CPU"  # where the noise comes from: "CPU", "GPU" (the device) or "NV" (CUDA's, anywhere)
-    disable_extra_networks: bool = False  # <lora:...> tags are taken out of the prompt but not applied
-    # img2img and inpainting
-    init_image: Image.Image | None = None
-    # More init images, one per further batch item (A1111's several `init_images`); plain img2img only.
-    more_init_images: list[Image.Image] = field(default_factory=list)
-    initial_noise_multiplier: float = 1.0  # img2img: the added noise is scaled by this
-    denoising_strength: float = 0.75
-    resize_mode: ResizeMode = ResizeMode.JUST_RESIZE
-    mask: Image.Image | None = None
-    mask_blur: int = 4
-    mask_blur_y: int | None = None  # a vertical radius of its own; None: mask_blur both ways
-    inpainting_mask_invert: bool = False
-    inpainting_fill: MaskedContent = MaskedContent.ORIGINAL
-    inpaint_full_res: bool = False
-    inpaint_full_res_padding: int = 32
-    # variation seeds: noise slerped from `seed` towards `subseed` by `subseed_strength`
-    subseed: int = -1
-    subseed_strength: float = 0.0
-    seed_resize_from_w: int = (
-        0  # > 0: draw the noise as if the image were this size (A1111's "resize seed from")
+    """One job's parameters. Each field that is a generation parameter is declared here once, with
+    its bounds and a `Param` (see engine/parameters.py); the declaration order is the infotext's."""
+
+    prompt: Annotated[str, Param("Prompt", cli=("--prompt", "-p"))] = ""
+    negative_prompt: Annotated[str, Param("Negative prompt", cli=("--negative-prompt", "-n"))] = ""
+    steps: Annotated[
+        int,
+        Field(ge=1, le=MAX_STEPS),
+        Param("Sampling steps", cli=("--steps",), infotext="Steps", slider=Slider(1, 150, 1)),
+    ] = 20
+    sampler_name: Annotated[
+        str,
+        Param(
+            "Sampling method",
+            cli=("--sampler",),
+            help='A1111 name, e.g. "DPM++ 2M" or "Euler a"',
+            infotext="Sampler",
+            write=lambda image: image.sampler,  # the sampler's own name, "k_euler_a" read as "Euler a"
+        ),
+    ] = "Euler a"
+    scheduler: Annotated[
+        str,
+        Param(
+            "Schedule type",
+            cli=("--scheduler",),
+            infotext="Schedule type",
+            write=lambda image: image.schedule,
+        ),
+    ] = "Automatic"
+    cfg_scale: Annotated[
+        float,
+        Field(ge=0, le=100),
+        Param("CFG scale", cli=("--cfg-scale",), infotext="CFG scale", slider=Slider(1, 30, 0.5)),
+    ] = 7.0
+    seed: Annotated[
+        int,
+        Field(ge=-1, le=2**32 - 1),
+        Param(
+            "Seed (-1 = random)",
+            cli=("--seed",),
+            help="-1 picks one and reports it",
+            infotext="Seed",
+            write=lambda image: image.seed,  # the image's own seed, never -1
+        ),
+    ] = -1
+    width: Annotated[
+        int,
+        Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8),
+        Param(
+            "Width",
+            cli=("--width",),
+            infotext="Size",
+            size_axis=0,
+            write=lambda image: f"{image.request.width}x{image.request.height}",
+            slider=Slider(MIN_SIDE, 2048, 8),
+        ),
+    ] = 512
+    height: Annotated[
+        int,
+        Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8),
+        Param("Height", cli=("--height",), infotext="Size", size_axis=1, slider=Slider(MIN_SIDE, 2048, 8)),
+    ] = 512
+    batch_size: Annotated[
+        int,
+        Field(ge=1, le=MAX_BATCH),
+        Param("Batch size", cli=("--batch-size",), slider=Slider(1, MAX_BATCH, 1)),
+    ] = 1
+    n_iter: Annotated[
+        int,
+        Field(ge=1, le=MAX_BATCH_COUNT),
+        Param("Batch count", cli=("--n-iter",), help="batch count", slider=Slider(1, MAX_BATCH_COUNT, 1)),
+    ] = 1
+    clip_skip: Annotated[
+        int,
+        Field(ge=1, le=12),
+        Param(
+            "Clip skip",
+            cli=("--clip-skip",),
+            api="override_settings.CLIP_stop_at_last_layers",
+            infotext="Clip skip",
+            write=lambda image: image.request.clip_skip if image.request.clip_skip > 1 else None,
+        ),
+    ] = 1
+    # A1111 writes "Eta DDIM" for DDIM and "Eta" for other samplers.
+    eta: Annotated[float | None, Field(ge=0, le=1), Param("Eta", infotext="Eta", aliases=("Eta DDIM",))] = (
+        None
     )
-    seed_resize_from_h: int = 0
-    tiling: bool = False  # seamless: opposite edges continue each other
-    # hires fix (txt2img): a first pass, an upscale, then an img2img pass at `denoising_strength`
-    enable_hr: bool = False
-    hr_scale: float = 2.0
-    hr_upscaler: str = "Latent"
-    hr_second_pass_steps: int = 0  # 0: as many as the first pass
-    hr_resize_x: int = 0  # > 0 with hr_resize_y: an explicit target size instead of hr_scale
-    hr_resize_y: int = 0
-    hr_sampler_name: str = ""  # "": the first pass's sampler
-    hr_scheduler: str = ""
-    hr_prompt: str = ""  # "": the first pass's prompt
-    hr_negative_prompt: str = ""
+    # img2img and inpainting
+    denoising_strength: Annotated[
+        float,
+        Field(ge=0, le=1),
+        Param(
+            "Denoising strength",
+            cli=("--denoising-strength",),
+            infotext="Denoising strength",
+            # hires fix writes its own further down (see enable_hr)
+            write=lambda image: image.request.denoising_strength if image.request.init_image else None,
+            checked=lambda request: request.init_image is not None or request.enable_hr,
+            slider=Slider(0, 1, 0.01),
+        ),
+    ] = 0.75
+    initial_noise_multiplier: Annotated[
+        float,
+        Field(ge=0, le=2),
+        Param(
+            "Noise multiplier",
+            infotext="Noise multiplier",  # img2img: the added noise is scaled by this
+            write=lambda image: (
+                image.request.initial_noise_multiplier
+                if image.request.init_image is not None and image.request.initial_noise_multiplier != 1.0
+                else None
+            ),
+        ),
+    ] = 1.0
+    init_image: Annotated[Image.Image | None, Param("Image", api="init_images.0")] = None
+    # More init images, one per further batch item (A1111's several `init_images`); plain img2img only.
+    more_init_images: Annotated[list[Image.Image], Param("Images", api="init_images")] = field(
+        default_factory=list
+    )
+    resize_mode: Annotated[ResizeMode, Param("Resize mode", cli=("--resize-mode",))] = ResizeMode.JUST_RESIZE
+    mask: Image.Image | None = None
+    mask_blur: Annotated[
+        int,
+        Field(ge=0),
+        Param(
+            "Mask blur",
+            cli=("--mask-blur",),
+            infotext="Mask blur",
+            write=lambda image: (  # A1111 writes it only when both axes agree
+                image.request.mask_blur
+                if image.request.is_inpaint and image.request.mask_blur_y in (None, image.request.mask_blur)
+                else None
+            ),
+            slider=Slider(0, 64, 1),
+        ),
+    ] = 4
+    # a vertical radius of its own; None: mask_blur both ways
+    mask_blur_y: Annotated[int | None, Field(ge=0), Param("Mask blur, vertical")] = None
+    inpainting_mask_invert: Annotated[bool, Param("Invert mask", cli=("--invert-mask",))] = False
+    inpainting_fill: Annotated[MaskedContent, Param("Masked content", cli=("--inpainting-fill",))] = (
+        MaskedContent.ORIGINAL
+    )
+    inpaint_full_res: Annotated[
+        bool,
+        Param(
+            "Only masked",
+            cli=("--only-masked",),
+            help="inpaint the masked area at full size",
+            infotext="Inpaint area",
+            write=lambda image: "Only masked" if _only_masked(image.request) else None,
+            read_pairs=lambda pairs: (
+                str(pairs.get("Inpaint area", "")).strip().lower() == "only masked" or None
+            ),
+        ),
+    ] = False
+    inpaint_full_res_padding: Annotated[
+        int,
+        Field(ge=0),
+        Param(
+            "Only masked padding, pixels",
+            cli=("--only-masked-padding",),
+            infotext="Masked area padding",
+            write=lambda image: (
+                image.request.inpaint_full_res_padding if _only_masked(image.request) else None
+            ),
+            slider=Slider(0, 256, 4),
+        ),
+    ] = 32
+    # variation seeds: noise slerped from `seed` towards `subseed` by `subseed_strength`
+    subseed: Annotated[
+        int,
+        Field(ge=-1, le=2**32 - 1),
+        Param("Variation seed (-1 = random)", infotext="Variation seed", write=lambda image: image.subseed),
+    ] = -1
+    subseed_strength: Annotated[
+        float,
+        Field(ge=0, le=1),
+        Param(
+            "Variation strength",
+            infotext="Variation seed strength",
+            write=lambda image: image.request.subseed_strength or None,
+            slider=Slider(0, 1, 0.01),
+        ),
+    ] = 0.0
+    # > 0: draw the noise as if the image were this size (A1111's "resize seed from")
+    seed_resize_from_w: Annotated[
+        int,
+        Field(le=MAX_SIDE),
+        Param(
+            "Resize seed from width (0 = off)",
+            infotext="Seed resize from",
+            size_axis=0,
+            write=lambda image: _size_text(
+                image.request.seed_resize_from_w, image.request.seed_resize_from_h
+            ),
+            slider=Slider(0, 2048, 8),
+        ),
+    ] = 0
+    seed_resize_from_h: Annotated[
+        int,
+        Field(le=MAX_SIDE),
+        Param(
+            "Resize seed from height (0 = off)",
+            infotext="Seed resize from",
+            size_axis=1,
+            slider=Slider(0, 2048, 8),
+        ),
+    ] = 0
+    # seamless: opposite edges continue each other
+    tiling: Annotated[
+        bool, Param("Tiling", infotext="Tiling", write=lambda image: image.request.tiling or None)
+    ] = False
+    # where the noise comes from: "CPU", "GPU" (the device) or "NV" (CUDA's, anywhere)
+    rng: Annotated[
+        str,
+        Param(
+            "Random number generator source",
+            api="override_settings.randn_source",
+            infotext="RNG",
+            write=lambda image: image.request.rng if image.request.rng != "GPU" else None,  # A1111's default
+            read=lambda text: text.strip().upper() if text.strip().upper() in RNG_SOURCES else None,
+        ),
+    ] = "CPU"
+    disable_extra_networks: bool = False  # <lora:...> tags are taken out of the prompt but not applied
+    # hires fix (txt2img): a first pass, an upscale, then an img2img pass at `denoising_strength`.
+    # A1111 starts its hires keys with that strength, so this switch writes it; pasted, the hires
+    # keys switch it on.
+    enable_hr: Annotated[
+        bool,
+        Param(
+            "Hires. fix",
+            infotext="Denoising strength",
+            write=lambda image: image.request.denoising_strength if image.request.enable_hr else None,
+            read_pairs=lambda pairs: any(key in pairs for key in _HIRES_KEYS) or None,
+        ),
+    ] = False
+    hr_scale: Annotated[
+        float,
+        Field(ge=1, le=8),
+        Param(
+            "Upscale by",
+            infotext="Hires upscale",
+            write=lambda image: (
+                None if _hires_resized(image.request) else _hires_value(image.request, "hr_scale")
+            ),
+            checked=lambda request: request.enable_hr and not _hires_resized(request),
+            slider=Slider(1, 4, 0.05),
+        ),
+    ] = 2.0
+    # > 0 with hr_resize_y: an explicit target size instead of hr_scale
+    hr_resize_x: Annotated[
+        int,
+        Field(le=MAX_SIDE),
+        Param(
+            "Resize width to",
+            infotext="Hires resize",
+            size_axis=0,
+            write=lambda image: _size_text(*image.request.hr_size) if _hires_resized(image.request) else None,
+            checked=lambda request: request.enable_hr,
+            slider=Slider(0, 2048, 8),
+        ),
+    ] = 0
+    hr_resize_y: Annotated[
+        int,
+        Field(le=MAX_SIDE),
+        Param(
+            "Resize height to",
+            infotext="Hires resize",
+            size_axis=1,
+            checked=lambda request: request.enable_hr,
+            slider=Slider(0, 2048, 8),
+        ),
+    ] = 0
+    # 0: as many as the first pass
+    hr_second_pass_steps: Annotated[
+        int,
+        Field(ge=0, le=MAX_STEPS),
+        Param(
+            "Hires steps",
+            infotext="Hires steps",
+            write=lambda image: _hires_value(image.request, "hr_second_pass_steps") or None,
+            checked=lambda request: request.enable_hr,
+            slider=Slider(0, 150, 1),
+        ),
+    ] = 0
+    hr_upscaler: Annotated[
+        str,
+        Param(
+            "Upscaler",
+            infotext="Hires upscaler",
+            write=lambda image: _hires_value(image.request, "hr_upscaler"),
+        ),
+    ] = "Latent"
+    # "": the first pass's sampler
+    hr_sampler_name: Annotated[
+        str,
+        Param(
+            "Hires sampling method",
+            infotext="Hires sampler",
+            write=lambda image: _differs(image.request, image.hr_sampler, image.sampler),
+        ),
+    ] = ""
+    hr_scheduler: Annotated[
+        str,
+        Param(
+            "Hires schedule type",
+            infotext="Hires schedule type",
+            write=lambda image: _differs(image.request, image.hr_schedule, image.schedule),
+        ),
+    ] = ""
+    # "": the first pass's prompt
+    hr_prompt: Annotated[
+        str,
+        Param(
+            "Hires prompt",
+            infotext="Hires prompt",
+            write=lambda image: _differs(image.request, image.request.hr_prompt, image.request.prompt),
+        ),
+    ] = ""
+    hr_negative_prompt: Annotated[
+        str,
+        Param(
+            "Hires negative prompt",
+            infotext="Hires negative prompt",
+            write=lambda image: _differs(
+                image.request, image.request.hr_negative_prompt, image.request.negative_prompt
+            ),
+        ),
+    ] = ""
     styles: list[str] = field(default_factory=list)  # styles.csv names, applied to the prompts
     script_name: str = ""  # a script's title ("X/Y/Z plot", ...): the job runs the script instead
     script_args: list[object] = field(default_factory=list)  # the script's positional arguments
@@ -127,51 +416,17 @@ class GenerationRequest:
         return _multiple_of_8(self.width * scale), _multiple_of_8(self.height * scale)
 
     def validate(self) -> None:
-        """Raise GenerationError naming the first field that cannot work."""
+        """Raise GenerationError naming the first field that cannot work.
+
+        Every declared bound is checked in one pydantic validation (engine/parameters.py); what
+        follows are the rules between fields.
+        """
         self._validate_values()
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise GenerationError(f"{name} must be a whole number, got {value!r}", name)
-            if value % 8:
-                raise GenerationError(f"{name} must be a multiple of 8, got {value}", name)
-            if not MIN_SIDE <= value <= MAX_SIDE:
-                raise GenerationError(f"{name} must be between {MIN_SIDE} and {MAX_SIDE}, got {value}", name)
-        if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
-            raise GenerationError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps!r}", "steps")
-        for name, ceiling in (("batch_size", MAX_BATCH), ("n_iter", MAX_BATCH_COUNT)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or not 1 <= value <= ceiling:
-                raise GenerationError(f"{name} must be between 1 and {ceiling}, got {value!r}", name)
-        if not 0 <= self.cfg_scale <= 100:
-            raise GenerationError(f"cfg_scale must be between 0 and 100, got {self.cfg_scale}", "cfg_scale")
-        if not isinstance(self.clip_skip, int) or not 1 <= self.clip_skip <= 12:
-            raise GenerationError(f"clip_skip must be between 1 and 12, got {self.clip_skip!r}", "clip_skip")
-        if not isinstance(self.seed, int) or self.seed < -1 or self.seed >= 2**32:
-            raise GenerationError(f"seed must be -1 or between 0 and {2**32 - 1}, got {self.seed!r}", "seed")
-        if self.init_image is not None and not 0.0 <= self.denoising_strength <= 1.0:
-            raise GenerationError(
-                f"denoising_strength must be between 0 and 1, got {self.denoising_strength}",
-                "denoising_strength",
-            )
+        problem = bounds_problem(self)
+        if problem is not None:
+            name, message = problem
+            raise GenerationError(message, name)
         self._validate_img2img_extras()
-        if self.mask_blur < 0 or self.inpaint_full_res_padding < 0:
-            raise GenerationError(
-                "mask_blur and inpaint_full_res_padding must not be negative",
-                "mask_blur" if self.mask_blur < 0 else "inpaint_full_res_padding",
-            )
-        if not isinstance(self.subseed, int) or self.subseed < -1 or self.subseed >= 2**32:
-            raise GenerationError(
-                f"subseed must be -1 or between 0 and {2**32 - 1}, got {self.subseed!r}", "subseed"
-            )
-        if not 0.0 <= self.subseed_strength <= 1.0:
-            raise GenerationError(
-                f"subseed_strength must be between 0 and 1, got {self.subseed_strength}", "subseed_strength"
-            )
-        for name in ("seed_resize_from_w", "seed_resize_from_h"):
-            value = getattr(self, name)
-            if value > MAX_SIDE:
-                raise GenerationError(f"{name} must be at most {MAX_SIDE}, got {value}", name)
         if self.enable_hr:
             self._validate_hires()
         if self.mask is not None:
@@ -187,13 +442,6 @@ class GenerationRequest:
     def _validate_img2img_extras(self) -> None:
         if self.rng not in RNG_SOURCES:
             raise GenerationError(f"rng must be one of {', '.join(RNG_SOURCES)}, got {self.rng!r}", "rng")
-        if not 0.0 <= self.initial_noise_multiplier <= 2.0:
-            raise GenerationError(
-                f"initial_noise_multiplier must be between 0 and 2, got {self.initial_noise_multiplier}",
-                "initial_noise_multiplier",
-            )
-        if self.mask_blur_y is not None and self.mask_blur_y < 0:
-            raise GenerationError("mask_blur_y must not be negative", "mask_blur_y")
         if self.more_init_images:
             if self.init_image is None or self.is_inpaint:
                 raise GenerationError(
@@ -221,26 +469,12 @@ class GenerationRequest:
             if problem is not None:
                 where, what = problem
                 raise GenerationError(f"{item.name}{where}: {what}", item.name)
-        if self.eta is not None and not 0.0 <= self.eta <= 1.0:
-            raise GenerationError(f"eta must be between 0 and 1, got {self.eta}", "eta")
 
     def _validate_hires(self) -> None:
         if self.init_image is not None:
             raise GenerationError(
                 "hires fix is for txt2img; img2img already takes a target size", "enable_hr"
             )
-        if not 0.0 <= self.denoising_strength <= 1.0:
-            raise GenerationError(
-                f"denoising_strength must be between 0 and 1, got {self.denoising_strength}",
-                "denoising_strength",
-            )
-        if not isinstance(self.hr_second_pass_steps, int) or not 0 <= self.hr_second_pass_steps <= MAX_STEPS:
-            raise GenerationError(
-                f"hr_second_pass_steps must be between 0 and {MAX_STEPS}, got {self.hr_second_pass_steps!r}",
-                "hr_second_pass_steps",
-            )
-        if self.hr_resize_x <= 0 and self.hr_resize_y <= 0 and not 1.0 <= self.hr_scale <= 8.0:
-            raise GenerationError(f"hr_scale must be between 1 and 8, got {self.hr_scale}", "hr_scale")
         width, height = self.hr_size
         for name, value in (("hr_resize_x", width), ("hr_resize_y", height)):
             if not MIN_SIDE <= value <= MAX_SIDE:
@@ -278,6 +512,30 @@ def find_bad_value(value: object, where: str = "") -> tuple[str, str] | None:
 def _printable(text: str) -> str:
     """`text` with lone surrogates written as escapes, so an error message can name it."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _only_masked(request: GenerationRequest) -> bool:
+    return request.is_inpaint and request.inpaint_full_res
+
+
+def _hires_resized(request: GenerationRequest) -> bool:
+    """Whether hires fix goes to a size given explicitly rather than by `hr_scale`."""
+    return request.hr_resize_x > 0 or request.hr_resize_y > 0
+
+
+def _hires_value(request: GenerationRequest, name: str) -> object:
+    """A hires field's value for the infotext: written only when hires fix is on."""
+    return getattr(request, name) if request.enable_hr else None
+
+
+def _differs(request: GenerationRequest, value: str, first_pass: str) -> str | None:
+    """A hires pass's own sampler, schedule or prompt: written when it differs from the first pass's."""
+    return value if request.enable_hr and value and value != first_pass else None
+
+
+def _size_text(width: int, height: int) -> str | None:
+    """`WxH` when both sides are set (> 0)."""
+    return f"{width}x{height}" if width > 0 and height > 0 else None
 
 
 def _multiple_of_8(value: float) -> int:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-# A1111's RNG sources; the engine's list, repeated here because outputs does not import the engine.
-RNG_SOURCES = ("CPU", "GPU", "NV")
+from webui.engine.image_parameters import request_fields_from_pairs  # no torch
+
 NEGATIVE_PREFIX = "Negative prompt:"
 # A1111's rule: the last line is parameters only when it holds at least this many pairs,
 # so a prompt that merely contains "a: b" is not mistaken for one.
@@ -92,101 +92,7 @@ def _parse_params_line(line: str) -> dict[str, str]:
 
 
 def request_fields_from_params(params: Mapping[str, str]) -> dict[str, object]:
-    """Map A1111 keys to GenerationRequest field names; values that do not convert are skipped."""
-    fields: dict[str, object] = {}
-    for key, field_name, convert in _FIELD_CONVERSIONS:
-        if key in params:
-            value = convert(params[key])
-            if value is not None:
-                fields[field_name] = value
-    for key, (width_field, height_field) in _SIZE_KEYS.items():
-        size = _to_size(params.get(key))
-        if size is not None:
-            fields[width_field], fields[height_field] = size
-    if "Hires upscale" in params or "Hires resize" in params:
-        fields["enable_hr"] = True
-    if str(params.get("Inpaint area", "")).strip().lower() == "only masked":
-        fields["inpaint_full_res"] = True
-    return fields
+    """Map A1111 keys to GenerationRequest field names; values that do not convert are skipped.
 
-
-def _to_text(value: object) -> str | None:
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
-def _to_int(value: object) -> int | None:
-    text = str(value).strip()
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    number = _to_float(text)  # "20.0" from hand-edited or foreign infotexts
-    return int(number) if number is not None and number.is_integer() else None
-
-
-def _to_rng(value: object) -> str | None:
-    """A1111's RNG sources ("CPU", "GPU", "NV"), any case."""
-    text = str(value).strip().upper()
-    return text if text in RNG_SOURCES else None
-
-
-def _to_bool(value: object) -> bool | None:
-    text = str(value).strip().lower()
-    return {"true": True, "false": False}.get(text)
-
-
-def _to_float(value: object) -> float | None:
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _to_size(value: object) -> tuple[int, int] | None:
-    if not isinstance(value, str):
-        return None
-    width, sep, height = value.strip().lower().partition("x")
-    if not sep:
-        return None
-    parsed = _to_int(width), _to_int(height)
-    if parsed[0] is None or parsed[1] is None:
-        return None
-    return parsed[0], parsed[1]
-
-
-# (A1111 key, GenerationRequest field, converter); "Size" is split separately.
-_FIELD_CONVERSIONS: tuple[tuple[str, str, Callable[[str], object | None]], ...] = (
-    ("Steps", "steps", _to_int),
-    ("Sampler", "sampler_name", _to_text),
-    ("Schedule type", "scheduler", _to_text),
-    ("CFG scale", "cfg_scale", _to_float),
-    ("Seed", "seed", _to_int),
-    ("Clip skip", "clip_skip", _to_int),
-    ("Denoising strength", "denoising_strength", _to_float),
-    ("Mask blur", "mask_blur", _to_int),
-    # A1111 writes "Eta DDIM" for DDIM and "Eta" for other samplers; "Eta" wins when both appear.
-    ("Eta DDIM", "eta", _to_float),
-    ("Eta", "eta", _to_float),
-    ("Model", "model", _to_text),
-    ("Model hash", "model_hash", _to_text),
-    ("Variation seed", "subseed", _to_int),
-    ("Variation seed strength", "subseed_strength", _to_float),
-    ("Tiling", "tiling", _to_bool),
-    ("RNG", "rng", _to_rng),
-    ("Noise multiplier", "initial_noise_multiplier", _to_float),
-    ("Masked area padding", "inpaint_full_res_padding", _to_int),
-    ("Hires upscale", "hr_scale", _to_float),
-    ("Hires steps", "hr_second_pass_steps", _to_int),
-    ("Hires upscaler", "hr_upscaler", _to_text),
-    ("Hires sampler", "hr_sampler_name", _to_text),
-    ("Hires schedule type", "hr_scheduler", _to_text),
-    ("Hires prompt", "hr_prompt", _to_text),
-    ("Hires negative prompt", "hr_negative_prompt", _to_text),
-)
-# Keys whose value is `WxH`, and the request's (width, height) fields for them.
-_SIZE_KEYS = {
-    "Size": ("width", "height"),
-    "Seed resize from": ("seed_resize_from_w", "seed_resize_from_h"),
-    "Hires resize": ("hr_resize_x", "hr_resize_y"),
-}
+    The keys and how each is read come from the request's declaration (engine/request.py)."""
+    return request_fields_from_pairs(params)

@@ -81,13 +81,14 @@ class ScriptRun:
     preflight: Callable[[GenerationRequest, str | None], object]
     upscale: Callable[[Image.Image, str, float], Image.Image]  # (image, upscaler name, scale factor)
     checkpoint_names: Callable[[], list[str]]  # for scripts and UIs that offer the checkpoint list
-    save_grid: Callable[[Image.Image, str], Path | None]  # (grid, infotext) -> path; None when not saving
+    # (grid, infotext, seed of its first cell; None: read from the infotext) -> path; None when not saving
+    save_grid: Callable[..., Path | None]
     save_image: Callable[[Image.Image, str, int], Path | None]  # (image, infotext, seed), the mode's images
     control: JobControl
 
 
 def grid_seed(infotext: str) -> int:
-    """The seed a grid's file name pattern shows: its first cell's."""
+    """The seed a grid's file name pattern shows, its first cell's, for a script that gave none."""
     try:
         return int(parse_infotext(infotext).params.get("Seed", "0"))
     except ValueError:

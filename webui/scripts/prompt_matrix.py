@@ -119,7 +119,9 @@ class PromptMatrix:
             args.margin_size,
         )
         parts = ResultParts()
-        parts.add(grid, cells.infotexts[0], cells.seeds[0], run.save_grid(grid, cells.infotexts[0]))
+        parts.add(
+            grid, cells.infotexts[0], cells.seeds[0], run.save_grid(grid, cells.infotexts[0], cells.seeds[0])
+        )
         for index, image in enumerate(cells.images):
             path = cells.paths[index] if len(cells.paths) == len(cells.images) else None
             parts.add(image, cells.infotexts[index], cells.seeds[index], path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -215,19 +216,23 @@ def _assemble(
     if len(z.values) > 1:
         titles = [z.label(v) for v in z.values] if legend else []
         grid = stack_grids(sub_grids, titles, args.margin_size)
-        parts.add(grid, first.infotexts[0], first.seeds[0], run.save_grid(grid, first.infotexts[0]))
+        parts.add(grid, first.infotexts[0], first.seeds[0], _save_grid(run, grid, first))
         if args.include_sub_grids:
             for iz, sub_grid in enumerate(sub_grids):
                 in_z = [p for p in positions if p[2] == iz]
                 source = done[in_z[0]] if in_z else first
-                infotext = source.infotexts[0]
-                parts.add(sub_grid, infotext, source.seeds[0], run.save_grid(sub_grid, infotext))
+                parts.add(sub_grid, source.infotexts[0], source.seeds[0], _save_grid(run, sub_grid, source))
     else:
         grid = sub_grids[0]
-        parts.add(grid, first.infotexts[0], first.seeds[0], run.save_grid(grid, first.infotexts[0]))
+        parts.add(grid, first.infotexts[0], first.seeds[0], _save_grid(run, grid, first))
     if args.include_lone_images:
         for position in positions:
             result = done[position]
             path = result.paths[0] if result.paths else None
             parts.add(result.images[0], result.infotexts[0], result.seeds[0], path)
     return parts.result(interrupted)
+
+
+def _save_grid(run: ScriptRun, grid: Image.Image, source: StudioResult) -> Path | None:
+    """Save a grid under the infotext and seed of the cell it is named after."""
+    return run.save_grid(grid, source.infotexts[0], source.seeds[0])

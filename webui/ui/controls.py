@@ -8,16 +8,17 @@ from typing import Any
 
 import gradio as gr
 
-from webui.engine.request import MAX_BATCH, MAX_BATCH_COUNT, MAX_STEPS, GenerationRequest
+from webui.engine.request import GenerationRequest
 from webui.engine.samplers import SCHEDULE_TYPES, sampler_names
 from webui.jobs import Limits
 from webui.outputs import parse_infotext, request_fields_from_params
 from webui.ui.context import PRIVATE_UNQUEUED
-from webui.ui.fields import Field, one_of, paste_targets, paste_values, request_values, whole, within
+from webui.ui.fields import Field, one_of, paste_targets, paste_values, request_values, whole
+from webui.ui.sliders import declared_item, declared_slider, in_slider, slider_of
 
-MAX_UI_STEPS = min(150, MAX_STEPS)
-MAX_UI_SIDE = 2048
-SEED_MAX = 2**32 - 1
+MAX_UI_STEPS = int(slider_of("steps").maximum)
+MAX_UI_SIDE = int(slider_of("width").maximum)
+SEED_MAX = int(declared_item("seed").maximum or 2**32 - 1)
 SEED_EXTRAS = "seed_extras"  # the "Extra" switch: the variation fields count only while it is ticked
 
 
@@ -125,59 +126,17 @@ def build_sampling(
         scheduler = gr.Dropdown(
             choices=list(SCHEDULE_TYPES), value="Automatic", label="Schedule type", elem_id=f"{tab}-scheduler"
         )
-    steps = gr.Slider(
-        1,
-        min(MAX_UI_STEPS, limits.max_steps),
-        value=20,
-        step=1,
-        precision=0,
-        label="Sampling steps",
-        elem_id=f"{tab}-steps",
-    )
+    steps = declared_slider("steps", f"{tab}-steps", maximum=limits.max_steps)
     with gr.Row(equal_height=True):
         with gr.Column(scale=6, min_width=200):
-            width = gr.Slider(
-                64,
-                MAX_UI_SIDE,
-                value=default_size,
-                step=8,
-                precision=0,
-                label="Width",
-                elem_id=f"{tab}-width",
-            )
-            height = gr.Slider(
-                64,
-                MAX_UI_SIDE,
-                value=default_size,
-                step=8,
-                precision=0,
-                label="Height",
-                elem_id=f"{tab}-height",
-            )
+            width = declared_slider("width", f"{tab}-width", value=default_size)
+            height = declared_slider("height", f"{tab}-height", value=default_size)
         swap_size = tool_button("Swap", f"{tab}-swap-size", min_width=64)
         with gr.Column(scale=4, min_width=160):
-            batch_count = gr.Slider(
-                1,
-                min(MAX_BATCH_COUNT, limits.max_batch_count),
-                value=1,
-                step=1,
-                precision=0,
-                label="Batch count",
-                elem_id=f"{tab}-batch-count",
-            )
-            batch_size = gr.Slider(
-                1,
-                min(MAX_BATCH, limits.max_batch_size),
-                value=1,
-                step=1,
-                precision=0,
-                label="Batch size",
-                elem_id=f"{tab}-batch-size",
-            )
+            batch_count = declared_slider("n_iter", f"{tab}-batch-count", maximum=limits.max_batch_count)
+            batch_size = declared_slider("batch_size", f"{tab}-batch-size", maximum=limits.max_batch_size)
     with gr.Row(equal_height=True):
-        cfg_scale = gr.Slider(
-            1, 30, value=7, step=0.5, label="CFG scale", elem_id=f"{tab}-cfg-scale", scale=5
-        )
+        cfg_scale = declared_slider("cfg_scale", f"{tab}-cfg-scale", scale=5)
         tiling = gr.Checkbox(label="Tiling", elem_id=f"{tab}-tiling", scale=1, min_width=100)
     # Shown in the seed box's toolbar, where Gradio drops elem_id: tests find them by name.
     random_seed = gr.Button("Random", size="sm")
@@ -225,9 +184,9 @@ def seed_box(label: str, elem_id: str, buttons: list[gr.Button], **layout: Any) 
     )
 
 
-def optional_side(label: str, elem_id: str) -> gr.Slider:
-    """An image side in multiples of 8 where 0 means "not set"."""
-    return gr.Slider(0, MAX_UI_SIDE, value=0, step=8, precision=0, label=label, elem_id=elem_id)
+def optional_side(name: str, elem_id: str) -> gr.Slider:
+    """Request field `name`'s slider: an image side in multiples of 8 where 0 means "not set"."""
+    return declared_slider(name, elem_id)
 
 
 def build_variation(tab: str, switch: gr.Checkbox) -> list[Field]:
@@ -236,22 +195,29 @@ def build_variation(tab: str, switch: gr.Checkbox) -> list[Field]:
     with gr.Group(visible=False) as group:
         with gr.Row():
             subseed = seed_box("Variation seed (-1 = random)", f"{tab}-subseed", [random_subseed])
-            strength = gr.Slider(
-                0, 1, value=0, step=0.01, label="Variation strength", elem_id=f"{tab}-subseed-strength"
-            )
+            strength = declared_slider("subseed_strength", f"{tab}-subseed-strength")
         with gr.Row():
             resize_w, resize_h = (
-                optional_side(f"Resize seed from {side} (0 = off)", f"{tab}-seed-resize-{side[0]}")
+                optional_side(f"seed_resize_from_{side[0]}", f"{tab}-seed-resize-{side[0]}")
                 for side in ("width", "height")
             )
     switch.change(lambda on: gr.Group(visible=on), inputs=switch, outputs=group, **PRIVATE_UNQUEUED)
     random_subseed.click(lambda: -1, outputs=subseed, **PRIVATE_UNQUEUED)
-    gate, side = SEED_EXTRAS, within(0, MAX_UI_SIDE)
+    gate = SEED_EXTRAS
     return [
         Field("subseed", subseed, to_request=_seed, default=-1, gate=gate),
-        Field("subseed_strength", strength, to_request=float, to_ui=within(0, 1), default=0, gate=gate),
-        Field("seed_resize_from_w", resize_w, to_request=whole, to_ui=side, default=0, gate=gate),
-        Field("seed_resize_from_h", resize_h, to_request=whole, to_ui=side, default=0, gate=gate),
+        Field(
+            "subseed_strength",
+            strength,
+            to_request=float,
+            to_ui=in_slider("subseed_strength"),
+            default=0,
+            gate=gate,
+        ),
+        *(
+            Field(name, slider, to_request=whole, to_ui=in_slider(name), default=0, gate=gate)
+            for name, slider in (("seed_resize_from_w", resize_w), ("seed_resize_from_h", resize_h))
+        ),
     ]
 
 

@@ -11,13 +11,14 @@ import gradio as gr
 from webui.engine.request import MAX_SIDE, MIN_SIDE, GenerationRequest
 from webui.engine.samplers import SCHEDULE_TYPES, sampler_names
 from webui.ui.context import PRIVATE_UNQUEUED
-from webui.ui.controls import MAX_UI_SIDE, MAX_UI_STEPS, GenerationControls, optional_side
-from webui.ui.fields import Field, one_of, whole, within
+from webui.ui.controls import GenerationControls, optional_side
+from webui.ui.fields import Field, one_of, whole
+from webui.ui.sliders import declared_slider, in_slider
 
 SAME_SAMPLER = "Use same sampler"
 SAME_SCHEDULER = "Use same scheduler"
 DEFAULT_UPSCALER = "Latent"
-MAX_UI_SCALE = 4.0
+HIRES_DENOISING = 0.7  # the page's start for hires fix (img2img's is the request's 0.75)
 
 
 @dataclass
@@ -50,19 +51,12 @@ def build_hires(tab: str, upscalers: Callable[[], list[str]], controls: Generati
             upscaler = gr.Dropdown(
                 choices=upscalers(), value=DEFAULT_UPSCALER, label="Upscaler", elem_id=f"{tab}-hr-upscaler"
             )
-            steps = gr.Slider(
-                0, MAX_UI_STEPS, value=0, step=1, precision=0, label="Hires steps", elem_id=f"{tab}-hr-steps"
-            )
-            denoising = gr.Slider(
-                0, 1, value=0.7, step=0.01, label="Denoising strength", elem_id=f"{tab}-hr-denoising"
-            )
+            steps = declared_slider("hr_second_pass_steps", f"{tab}-hr-steps")
+            denoising = declared_slider("denoising_strength", f"{tab}-hr-denoising", value=HIRES_DENOISING)
         with gr.Row():
-            scale = gr.Slider(
-                1, MAX_UI_SCALE, value=2, step=0.05, label="Upscale by", elem_id=f"{tab}-hr-scale"
-            )
+            scale = declared_slider("hr_scale", f"{tab}-hr-scale")
             resize_x, resize_y = (
-                optional_side(f"Resize {side} to", f"{tab}-hr-resize-{axis}")
-                for side, axis in (("width", "x"), ("height", "y"))
+                optional_side(f"hr_resize_{axis}", f"{tab}-hr-resize-{axis}") for axis in "xy"
             )
         size = gr.Markdown(
             hires_size_text(512, 512, 2, 0, 0), elem_id=f"{tab}-hr-size", elem_classes=["hr-size"]
@@ -98,11 +92,23 @@ def build_hires(tab: str, upscalers: Callable[[], list[str]], controls: Generati
     fields = [
         Field("enable_hr", enable, to_request=bool, default=False),
         Field("hr_upscaler", upscaler, to_ui=one_of(upscalers), default=DEFAULT_UPSCALER),
-        Field("hr_second_pass_steps", steps, to_request=whole, to_ui=within(0, MAX_UI_STEPS), default=0),
-        Field("denoising_strength", denoising, to_request=float, to_ui=within(0, 1), default=0.7),
-        Field("hr_scale", scale, to_request=float, to_ui=within(1, MAX_UI_SCALE), default=2),
-        Field("hr_resize_x", resize_x, to_request=whole, to_ui=within(0, MAX_UI_SIDE), default=0),
-        Field("hr_resize_y", resize_y, to_request=whole, to_ui=within(0, MAX_UI_SIDE), default=0),
+        Field(
+            "hr_second_pass_steps",
+            steps,
+            to_request=whole,
+            to_ui=in_slider("hr_second_pass_steps"),
+            default=0,
+        ),
+        Field(
+            "denoising_strength",
+            denoising,
+            to_request=float,
+            to_ui=in_slider("denoising_strength"),
+            default=HIRES_DENOISING,
+        ),
+        Field("hr_scale", scale, to_request=float, to_ui=in_slider("hr_scale"), default=2),
+        Field("hr_resize_x", resize_x, to_request=whole, to_ui=in_slider("hr_resize_x"), default=0),
+        Field("hr_resize_y", resize_y, to_request=whole, to_ui=in_slider("hr_resize_y"), default=0),
         _same_or("hr_sampler_name", sampler, SAME_SAMPLER, sampler_names),
         _same_or("hr_scheduler", scheduler, SAME_SCHEDULER, lambda: list(SCHEDULE_TYPES)),
         Field("hr_prompt", prompt, to_request=lambda text: text or "", default=""),

@@ -13,10 +13,11 @@ from PIL import Image
 from webui.engine.request import GenerationError, ResizeMode
 from webui.ui.context import UiContext
 from webui.ui.controls import MAX_UI_SIDE
-from webui.ui.fields import Field, within
+from webui.ui.fields import Field
 from webui.ui.generation_tab import GenerationTab, build_generation_tab
 from webui.ui.image_inputs import Unreadable, tolerant
 from webui.ui.results import hide_error, show_error, wire_generation
+from webui.ui.sliders import declared_slider, in_slider
 
 RESIZE_MODES = {
     "Just resize": ResizeMode.JUST_RESIZE,
@@ -40,16 +41,14 @@ def build_resize_and_strength(name: str) -> tuple[gr.Radio, gr.Slider]:
     resize_mode = gr.Radio(
         list(RESIZE_MODES), value="Just resize", label="Resize mode", elem_id=f"{name}-resize-mode"
     )
-    strength = gr.Slider(
-        0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id=f"{name}-denoising-strength"
-    )
+    strength = declared_slider("denoising_strength", f"{name}-denoising-strength")
     return resize_mode, strength
 
 
 def resize_and_strength_fields(resize_mode: gr.Radio, strength: gr.Slider) -> list[Field]:
     return [
         Field("resize_mode", resize_mode, to_request=RESIZE_MODES.__getitem__, pasted=False),
-        Field("denoising_strength", strength, to_request=float, to_ui=within(0, 1)),
+        Field("denoising_strength", strength, to_request=float, to_ui=in_slider("denoising_strength")),
     ]
 
 

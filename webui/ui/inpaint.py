@@ -11,12 +11,13 @@ import gradio as gr
 
 from webui.engine.request import MaskedContent
 from webui.ui.context import UiContext
-from webui.ui.fields import Field, within
+from webui.ui.fields import Field
 from webui.ui.generation_tab import GenerationTab, build_generation_tab
 from webui.ui.image_inputs import Unreadable, tolerant
 from webui.ui.img2img import build_resize_and_strength, fitted_size, resize_and_strength_fields
 from webui.ui.masks import image_and_mask
 from webui.ui.results import hide_error, show_error, stage_copy, wire_generation
+from webui.ui.sliders import declared_slider, in_slider
 
 MASKED_CONTENT = {
     "fill": MaskedContent.FILL,
@@ -91,7 +92,7 @@ class InpaintInputs:
     def fields(self) -> list[Field]:
         # A1111's infotext carries the mask blur and denoising strength; the mask options stay as set.
         return [
-            Field("mask_blur", self.mask_blur, to_request=int, to_ui=within(0, 64)),
+            Field("mask_blur", self.mask_blur, to_request=int, to_ui=in_slider("mask_blur")),
             Field(
                 "inpainting_mask_invert",
                 self.mask_mode,
@@ -136,18 +137,8 @@ def build_inpaint(ctx: UiContext, allowed_roots: Callable[[], list[Path]]) -> Ge
             )
             tolerant(mask_upload)
         with gr.Row():
-            mask_blur = gr.Slider(
-                0, 64, value=4, step=1, precision=0, label="Mask blur", elem_id="inpaint-mask-blur"
-            )
-            padding = gr.Slider(
-                0,
-                256,
-                value=32,
-                step=4,
-                precision=0,
-                label="Only masked padding, pixels",
-                elem_id="inpaint-padding",
-            )
+            mask_blur = declared_slider("mask_blur", "inpaint-mask-blur")
+            padding = declared_slider("inpaint_full_res_padding", "inpaint-padding")
         mask_mode = gr.Radio(
             list(MASK_MODES), value=MASK_MODES[0], label="Mask mode", elem_id="inpaint-mask-mode"
         )
