@@ -1,0 +1,194 @@
+"""The flow-matching denoising loop of SD 3 / 3.5, in small functions over the components.
+
+SD 3's transformer predicts a velocity; FlowMatchEulerDiscreteScheduler (timesteps shifted by
+3, as SD 3 was trained) integrates it from noise at sigma 1 to the image at sigma 0. Its text
+conditioning: CLIP-L's and CLIP-G's penultimate hidden states side by side, zero-padded to T5's
+width, then T5's sequence after them (77 + 256 tokens); the pooled vector is CLIP-L's pooled
+output then CLIP-G's projected one. Without T5, zeros stand in for T5's part, as in diffusers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from PIL import Image
+from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerBase, T5EncoderModel
+
+from webui.engine.steps import StepHook, StepInfo
+from webui.model_manager.sd3.build import SD3Components
+from webui.model_manager.t5_tokenizer import T5_MAX_LENGTH
+
+CLIP_LENGTH = 77
+# The CLIP hidden state SD 3 conditions on: the penultimate layer's.
+CLIP_HIDDEN_LAYER = -2
+
+
+@dataclass(frozen=True)
+class FlowConditioning:
+    """One batch of prompts as SD 3's transformer takes them."""
+
+    embeds: torch.Tensor  # (batch, 77 + T5 tokens, T5 width)
+    pooled: torch.Tensor  # (batch, CLIP-L width + CLIP-G width)
+
+
+def encode_clip(
+    texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, encoder: CLIPTextModelWithProjection
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(penultimate hidden states, projected pooled output) of one CLIP for `texts`."""
+    ids = tokenizer(
+        list(texts), padding="max_length", max_length=CLIP_LENGTH, truncation=True, return_tensors="pt"
+    ).input_ids
+    output = encoder(ids.to(encoder.device), output_hidden_states=True)
+    return output.hidden_states[CLIP_HIDDEN_LAYER], output.text_embeds
+
+
+def encode_t5(
+    texts: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    encoder: T5EncoderModel,
+    length: int = T5_MAX_LENGTH,
+) -> torch.Tensor:
+    """T5's last hidden states for `texts`, padded or cut to `length` tokens (`</s>` included)."""
+    ids = tokenizer(
+        list(texts),
+        padding="max_length",
+        max_length=length,
+        truncation=True,
+        add_special_tokens=True,
+        return_tensors="pt",
+    ).input_ids
+    return encoder(ids.to(encoder.device))[0]
+
+
+def encode_prompts(
+    components: SD3Components, texts: Sequence[str], t5_length: int = T5_MAX_LENGTH
+) -> FlowConditioning:
+    """SD 3's conditioning for `texts` from CLIP-L, CLIP-G and (when loaded) T5."""
+    hidden_l, pooled_l = encode_clip(texts, components.tokenizer_l, components.clip_l)
+    hidden_g, pooled_g = encode_clip(texts, components.tokenizer_g, components.clip_g)
+    dtype = components.clip_l.dtype
+    clip = torch.cat([hidden_l, hidden_g], dim=-1).to(dtype)
+    width = components.spec.joint_width
+    if components.t5 is not None and components.tokenizer_t5 is not None:
+        t5 = encode_t5(texts, components.tokenizer_t5, components.t5, t5_length).to(components.t5.dtype)
+    else:
+        t5 = torch.zeros((len(texts), t5_length, width), device=clip.device, dtype=dtype)
+    clip = torch.nn.functional.pad(clip, (0, width - clip.shape[-1]))
+    embeds = torch.cat([clip, t5.to(clip.dtype)], dim=-2)
+    return FlowConditioning(embeds, torch.cat([pooled_l, pooled_g], dim=-1))
+
+
+def make_flow_scheduler(components: SD3Components) -> FlowMatchEulerDiscreteScheduler:
+    """The flow-matching Euler sampler with SD 3's shift."""
+    return FlowMatchEulerDiscreteScheduler(**components.spec.scheduler_config)
+
+
+def initial_noise(
+    components: SD3Components, batch: int, width: int, height: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Gaussian latents drawn on the generator's device (a CPU generator gives the same noise on
+    any accelerator), in the transformer's dtype, then moved to the model's device."""
+    scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
+    if width % scale or height % scale:
+        raise ValueError(f"width and height must be multiples of {scale} (got {width}x{height})")
+    shape = (batch, components.transformer.config.in_channels, height // scale, width // scale)
+    noise = torch.randn(
+        shape, generator=generator, device=generator.device, dtype=components.transformer.dtype
+    )
+    return noise.to(components.device)
+
+
+def denoise(
+    transformer: SD3Transformer2DModel,
+    scheduler: FlowMatchEulerDiscreteScheduler,
+    latents: torch.Tensor,
+    positive: FlowConditioning,
+    negative: FlowConditioning | None,
+    *,
+    steps: int,
+    guidance_scale: float,
+    step_hook: StepHook | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> torch.Tensor:
+    """Integrate `latents` from noise to the clean latent in `steps` flow-matching steps.
+
+    Classifier-free guidance when `negative` is given and `guidance_scale` > 1: one batched pass
+    of (negative, positive). `step_hook` sees each step's latents and the clean-latent estimate
+    (latents - sigma * velocity); `should_stop` returning True ends the loop early."""
+    scheduler.set_timesteps(steps, device=latents.device)
+    guided = negative is not None and guidance_scale > 1
+    if guided:
+        embeds = torch.cat([negative.embeds, positive.embeds])
+        pooled = torch.cat([negative.pooled, positive.pooled])
+    else:
+        embeds, pooled = positive.embeds, positive.pooled
+    timesteps = scheduler.timesteps
+    for index, timestep in enumerate(timesteps):
+        if should_stop is not None and should_stop():
+            break
+        model_input = torch.cat([latents] * 2) if guided else latents
+        velocity = transformer(
+            hidden_states=model_input,
+            timestep=timestep.expand(model_input.shape[0]),
+            encoder_hidden_states=embeds,
+            pooled_projections=pooled,
+            return_dict=False,
+        )[0]
+        if guided:
+            uncond, cond = velocity.chunk(2)
+            velocity = uncond + guidance_scale * (cond - uncond)
+        sigma = scheduler.sigmas[scheduler.step_index if scheduler.step_index is not None else index]
+        denoised = latents - sigma * velocity
+        latents = scheduler.step(velocity, timestep, latents, return_dict=False)[0]
+        if step_hook is not None:
+            step_hook(StepInfo(index + 1, len(timesteps), latents, denoised, batch_index=0))
+    return latents
+
+
+def decode(vae: AutoencoderKL, latents: torch.Tensor) -> list[Image.Image]:
+    """SD 3's latents (scaled and shifted) to RGB pictures."""
+    latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+    pixels = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+    pixels = (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+    return [Image.fromarray(picture) for picture in (pixels * 255).round().astype("uint8")]
+
+
+@torch.inference_mode()
+def txt2img(
+    components: SD3Components,
+    prompts: Sequence[str],
+    negative_prompts: Sequence[str] | None = None,
+    *,
+    width: int = 1024,
+    height: int = 1024,
+    steps: int = 28,
+    guidance_scale: float = 5.0,
+    generator: torch.Generator,
+    t5_length: int = T5_MAX_LENGTH,
+    step_hook: StepHook | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[Image.Image]:
+    """Pictures for `prompts` (one each), with SD 3.5's defaults: 28 steps, CFG 5."""
+    negatives = list(negative_prompts) if negative_prompts is not None else [""] * len(prompts)
+    if len(negatives) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(negatives)} negative prompts")
+    if steps < 1:
+        raise ValueError("steps must be at least 1")
+    positive = encode_prompts(components, prompts, t5_length)
+    negative = encode_prompts(components, negatives, t5_length) if guidance_scale > 1 else None
+    latents = initial_noise(components, len(prompts), width, height, generator)
+    latents = denoise(
+        components.transformer,
+        make_flow_scheduler(components),
+        latents,
+        positive,
+        negative,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        step_hook=step_hook,
+        should_stop=should_stop,
+    )
+    return decode(components.vae, latents)
