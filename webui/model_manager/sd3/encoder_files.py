@@ -26,6 +26,9 @@ ROLE_LABELS = {"clip_l": "CLIP-L", "clip_g": "CLIP-G", "t5xxl": "T5-XXL"}
 _CLIP_KEY = "text_model.embeddings.token_embedding.weight"
 _T5_KEYS = ("shared.weight", "encoder.embed_tokens.weight")
 _T5_BLOCK_KEY = "encoder.block.0.layer.0.SelfAttention.q.weight"
+# The released encoders' widths: OpenAI CLIP ViT-L/14 and OpenCLIP bigG/14.
+REAL_CLIP_L_WIDTH = 768
+REAL_CLIP_G_WIDTH = 1280
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ def resolve_missing_encoders(
         chosen |= _choose_clips(spec, clips)
         absent = [role for role in ("clip_l", "clip_g") if role in missing and role not in chosen]
         if absent:
-            raise CheckpointError(_missing_clip_message(spec, absent, folders, name))
+            raise CheckpointError(_missing_clip_message(spec, absent, folders, clips, name))
     if "t5xxl" in missing:
         t5 = next((file for file in files if file.kind == "t5" and file.width == spec.joint_width), None)
         if t5 is not None:
@@ -108,6 +111,10 @@ def _choose_clips(spec: SD3Spec, clips: list[EncoderFile]) -> dict[str, EncoderF
         wide = next((c for c in clips if c.width == pooled - narrow.width and c.width > narrow.width), None)
         if wide is not None:
             return {"clip_l": narrow, "clip_g": wide}
+    # No pair: with the real widths, still take the one that is there, so the message names the other.
+    if pooled == REAL_CLIP_L_WIDTH + REAL_CLIP_G_WIDTH:
+        real = (("clip_l", REAL_CLIP_L_WIDTH), ("clip_g", REAL_CLIP_G_WIDTH))
+        return {role: match for role, width in real for match in clips if match.width == width}
     return {}
 
 
@@ -116,7 +123,9 @@ def _first_of_width(clips: list[EncoderFile], width: int, role: str) -> dict[str
     return {role: match} if match is not None else {}
 
 
-def _missing_clip_message(spec: SD3Spec, roles: list[str], folders: Sequence[Path], name: str) -> str:
+def _missing_clip_message(
+    spec: SD3Spec, roles: list[str], folders: Sequence[Path], clips: list[EncoderFile], name: str
+) -> str:
     labels = " and ".join(ROLE_LABELS[role] for role in roles)
     if len(roles) == 1:
         other = spec.clip_g if roles[0] == "clip_l" else spec.clip_l
@@ -125,9 +134,11 @@ def _missing_clip_message(spec: SD3Spec, roles: list[str], folders: Sequence[Pat
         width = f"together {spec.pooled_width} wide"
     where = ", ".join(str(folder) for folder in folders) or "(no text-encoder folder is configured)"
     files = " and ".join(f"{role}.safetensors" for role in roles)
+    widths = sorted({clip.width for clip in clips})
+    seen = f" (CLIP files there are {', '.join(map(str, widths))} wide)" if widths else ""
     return (
         f"{name}: needs its {labels} text encoder{'s' if len(roles) > 1 else ''} ({width}), which "
-        f"{'are' if len(roles) > 1 else 'is'} not in the file, and none was found in: {where}. "
+        f"{'are' if len(roles) > 1 else 'is'} not in the file, and none was found in: {where}{seen}. "
         f"Put {files} in models/text_encoder "
         "(ComfyUI's models/clip and models/text_encoders are searched too)."
     )

@@ -1,0 +1,265 @@
+"""SD 3.5: the shipped T5 tokenizer, detection and conversion of Stability's single files, text
+encoders found in folders, and the flow-matching loop against diffusers' own pipeline."""
+
+from __future__ import annotations
+
+import gzip
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+from safetensors.torch import load_file, save_file
+
+from webui.engine.flow import encode_prompts, txt2img
+from webui.model_manager.sd3.build import SD3Components, load_sd3
+from webui.model_manager.sd3.convert import convert_transformer
+from webui.model_manager.sd3.export import transformer_to_stability
+from webui.model_manager.sd3.spec import SD35_LARGE, SD35_MEDIUM, detect_sd3, is_sd3_checkpoint
+from webui.model_manager.state_dict import CheckpointError, read_tensor_shapes
+from webui.model_manager.t5_tokenizer import T5TokenizerError, build_t5_tokenizer
+from webui.tools import tiny_checkpoint
+from webui.tools.tiny_sd3 import (
+    tiny_transformer_config,
+    write_tiny_sd3_checkpoint,
+    write_tiny_text_encoder_files,
+)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def sd3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("sd3")
+    write_tiny_sd3_checkpoint("sd35-medium", folder / "medium.safetensors")
+    write_tiny_sd3_checkpoint("sd35-large", folder / "large.safetensors")
+    write_tiny_sd3_checkpoint("sd35-medium", folder / "medium-bare.safetensors", text_encoders=False)
+    write_tiny_sd3_checkpoint("sd35-medium", folder / "medium-fp8.safetensors", t5_storage="fp8")
+    write_tiny_sd3_checkpoint("sd35-medium", folder / "medium-scaled.safetensors", t5_storage="scaled_fp8")
+    write_tiny_text_encoder_files(folder / "models" / "clip")
+    return folder
+
+
+def _pixels(images) -> np.ndarray:
+    return np.stack([np.asarray(image) for image in images])
+
+
+def _diffusers_txt2img(
+    components: SD3Components, prompt: str, seed: int, steps: int, cfg: float
+) -> np.ndarray:
+    pipe = StableDiffusion3Pipeline(
+        transformer=components.transformer,
+        scheduler=components.make_scheduler(),
+        vae=components.vae,
+        text_encoder=components.clip_l,
+        tokenizer=components.tokenizer_l,
+        text_encoder_2=components.clip_g,
+        tokenizer_2=components.tokenizer_g,
+        text_encoder_3=components.t5,
+        tokenizer_3=components.tokenizer_t5,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    result = pipe(
+        prompt, height=64, width=64, num_inference_steps=steps, guidance_scale=cfg, generator=generator
+    )
+    return _pixels(result.images)
+
+
+def _ours(components: SD3Components, prompt: str, seed: int, steps: int = 4, cfg: float = 5.0) -> np.ndarray:
+    generator = torch.Generator("cpu").manual_seed(seed)
+    images = txt2img(
+        components, [prompt], width=64, height=64, steps=steps, guidance_scale=cfg, generator=generator
+    )
+    return _pixels(images)
+
+
+# --- T5 tokenizer -------------------------------------------------------------------------------
+
+
+def test_shipped_t5_tokenizer_gives_t5s_ids(no_network: list[object]) -> None:
+    tokenizer = build_t5_tokenizer()
+    assert len(tokenizer) == 32100
+    assert tokenizer("Hello world").input_ids == [8774, 296, 1]
+    assert tokenizer.convert_ids_to_tokens([0, 1, 2, 32099]) == ["<pad>", "</s>", "<unk>", "<extra_id_0>"]
+    padded = tokenizer(["a"], padding="max_length", max_length=6, truncation=True).input_ids[0]
+    assert padded == [3, 9, 1, 0, 0, 0]
+    assert no_network == []
+
+
+def test_t5_tokenizer_from_a_comfyui_install(tmp_path: Path) -> None:
+    folder = tmp_path / "ComfyUI" / "comfy" / "text_encoders" / "t5_tokenizer"
+    folder.mkdir(parents=True)
+    raw = resources.files("webui.model_manager.assets").joinpath("t5_tokenizer.json.gz").read_bytes()
+    (folder / "tokenizer.json").write_bytes(gzip.decompress(raw))
+    for source in (tmp_path / "ComfyUI", folder):
+        assert build_t5_tokenizer(source)("a photo of an astronaut").input_ids == [
+            3,
+            9,
+            1202,
+            13,
+            46,
+            30059,
+            1,
+        ]
+    with pytest.raises(T5TokenizerError, match="no T5 tokenizer.json"):
+        build_t5_tokenizer(tmp_path)
+
+
+# --- detection and conversion -------------------------------------------------------------------
+
+
+def test_detects_medium_and_large_from_shapes(sd3_dir: Path) -> None:
+    medium = read_tensor_shapes(sd3_dir / "medium.safetensors")
+    spec = detect_sd3(medium.tensors, medium.metadata, "medium")
+    assert spec.variant == SD35_MEDIUM and spec.kind == "SD 3.5 Medium"
+    assert spec.transformer_config == tiny_transformer_config("sd35-medium")
+    assert spec.missing_encoders == ()
+    assert (spec.clip_l.width, spec.clip_g.width, spec.t5.width) == (16, 32, 64)
+    assert spec.vae_config["latent_channels"] == 16 and spec.vae_config["use_quant_conv"] is False
+
+    large = read_tensor_shapes(sd3_dir / "large.safetensors")
+    spec = detect_sd3(large.tensors, {"modelspec.title": "SD 3.5 Large Turbo"}, "large")
+    assert spec.variant == SD35_LARGE and spec.transformer_config["num_layers"] == 38
+    assert spec.transformer_config["dual_attention_layers"] == () and spec.kind == "SD 3.5 Large Turbo"
+
+    bare = read_tensor_shapes(sd3_dir / "medium-bare.safetensors")
+    assert detect_sd3(bare.tensors, {}, "bare").missing_encoders == ("clip_l", "clip_g", "t5xxl")
+    assert is_sd3_checkpoint(medium.tensors)
+    assert not is_sd3_checkpoint(["model.diffusion_model.input_blocks.0.0.weight"])
+
+
+def test_an_unknown_mmdit_variant_is_named(sd3_dir: Path) -> None:
+    tensors = read_tensor_shapes(sd3_dir / "medium.safetensors").tensors
+    without_dual = {key: value for key, value in tensors.items() if ".attn2." not in key}
+    with pytest.raises(CheckpointError, match=r"variant not known here \(4 joint blocks, width 32"):
+        detect_sd3(without_dual, {}, "odd.safetensors")
+
+
+def test_stability_layout_round_trips_through_diffusers_converter() -> None:
+    torch.manual_seed(0)
+    config = tiny_transformer_config("sd35-medium")
+    original = SD3Transformer2DModel(**config).state_dict()
+    converted = convert_transformer(transformer_to_stability(original, int(config["num_layers"])))
+    assert converted.keys() == original.keys()
+    assert all(torch.equal(converted[key], original[key]) for key in original)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_loads_in_half_precision_with_t5_output_layers_in_fp32_under_fp16(sd3_dir: Path, dtype) -> None:
+    components = load_sd3(sd3_dir / "medium.safetensors", CPU, dtype)
+    assert components.transformer.dtype == dtype and components.clip_g.dtype == dtype
+    wo = components.t5.encoder.block[0].layer[1].DenseReluDense.wo.weight
+    assert wo.dtype == (torch.float32 if dtype == torch.float16 else dtype)
+
+
+@pytest.mark.parametrize("stored", ["medium-fp8", "medium-scaled"])
+def test_fp8_t5_is_dequantized_to_the_compute_dtype(sd3_dir: Path, stored: str) -> None:
+    reference = load_sd3(sd3_dir / "medium.safetensors", CPU, torch.float32).t5.state_dict()
+    components = load_sd3(sd3_dir / f"{stored}.safetensors", CPU, torch.float32)
+    weights = components.t5.state_dict()
+    assert all(value.dtype == torch.float32 for value in weights.values())
+    q = "encoder.block.1.layer.0.SelfAttention.q.weight"
+    # e4m3 keeps 3 mantissa bits: each weight within 1/16 of its size (plus the subnormal step).
+    assert torch.allclose(weights[q], reference[q], rtol=1 / 16, atol=2e-3)
+    assert not torch.equal(weights[q], reference[q])
+    assert torch.equal(weights["shared.weight"], reference["shared.weight"])  # fp8 files keep it in fp16
+
+
+# --- text encoders from folders ----------------------------------------------------------------
+
+
+def test_encoders_missing_from_the_file_come_from_a_comfyui_clip_folder(sd3_dir: Path, no_network) -> None:
+    folders = [sd3_dir / "models" / "clip"]
+    bare = load_sd3(sd3_dir / "medium-bare.safetensors", CPU, torch.float32, encoder_folders=folders)
+    assert bare.sources == {
+        role: str(folders[0] / f"{name}.safetensors")
+        for role, name in (("clip_l", "clip_l"), ("clip_g", "clip_g"), ("t5xxl", "t5xxl_fp16"))
+    }
+    full = load_sd3(sd3_dir / "medium.safetensors", CPU, torch.float32)
+    # The folder's files hold the same tiny encoders as the full file: the same picture.
+    assert np.array_equal(_ours(bare, "a red fox", 3), _ours(full, "a red fox", 3))
+    assert no_network == []
+
+
+def test_a_missing_clip_is_named_with_where_it_was_looked_for(sd3_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "text_encoder"
+    folder.mkdir()
+    for name in ("clip_l", "t5xxl_fp16"):
+        (folder / f"{name}.safetensors").write_bytes(
+            (sd3_dir / "models" / "clip" / f"{name}.safetensors").read_bytes()
+        )
+    # A file holding CLIP-L but not CLIP-G: the CLIP-G width is known, and named.
+    tensors = load_file(str(sd3_dir / "medium.safetensors"))
+    without_g = {key: value for key, value in tensors.items() if not key.startswith("text_encoders.clip_g.")}
+    save_file(without_g, str(tmp_path / "no-clip-g.safetensors"))
+    with pytest.raises(CheckpointError, match=r"needs its CLIP-G text encoder \(32 wide\).*" + str(folder)):
+        load_sd3(tmp_path / "no-clip-g.safetensors", CPU, torch.float32, encoder_folders=[folder])
+    # Neither CLIP in the file, one CLIP file in the folder: both named, with what is there.
+    with pytest.raises(
+        CheckpointError, match=r"CLIP-L and CLIP-G text encoders \(together 48 wide\).*16 wide"
+    ):
+        load_sd3(sd3_dir / "medium-bare.safetensors", CPU, torch.float32, encoder_folders=[folder])
+
+
+def test_without_t5_it_generates_with_clip_only_as_diffusers_does(sd3_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for name in ("clip_l", "clip_g"):
+        (folder / f"{name}.safetensors").write_bytes(
+            (sd3_dir / "models" / "clip" / f"{name}.safetensors").read_bytes()
+        )
+    components = load_sd3(sd3_dir / "medium-bare.safetensors", CPU, torch.float32, encoder_folders=[folder])
+    assert components.t5 is None and "t5xxl" not in components.sources
+    assert any("CLIP only" in note for note in components.notes)
+    conditioning = encode_prompts(components, ["a cat"])
+    assert conditioning.embeds.shape == (1, 77 + 256, 64) and not conditioning.embeds[:, 77:].any()
+    assert np.array_equal(_ours(components, "a cat", 5), _diffusers_txt2img(components, "a cat", 5, 4, 5.0))
+
+    skipped = load_sd3(sd3_dir / "medium.safetensors", CPU, torch.float32, use_t5=False)
+    assert skipped.t5 is None and skipped.notes == []
+
+
+# --- the loop against diffusers -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("file", ["medium", "large"])
+def test_txt2img_is_pixel_identical_to_diffusers_pipeline(sd3_dir: Path, file: str) -> None:
+    components = load_sd3(sd3_dir / f"{file}.safetensors", CPU, torch.float32)
+    ours = _ours(components, "a lighthouse at dusk", seed=11, steps=5, cfg=4.5)
+    assert np.array_equal(ours, _diffusers_txt2img(components, "a lighthouse at dusk", 11, 5, 4.5))
+    assert ours.std() > 1  # a picture, not a flat field
+    assert not np.array_equal(ours, _ours(components, "a lighthouse at dusk", seed=12, steps=5, cfg=4.5))
+
+
+def test_guidance_off_runs_one_pass_per_step(sd3_dir: Path) -> None:
+    components = load_sd3(sd3_dir / "medium.safetensors", CPU, torch.float32)
+    batches = []
+    original = components.transformer.forward
+
+    def counting(*args, **kwargs):
+        batches.append(kwargs["hidden_states"].shape[0])
+        return original(*args, **kwargs)
+
+    components.transformer.forward = counting
+    ours = _ours(components, "a boat", seed=2, steps=3, cfg=1.0)
+    assert batches == [1, 1, 1]
+    assert np.array_equal(ours, _diffusers_txt2img(components, "a boat", 2, 3, 1.0))
+
+
+# --- the tiny checkpoint tool -------------------------------------------------------------------
+
+
+def test_tiny_tool_writes_stability_layout_files(tmp_path: Path, capsys) -> None:
+    tiny_checkpoint.main(["--arch", "sd35-large", "--no-text-encoders", str(tmp_path / "a.safetensors")])
+    tiny_checkpoint.main(["--arch", "sd35-large", "--no-text-encoders", str(tmp_path / "b.safetensors")])
+    assert "sd35-large" in capsys.readouterr().out
+    first, second = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert not any(key.startswith("text_encoders.") for key in first)
+    assert "model.diffusion_model.joint_blocks.37.x_block.mlp.fc1.weight" in first
+    assert (tmp_path / "a.safetensors").stat().st_size < 5_000_000
+    with pytest.raises(SystemExit):
+        tiny_checkpoint.main(["--arch", "sd15", "--no-text-encoders", str(tmp_path / "c.safetensors")])
