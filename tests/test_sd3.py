@@ -249,6 +249,56 @@ def test_guidance_off_runs_one_pass_per_step(sd3_dir: Path) -> None:
     assert np.array_equal(ours, _diffusers_txt2img(components, "a boat", 2, 3, 1.0))
 
 
+@pytest.mark.parametrize("sampler", ["Heun", "DPM++ 2M", "UniPC"])
+def test_the_other_flow_samplers_draw_near_eulers_picture(sd3_dir: Path, sampler: str) -> None:
+    components = load_sd3(sd3_dir / "medium.safetensors", CPU, torch.float32)
+    seen = []
+    images = txt2img(
+        components,
+        ["a cat"],
+        width=64,
+        height=64,
+        steps=8,
+        guidance_scale=4.0,
+        generator=torch.Generator("cpu").manual_seed(1),
+        sampler=sampler,
+        step_hook=lambda info: seen.append((info.step, info.total)),
+    )
+    euler = _pixels(
+        txt2img(
+            components,
+            ["a cat"],
+            width=64,
+            height=64,
+            steps=8,
+            guidance_scale=4.0,
+            generator=torch.Generator("cpu").manual_seed(1),
+        )
+    )
+    difference = np.abs(_pixels(images).astype(int) - euler.astype(int))
+    assert 0 < difference.mean() < 20  # another integrator of the same flow, not another picture
+    assert seen[-1][0] == seen[-1][1] == len(seen)
+
+
+def test_bad_sampler_and_size_are_refused_by_name(sd3_dir: Path) -> None:
+    components = load_sd3(
+        sd3_dir / "medium-bare.safetensors",
+        CPU,
+        torch.float32,
+        encoder_folders=[sd3_dir / "models" / "clip"],
+        use_t5=False,
+    )
+    generator = torch.Generator("cpu").manual_seed(0)
+    with pytest.raises(
+        ValueError, match=r"'Euler a' does not fit flow matching.*Euler, Heun, DPM\+\+ 2M, UniPC"
+    ):
+        txt2img(components, ["x"], width=64, height=64, generator=generator, sampler="Euler a")
+    with pytest.raises(ValueError, match="multiples of 16"):
+        txt2img(components, ["x"], width=72, height=64, generator=generator)
+    with pytest.raises(ValueError, match="at most 256 px"):
+        txt2img(components, ["x"], width=512, height=64, generator=generator)
+
+
 # --- the tiny checkpoint tool -------------------------------------------------------------------
 
 

@@ -9,11 +9,20 @@ output then CLIP-G's projected one. Without T5, zeros stand in for T5's part, as
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from diffusers import (
+    AutoencoderKL,
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
+    SD3Transformer2DModel,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerBase, T5EncoderModel
 
@@ -22,6 +31,7 @@ from webui.model_manager.sd3.build import SD3Components
 from webui.model_manager.t5_tokenizer import T5_MAX_LENGTH
 
 CLIP_LENGTH = 77
+FLOW_SAMPLERS = ("Euler", "Heun", "DPM++ 2M", "UniPC")
 # The CLIP hidden state SD 3 conditions on: the penultimate layer's.
 CLIP_HIDDEN_LAYER = -2
 
@@ -81,9 +91,29 @@ def encode_prompts(
     return FlowConditioning(embeds, torch.cat([pooled_l, pooled_g], dim=-1))
 
 
-def make_flow_scheduler(components: SD3Components) -> FlowMatchEulerDiscreteScheduler:
-    """The flow-matching Euler sampler with SD 3's shift."""
-    return FlowMatchEulerDiscreteScheduler(**components.spec.scheduler_config)
+def make_flow_scheduler(scheduler_config: Mapping[str, Any], sampler: str = "Euler") -> SchedulerMixin:
+    """A flow-matching sampler by its A1111 name, with the model's shift (3 for SD 3.x).
+
+    diffusers' flow samplers: its flow-matching Euler and Heun, and DPM++ 2M and UniPC on flow
+    sigmas. The others (ancestral, SDE, LMS, DDIM, PLMS...) assume a noise-predicting model on a
+    variance-preserving schedule, so they are refused by name."""
+    steps, shift = int(scheduler_config["num_train_timesteps"]), float(scheduler_config["shift"])
+    if sampler == "Euler":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=steps, shift=shift)
+    if sampler == "Heun":
+        return FlowMatchHeunDiscreteScheduler(num_train_timesteps=steps, shift=shift)
+    solvers = {"DPM++ 2M": DPMSolverMultistepScheduler, "UniPC": UniPCMultistepScheduler}
+    if sampler in solvers:
+        return solvers[sampler](
+            num_train_timesteps=steps,
+            use_flow_sigmas=True,
+            prediction_type="flow_prediction",
+            flow_shift=shift,
+        )
+    raise ValueError(
+        f"sampler {sampler!r} does not fit flow matching (SD 3 models); "
+        f"choose one of {', '.join(FLOW_SAMPLERS)}"
+    )
 
 
 def initial_noise(
@@ -91,9 +121,7 @@ def initial_noise(
 ) -> torch.Tensor:
     """Gaussian latents drawn on the generator's device (a CPU generator gives the same noise on
     any accelerator), in the transformer's dtype, then moved to the model's device."""
-    scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
-    if width % scale or height % scale:
-        raise ValueError(f"width and height must be multiples of {scale} (got {width}x{height})")
+    scale = check_size(components, width, height)
     shape = (batch, components.transformer.config.in_channels, height // scale, width // scale)
     noise = torch.randn(
         shape, generator=generator, device=generator.device, dtype=components.transformer.dtype
@@ -101,9 +129,22 @@ def initial_noise(
     return noise.to(components.device)
 
 
+def check_size(components: SD3Components, width: int, height: int) -> int:
+    """The VAE's scale; ValueError for a size the transformer's patch grid or position table cannot take."""
+    scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
+    config = components.transformer.config
+    step = scale * config.patch_size
+    largest = step * config.pos_embed_max_size
+    if width % step or height % step:
+        raise ValueError(f"width and height must be multiples of {step} for SD 3 (got {width}x{height})")
+    if max(width, height) > largest:
+        raise ValueError(f"SD 3 models of this kind draw at most {largest} px a side (got {width}x{height})")
+    return scale
+
+
 def denoise(
     transformer: SD3Transformer2DModel,
-    scheduler: FlowMatchEulerDiscreteScheduler,
+    scheduler: SchedulerMixin,
     latents: torch.Tensor,
     positive: FlowConditioning,
     negative: FlowConditioning | None,
@@ -167,22 +208,28 @@ def txt2img(
     steps: int = 28,
     guidance_scale: float = 5.0,
     generator: torch.Generator,
+    sampler: str = "Euler",
     t5_length: int = T5_MAX_LENGTH,
     step_hook: StepHook | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[Image.Image]:
-    """Pictures for `prompts` (one each), with SD 3.5's defaults: 28 steps, CFG 5."""
+    """Pictures for `prompts` (one each), with SD 3.5's defaults: 28 steps, CFG 5, Euler.
+
+    ValueError (before any work) for a sampler that does not fit flow matching, a size the
+    latent grid cannot take, or prompt lists of different lengths."""
     negatives = list(negative_prompts) if negative_prompts is not None else [""] * len(prompts)
     if len(negatives) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(negatives)} negative prompts")
     if steps < 1:
         raise ValueError("steps must be at least 1")
+    scheduler = make_flow_scheduler(components.spec.scheduler_config, sampler)
+    check_size(components, width, height)
     positive = encode_prompts(components, prompts, t5_length)
     negative = encode_prompts(components, negatives, t5_length) if guidance_scale > 1 else None
     latents = initial_noise(components, len(prompts), width, height, generator)
     latents = denoise(
         components.transformer,
-        make_flow_scheduler(components),
+        scheduler,
         latents,
         positive,
         negative,
