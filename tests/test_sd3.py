@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+from diffusers import SD3Transformer2DModel, StableDiffusion3Img2ImgPipeline, StableDiffusion3Pipeline
 from safetensors.torch import load_file, save_file
 
-from webui.engine.flow import encode_prompts, txt2img
+from webui.engine.flow import encode_prompts, img2img, make_flow_scheduler, txt2img
 from webui.model_manager.sd3.build import SD3Components, load_sd3
 from webui.model_manager.sd3.convert import convert_transformer
 from webui.model_manager.sd3.export import transformer_to_stability
@@ -225,13 +225,56 @@ def test_without_t5_it_generates_with_clip_only_as_diffusers_does(sd3_dir: Path,
 # --- the loop against diffusers -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("file", ["medium", "large"])
-def test_txt2img_is_pixel_identical_to_diffusers_pipeline(sd3_dir: Path, file: str) -> None:
+@pytest.mark.parametrize(("file", "steps"), [("medium", 5), ("large", 2)])
+def test_txt2img_is_pixel_identical_to_diffusers_pipeline(sd3_dir: Path, file: str, steps: int) -> None:
     components = load_sd3(sd3_dir / f"{file}.safetensors", CPU, torch.float32)
-    ours = _ours(components, "a lighthouse at dusk", seed=11, steps=5, cfg=4.5)
-    assert np.array_equal(ours, _diffusers_txt2img(components, "a lighthouse at dusk", 11, 5, 4.5))
+    ours = _ours(components, "a lighthouse at dusk", seed=11, steps=steps, cfg=4.5)
+    assert np.array_equal(ours, _diffusers_txt2img(components, "a lighthouse at dusk", 11, steps, 4.5))
     assert ours.std() > 1  # a picture, not a flat field
-    assert not np.array_equal(ours, _ours(components, "a lighthouse at dusk", seed=12, steps=5, cfg=4.5))
+    assert not np.array_equal(ours, _ours(components, "a lighthouse at dusk", seed=12, steps=steps, cfg=4.5))
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "Heun"])
+def test_img2img_is_pixel_identical_to_diffusers_img2img_pipeline(sd3_dir: Path, sampler: str) -> None:
+    components = load_sd3(sd3_dir / "medium.safetensors", CPU, torch.float32)
+    init = txt2img(
+        components, ["a cat"], width=64, height=64, steps=3, generator=torch.Generator("cpu").manual_seed(1)
+    )
+    ours = img2img(
+        components,
+        ["a dog"],
+        init,
+        strength=0.6,
+        steps=5,
+        guidance_scale=4.0,
+        generator=torch.Generator("cpu").manual_seed(2),
+        sampler=sampler,
+    )
+    pipe = StableDiffusion3Img2ImgPipeline(
+        transformer=components.transformer,
+        scheduler=make_flow_scheduler(components.spec.scheduler_config, sampler),
+        vae=components.vae,
+        text_encoder=components.clip_l,
+        tokenizer=components.tokenizer_l,
+        text_encoder_2=components.clip_g,
+        tokenizer_2=components.tokenizer_g,
+        text_encoder_3=components.t5,
+        tokenizer_3=components.tokenizer_t5,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(
+        "a dog",
+        image=init[0],
+        strength=0.6,
+        height=64,
+        width=64,
+        num_inference_steps=5,
+        guidance_scale=4.0,
+        generator=torch.Generator("cpu").manual_seed(2),
+    ).images
+    assert np.array_equal(_pixels(ours), _pixels(expected))
+    with pytest.raises(ValueError, match=r"strength must be in \(0, 1\], got 0"):
+        img2img(components, ["a dog"], init, strength=0, steps=5, generator=torch.Generator("cpu"))
 
 
 def test_guidance_off_runs_one_pass_per_step(sd3_dir: Path) -> None:
@@ -258,7 +301,7 @@ def test_the_other_flow_samplers_draw_near_eulers_picture(sd3_dir: Path, sampler
         ["a cat"],
         width=64,
         height=64,
-        steps=8,
+        steps=6,
         guidance_scale=4.0,
         generator=torch.Generator("cpu").manual_seed(1),
         sampler=sampler,
@@ -270,7 +313,7 @@ def test_the_other_flow_samplers_draw_near_eulers_picture(sd3_dir: Path, sampler
             ["a cat"],
             width=64,
             height=64,
-            steps=8,
+            steps=6,
             guidance_scale=4.0,
             generator=torch.Generator("cpu").manual_seed(1),
         )

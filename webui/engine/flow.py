@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -142,31 +143,43 @@ def check_size(components: SD3Components, width: int, height: int) -> int:
     return scale
 
 
+def flow_timesteps(
+    scheduler: SchedulerMixin, steps: int, device: torch.device, strength: float = 1.0
+) -> torch.Tensor:
+    """The timesteps to run: all `steps` of them, or for img2img the last `strength` part
+    (diffusers' rule: `int(steps - steps * strength)` steps are skipped)."""
+    scheduler.set_timesteps(steps, device=device)
+    skipped = int(max(steps - min(steps * strength, steps), 0))
+    if skipped >= steps:
+        raise ValueError(f"denoising strength {strength} leaves no step of {steps} to run")
+    start = skipped * scheduler.order
+    scheduler.set_begin_index(start)
+    return scheduler.timesteps[start:]
+
+
 def denoise(
     transformer: SD3Transformer2DModel,
     scheduler: SchedulerMixin,
     latents: torch.Tensor,
+    timesteps: torch.Tensor,
     positive: FlowConditioning,
     negative: FlowConditioning | None,
     *,
-    steps: int,
     guidance_scale: float,
     step_hook: StepHook | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
-    """Integrate `latents` from noise to the clean latent in `steps` flow-matching steps.
+    """Integrate `latents` along the flow over `timesteps` (from `flow_timesteps`).
 
     Classifier-free guidance when `negative` is given and `guidance_scale` > 1: one batched pass
     of (negative, positive). `step_hook` sees each step's latents and the clean-latent estimate
     (latents - sigma * velocity); `should_stop` returning True ends the loop early."""
-    scheduler.set_timesteps(steps, device=latents.device)
     guided = negative is not None and guidance_scale > 1
     if guided:
         embeds = torch.cat([negative.embeds, positive.embeds])
         pooled = torch.cat([negative.pooled, positive.pooled])
     else:
         embeds, pooled = positive.embeds, positive.pooled
-    timesteps = scheduler.timesteps
     for index, timestep in enumerate(timesteps):
         if should_stop is not None and should_stop():
             break
@@ -181,12 +194,23 @@ def denoise(
         if guided:
             uncond, cond = velocity.chunk(2)
             velocity = uncond + guidance_scale * (cond - uncond)
-        sigma = scheduler.sigmas[scheduler.step_index if scheduler.step_index is not None else index]
-        denoised = latents - sigma * velocity
+        position = scheduler.step_index if scheduler.step_index is not None else scheduler.begin_index
+        denoised = latents - scheduler.sigmas[position].to(latents.device) * velocity
         latents = scheduler.step(velocity, timestep, latents, return_dict=False)[0]
         if step_hook is not None:
             step_hook(StepInfo(index + 1, len(timesteps), latents, denoised, batch_index=0))
     return latents
+
+
+def image_to_latents(
+    vae: AutoencoderKL, images: Sequence[Image.Image], generator: torch.Generator
+) -> torch.Tensor:
+    """RGB pictures (already at the generation size) to SD 3's shifted and scaled latents,
+    sampled from the VAE's posterior with `generator` (as diffusers' img2img does)."""
+    pixels = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0 for image in images])
+    batch = torch.from_numpy(pixels).permute(0, 3, 1, 2) * 2.0 - 1.0
+    posterior = vae.encode(batch.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    return (posterior.sample(generator) - vae.config.shift_factor) * vae.config.scaling_factor
 
 
 def decode(vae: AutoencoderKL, latents: torch.Tensor) -> list[Image.Image]:
@@ -217,9 +241,7 @@ def txt2img(
 
     ValueError (before any work) for a sampler that does not fit flow matching, a size the
     latent grid cannot take, or prompt lists of different lengths."""
-    negatives = list(negative_prompts) if negative_prompts is not None else [""] * len(prompts)
-    if len(negatives) != len(prompts):
-        raise ValueError(f"{len(prompts)} prompts but {len(negatives)} negative prompts")
+    negatives = _negatives(prompts, negative_prompts)
     if steps < 1:
         raise ValueError("steps must be at least 1")
     scheduler = make_flow_scheduler(components.spec.scheduler_config, sampler)
@@ -227,15 +249,82 @@ def txt2img(
     positive = encode_prompts(components, prompts, t5_length)
     negative = encode_prompts(components, negatives, t5_length) if guidance_scale > 1 else None
     latents = initial_noise(components, len(prompts), width, height, generator)
+    timesteps = flow_timesteps(scheduler, steps, latents.device)
     latents = denoise(
         components.transformer,
         scheduler,
         latents,
+        timesteps,
         positive,
         negative,
-        steps=steps,
         guidance_scale=guidance_scale,
         step_hook=step_hook,
         should_stop=should_stop,
     )
     return decode(components.vae, latents)
+
+
+@torch.inference_mode()
+def img2img(
+    components: SD3Components,
+    prompts: Sequence[str],
+    init_images: Sequence[Image.Image],
+    negative_prompts: Sequence[str] | None = None,
+    *,
+    strength: float = 0.6,
+    steps: int = 28,
+    guidance_scale: float = 5.0,
+    generator: torch.Generator,
+    sampler: str = "Euler",
+    t5_length: int = T5_MAX_LENGTH,
+    step_hook: StepHook | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[Image.Image]:
+    """Pictures for `prompts` starting from `init_images` (one each, all of one size), the flow
+    entered at `strength` (1: from pure noise, as txt2img). The flow's img2img mixes noise in
+    linearly: latent = sigma * noise + (1 - sigma) * image."""
+    negatives = _negatives(prompts, negative_prompts)
+    if len(init_images) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(init_images)} init images")
+    if not 0 < strength <= 1:
+        raise ValueError(f"denoising strength must be in (0, 1], got {strength}")
+    width, height = init_images[0].size
+    if any(image.size != (width, height) for image in init_images):
+        raise ValueError("the init images must all have one size")
+    scheduler = make_flow_scheduler(components.spec.scheduler_config, sampler)
+    check_size(components, width, height)
+    timesteps = flow_timesteps(scheduler, steps, components.device, strength)
+    positive = encode_prompts(components, prompts, t5_length)
+    negative = encode_prompts(components, negatives, t5_length) if guidance_scale > 1 else None
+    clean = image_to_latents(components.vae, init_images, generator).to(components.transformer.dtype)
+    noise = torch.randn(clean.shape, generator=generator, device=generator.device, dtype=clean.dtype)
+    latents = _noised(scheduler, clean, noise.to(clean.device), timesteps[:1].repeat(len(prompts)))
+    latents = denoise(
+        components.transformer,
+        scheduler,
+        latents,
+        timesteps,
+        positive,
+        negative,
+        guidance_scale=guidance_scale,
+        step_hook=step_hook,
+        should_stop=should_stop,
+    )
+    return decode(components.vae, latents)
+
+
+def _noised(
+    scheduler: SchedulerMixin, clean: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor
+) -> torch.Tensor:
+    """The flow's forward process at `timestep`: sigma * noise + (1 - sigma) * clean. The
+    flow-matching schedulers call it scale_noise; the solvers on flow sigmas add_noise."""
+    if hasattr(scheduler, "scale_noise"):
+        return scheduler.scale_noise(clean, timestep, noise)
+    return scheduler.add_noise(clean, noise, timestep)
+
+
+def _negatives(prompts: Sequence[str], negative_prompts: Sequence[str] | None) -> list[str]:
+    negatives = list(negative_prompts) if negative_prompts is not None else [""] * len(prompts)
+    if len(negatives) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(negatives)} negative prompts")
+    return negatives
