@@ -179,6 +179,9 @@ def test_encoders_missing_from_the_file_come_from_a_comfyui_clip_folder(sd3_dir:
         for role, name in (("clip_l", "clip_l"), ("clip_g", "clip_g"), ("t5xxl", "t5xxl_fp16"))
     }
     full = load_sd3(sd3_dir / "medium.safetensors", CPU, torch.float32)
+    # The folder's clip_l carries a projection, as OpenAI's does; SD 3 uses CLIP-L unprojected.
+    assert "text_projection.weight" in load_file(str(folders[0] / "clip_l.safetensors"))
+    assert torch.equal(bare.clip_l.text_projection.weight, torch.eye(16))
     # The folder's files hold the same tiny encoders as the full file: the same picture.
     assert np.array_equal(_ours(bare, "a red fox", 3), _ours(full, "a red fox", 3))
     assert no_network == []

@@ -91,15 +91,19 @@ def build_tiny_sd3_state_dict(
     return tensors
 
 
-def tiny_text_encoder_weights(seed: int = 0, t5_storage: str = "fp16") -> dict[str, dict[str, torch.Tensor]]:
+def tiny_text_encoder_weights(
+    seed: int = 0, t5_storage: str = "fp16", *, clip_l_projection: bool = False
+) -> dict[str, dict[str, torch.Tensor]]:
     """CLIP-L, CLIP-G and T5 weights in transformers' layout, by role ("clip_l", "clip_g", "t5xxl").
 
     Seeded on their own, so that a file without encoders plus these equals the file with them.
-    Stability's files keep no text projection for CLIP-L (the pipeline uses identity), and
-    T5's embedding once, as `shared.weight`."""
+    Stability's files keep no text projection for CLIP-L (SD 3 does not use it), and T5's
+    embedding once, as `shared.weight`; stand-alone clip_l files carry OpenAI's projection
+    (`clip_l_projection`)."""
     torch.manual_seed(seed + 1)
     clip_l = _clip(CLIP_L_WIDTH, "quick_gelu").state_dict()
-    clip_l.pop("text_projection.weight")
+    if not clip_l_projection:
+        clip_l.pop("text_projection.weight")
     clip_g = _clip(CLIP_G_WIDTH, "gelu").state_dict()
     t5 = _t5().state_dict()
     t5.pop("encoder.embed_tokens.weight")
@@ -184,7 +188,7 @@ def write_tiny_text_encoder_files(folder: Path, seed: int = 0, t5_storage: str =
     folder.mkdir(parents=True, exist_ok=True)
     file_names = {"clip_l": "clip_l", "clip_g": "clip_g", "t5xxl": f"t5xxl_{t5_storage}"}
     written = {}
-    for role, weights in tiny_text_encoder_weights(seed, t5_storage).items():
+    for role, weights in tiny_text_encoder_weights(seed, t5_storage, clip_l_projection=True).items():
         path = folder / f"{file_names[role]}.safetensors"
         save_file(weights, str(path))
         written[role] = path

@@ -57,12 +57,14 @@ def convert_vae(tensors: Mapping[str, torch.Tensor], config: dict[str, Any]) -> 
 def convert_clip(tensors: Mapping[str, torch.Tensor], spec: ClipSpec) -> dict[str, torch.Tensor]:
     """CLIPTextModelWithProjection weights (`text_model.…`, `text_projection.weight`).
 
-    SD3 files hold no projection for CLIP-L: its pooled output is used as it is, which is what
-    an identity projection gives (diffusers does the same)."""
+    SD 3 conditions on CLIP-L's pooled output as it is, unprojected (Stability's reference
+    code; its files hold no projection for CLIP-L, and diffusers puts identity there). A
+    stand-alone clip_l.safetensors often carries OpenAI's projection: it is set aside for the
+    same identity, so that both routes give the same conditioning."""
     inner = {key: value for key, value in tensors.items() if key.startswith(spec.prefix)}
     weights = convert_ldm_clip_checkpoint(inner, remove_prefix=spec.prefix) if spec.prefix else dict(inner)
     weights = {key: value for key, value in weights.items() if key not in _IGNORED_CLIP_KEYS}
-    if "text_projection.weight" not in weights:
+    if spec.role == "clip_l" or "text_projection.weight" not in weights:
         weights["text_projection.weight"] = torch.eye(spec.width)
     return weights
 

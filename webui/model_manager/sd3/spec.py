@@ -56,7 +56,7 @@ class ClipSpec:
     role: str  # "clip_l" or "clip_g"
     prefix: str
     config: dict[str, Any]  # CLIPTextConfig keyword arguments
-    has_projection: bool  # False: the file has no text_projection (CLIP-L in SD3 files); identity then
+    has_projection: bool  # whether the file holds a text_projection (CLIP-L's is never used: convert.py)
 
     @property
     def width(self) -> int:
@@ -241,7 +241,8 @@ def clip_spec(weights: Mapping[str, torch.Tensor], role: str, prefix: str, name:
         "max_position_embeddings": int(weights["text_model.embeddings.position_embedding.weight"].shape[0]),
         # OpenAI's CLIP-L uses quick GELU, OpenCLIP's bigG the exact one; the weights cannot say.
         "hidden_act": "quick_gelu" if role == "clip_l" else "gelu",
-        "projection_dim": int(projection.shape[0]) if projection is not None else hidden,
+        # SD 3 uses CLIP-L's pooled output unprojected: an identity projection (see convert.py).
+        "projection_dim": int(projection.shape[0]) if projection is not None and role == "clip_g" else hidden,
     }
     if config["vocab_size"] < CLIP_VOCAB_SIZE or config["max_position_embeddings"] < CLIP_POSITIONS:
         raise CheckpointError(
