@@ -17,6 +17,7 @@ from webui.engine.flow import encode_prompts, img2img, make_flow_scheduler, txt2
 from webui.model_manager.sd3.build import SD3Components, load_sd3
 from webui.model_manager.sd3.convert import convert_transformer
 from webui.model_manager.sd3.export import transformer_to_stability
+from webui.model_manager.sd3.folder import is_sd3_folder, load_sd3_folder
 from webui.model_manager.sd3.spec import SD35_LARGE, SD35_MEDIUM, detect_sd3, is_sd3_checkpoint
 from webui.model_manager.state_dict import CheckpointError, read_tensor_shapes
 from webui.model_manager.t5_tokenizer import T5TokenizerError, build_t5_tokenizer
@@ -223,6 +224,29 @@ def test_without_t5_it_generates_with_clip_only_as_diffusers_does(sd3_dir: Path,
 
     skipped = load_sd3(sd3_dir / "medium.safetensors", CPU, torch.float32, use_t5=False)
     assert skipped.t5 is None and skipped.notes == []
+
+
+@pytest.mark.parametrize("with_t5", [True, False])
+def test_a_diffusers_folder_gives_the_single_files_picture(
+    sd3_dir: Path, tmp_path: Path, with_t5: bool
+) -> None:
+    components = load_sd3(sd3_dir / "medium.safetensors", CPU, torch.float32, use_t5=with_t5)
+    StableDiffusion3Pipeline(
+        transformer=components.transformer,
+        scheduler=components.make_scheduler(),
+        vae=components.vae,
+        text_encoder=components.clip_l,
+        tokenizer=components.tokenizer_l,
+        text_encoder_2=components.clip_g,
+        tokenizer_2=components.tokenizer_g,
+        text_encoder_3=components.t5,
+        tokenizer_3=components.tokenizer_t5,
+    ).save_pretrained(tmp_path / "sd35m")
+    assert is_sd3_folder(tmp_path / "sd35m") and not is_sd3_folder(sd3_dir)
+    folder = load_sd3_folder(tmp_path / "sd35m", CPU, torch.float32)
+    assert folder.spec.variant == SD35_MEDIUM and (folder.t5 is not None) == with_t5
+    assert folder.spec.transformer_config["dual_attention_layers"] == (0, 1)
+    assert np.array_equal(_ours(folder, "a kite", 4), _ours(components, "a kite", 4))
 
 
 # --- the loop against diffusers -----------------------------------------------------------------

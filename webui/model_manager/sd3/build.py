@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -156,21 +156,8 @@ def place_components(components: SD3Components, device: torch.device, dtype: tor
 
 def _with_encoder(spec: SD3Spec, role: str, weights: Mapping[str, torch.Tensor], name: str) -> SD3Spec:
     if role == "t5xxl":
-        found = t5_spec(weights, "", name)
-        return SD3Spec(
-            spec.variant,
-            spec.transformer_config,
-            spec.vae_config,
-            spec.clip_l,
-            spec.clip_g,
-            found,
-            spec.is_turbo,
-        )
-    clip = clip_spec(weights, role, "", name)
-    clip_l, clip_g = (clip, spec.clip_g) if role == "clip_l" else (spec.clip_l, clip)
-    return SD3Spec(
-        spec.variant, spec.transformer_config, spec.vae_config, clip_l, clip_g, spec.t5, spec.is_turbo
-    )
+        return replace(spec, t5=t5_spec(weights, "", name))
+    return replace(spec, **{role: clip_spec(weights, role, "", name)})
 
 
 def _build_clip(

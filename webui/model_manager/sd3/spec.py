@@ -85,6 +85,7 @@ class SD3Spec:
     clip_g: ClipSpec | None
     t5: T5Spec | None
     is_turbo: bool = False  # only the file's metadata can say so: Large Turbo has Large's shapes
+    shift: float = SCHEDULER_CONFIG["shift"]  # a diffusers folder's scheduler may say otherwise
 
     @property
     def kind(self) -> str:
@@ -92,7 +93,7 @@ class SD3Spec:
 
     @property
     def scheduler_config(self) -> dict[str, Any]:
-        return dict(SCHEDULER_CONFIG)
+        return {**SCHEDULER_CONFIG, "shift": self.shift}
 
     @property
     def pooled_width(self) -> int:
@@ -137,7 +138,7 @@ def _detect(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], na
         raise CheckpointError(f"{name}: not an SD 3 checkpoint (no MMDiT under '{TRANSFORMER_PREFIX}')")
     transformer = strip_prefix(tensors, TRANSFORMER_PREFIX)
     config = transformer_config(transformer)
-    variant = _variant(config, name)
+    variant = variant_of(config, name)
     clip_l = clip_spec(strip_prefix(tensors, CLIP_L_PREFIX), "clip_l", CLIP_L_PREFIX, name)
     clip_g = clip_spec(strip_prefix(tensors, CLIP_G_PREFIX), "clip_g", CLIP_G_PREFIX, name)
     t5 = t5_spec(strip_prefix(tensors, T5_PREFIX), T5_PREFIX, name)
@@ -198,7 +199,8 @@ def transformer_config(weights: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     }
 
 
-def _variant(config: dict[str, Any], name: str) -> str:
+def variant_of(config: Mapping[str, Any], name: str) -> str:
+    """Which known MMDiT `config` (SD3Transformer2DModel's) is; CheckpointError for others."""
     depth, dual = config["num_layers"], config["dual_attention_layers"]
     if dual:
         return SD35_MEDIUM
