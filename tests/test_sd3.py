@@ -13,7 +13,7 @@ import torch
 from diffusers import SD3Transformer2DModel, StableDiffusion3Img2ImgPipeline, StableDiffusion3Pipeline
 from safetensors.torch import load_file, save_file
 
-from webui.engine.flow import encode_prompts, img2img, make_flow_scheduler, txt2img
+from webui.engine.flow import SkipLayerGuidance, encode_prompts, img2img, make_flow_scheduler, txt2img
 from webui.model_manager.sd3.build import SD3Components, load_sd3
 from webui.model_manager.sd3.convert import convert_transformer
 from webui.model_manager.sd3.export import transformer_to_stability
@@ -259,6 +259,57 @@ def test_txt2img_is_pixel_identical_to_diffusers_pipeline(sd3_dir: Path, file: s
     assert np.array_equal(ours, _diffusers_txt2img(components, "a lighthouse at dusk", 11, steps, 4.5))
     assert ours.std() > 1  # a picture, not a flat field
     assert not np.array_equal(ours, _ours(components, "a lighthouse at dusk", seed=12, steps=steps, cfg=4.5))
+
+
+def test_skip_layer_guidance_is_pixel_identical_to_diffusers(sd3_dir: Path) -> None:
+    components = load_sd3(sd3_dir / "medium.safetensors", CPU, torch.float32)
+    guidance = SkipLayerGuidance(layers=(1, 2), scale=2.8, start=0.0, stop=0.8)
+    generator = torch.Generator("cpu").manual_seed(3)
+    ours = txt2img(
+        components,
+        ["a cat"],
+        width=64,
+        height=64,
+        steps=5,
+        guidance_scale=4.0,
+        generator=generator,
+        skip_layers=guidance,
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=components.transformer,
+        scheduler=components.make_scheduler(),
+        vae=components.vae,
+        text_encoder=components.clip_l,
+        tokenizer=components.tokenizer_l,
+        text_encoder_2=components.clip_g,
+        tokenizer_2=components.tokenizer_g,
+        text_encoder_3=components.t5,
+        tokenizer_3=components.tokenizer_t5,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(
+        "a cat",
+        height=64,
+        width=64,
+        num_inference_steps=5,
+        guidance_scale=4.0,
+        generator=torch.Generator("cpu").manual_seed(3),
+        skip_guidance_layers=[1, 2],
+        skip_layer_guidance_scale=2.8,
+        skip_layer_guidance_start=0.0,
+        skip_layer_guidance_stop=0.8,
+    ).images
+    assert np.array_equal(_pixels(ours), _pixels(expected))
+    assert not np.array_equal(_pixels(ours), _ours(components, "a cat", 3, steps=5, cfg=4.0))
+    with pytest.raises(ValueError, match=r"among 0\.\.3 of this model \(got \[9\]\)"):
+        txt2img(
+            components,
+            ["x"],
+            width=64,
+            height=64,
+            generator=generator,
+            skip_layers=SkipLayerGuidance(layers=(9,)),
+        )
 
 
 @pytest.mark.parametrize("sampler", ["Euler", "Heun"])
