@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers import SD3Transformer2DModel, StableDiffusion3Img2ImgPipeline, StableDiffusion3Pipeline
+from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 from safetensors.torch import load_file, save_file
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
 from webui.engine.flow import SkipLayerGuidance, encode_prompts, img2img, make_flow_scheduler, txt2img
 from webui.model_manager.sd3.build import SD3Components, load_sd3
@@ -130,6 +132,110 @@ def test_detects_medium_and_large_from_shapes(sd3_dir: Path) -> None:
     assert detect_sd3(bare.tensors, {}, "bare").missing_encoders == ("clip_l", "clip_g", "t5xxl")
     assert is_sd3_checkpoint(medium.tensors)
     assert not is_sd3_checkpoint(["model.diffusion_model.input_blocks.0.0.weight"])
+
+
+# The released models' shapes, built on the meta device (no memory): what a real file holds.
+REAL_MMDITS = {
+    "sd35_medium": {
+        "num_layers": 24,
+        "num_attention_heads": 24,
+        "caption_projection_dim": 1536,
+        "pos_embed_max_size": 384,
+        "dual_attention_layers": tuple(range(13)),
+    },
+    "sd35_large": {
+        "num_layers": 38,
+        "num_attention_heads": 38,
+        "caption_projection_dim": 2432,
+        "pos_embed_max_size": 192,
+        "dual_attention_layers": (),
+    },
+}
+REAL_ENCODERS = {
+    "clip_l": CLIPTextConfig(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        hidden_act="quick_gelu",
+        projection_dim=768,
+    ),
+    "clip_g": CLIPTextConfig(
+        hidden_size=1280,
+        intermediate_size=5120,
+        num_hidden_layers=32,
+        num_attention_heads=20,
+        hidden_act="gelu",
+        projection_dim=1280,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REAL_MMDITS))
+def test_real_sized_files_are_read_as_diffusers_reads_them(kind: str) -> None:
+    config = {
+        "sample_size": 128,
+        "patch_size": 2,
+        "in_channels": 16,
+        "out_channels": 16,
+        "attention_head_dim": 64,
+        "joint_attention_dim": 4096,
+        "pooled_projection_dim": 2048,
+        "qk_norm": "rms_norm",
+        **REAL_MMDITS[kind],
+    }
+    with torch.device("meta"):
+        transformer = SD3Transformer2DModel(**config)
+        encoders = {role: CLIPTextModelWithProjection(c).state_dict() for role, c in REAL_ENCODERS.items()}
+        t5 = T5EncoderModel(
+            T5Config(
+                vocab_size=32128,
+                d_model=4096,
+                d_kv=64,
+                d_ff=10240,
+                num_layers=24,
+                num_heads=64,
+                feed_forward_proj="gated-gelu",
+                is_encoder_decoder=False,
+            )
+        )
+    tensors = {
+        "model.diffusion_model." + key: value
+        for key, value in transformer_to_stability(transformer.state_dict(), config["num_layers"]).items()
+    }
+    for role, weights in (*encoders.items(), ("t5xxl", t5.state_dict())):
+        tensors |= {f"text_encoders.{role}.transformer.{key}": value for key, value in weights.items()}
+    assert infer_diffusers_model_type(tensors) == kind  # diffusers' own classifier agrees
+    spec = detect_sd3(tensors, {}, kind)
+    assert spec.variant == kind.replace("_", "-") and spec.transformer_config == config
+    for role, real in REAL_ENCODERS.items():
+        found = spec.encoder(role).config
+        assert {
+            key: found[key]
+            for key in (
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "hidden_act",
+            )
+        } == {
+            key: getattr(real, key)
+            for key in (
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "hidden_act",
+            )
+        }
+    assert {k: spec.t5.config[k] for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_heads")} == {
+        "d_model": 4096,
+        "d_kv": 64,
+        "d_ff": 10240,
+        "num_layers": 24,
+        "num_heads": 64,
+    }
 
 
 def test_an_unknown_mmdit_variant_is_named(sd3_dir: Path) -> None:
