@@ -260,6 +260,13 @@ def test_loads_in_half_precision_with_t5_output_layers_in_fp32_under_fp16(sd3_di
     assert components.transformer.dtype == dtype and components.clip_g.dtype == dtype
     wo = components.t5.encoder.block[0].layer[1].DenseReluDense.wo.weight
     assert wo.dtype == (torch.float32 if dtype == torch.float16 else dtype)
+    conditioning = encode_prompts(components, ["a cat"])
+    assert conditioning.embeds.dtype == conditioning.pooled.dtype == dtype
+    half = _ours(components, "a cat", 1, steps=3).astype(int)
+    full = _ours(load_sd3(sd3_dir / "medium.safetensors", CPU, torch.float32), "a cat", 1, steps=3).astype(
+        int
+    )
+    assert np.abs(half - full).mean() < 3  # the same picture, give or take rounding
 
 
 @pytest.mark.parametrize("stored", ["medium-fp8", "medium-scaled"])

@@ -20,6 +20,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokeni
 from webui.model_manager.sd3.convert import convert_clip, convert_t5, convert_transformer, convert_vae
 from webui.model_manager.sd3.encoder_files import ROLE_LABELS, resolve_missing_encoders
 from webui.model_manager.sd3.spec import (
+    T5_PREFIX,
     ClipSpec,
     SD3Spec,
     T5Spec,
@@ -28,7 +29,13 @@ from webui.model_manager.sd3.spec import (
     detect_sd3,
     t5_spec,
 )
-from webui.model_manager.state_dict import CheckpointError, read_state_dict
+from webui.model_manager.state_dict import (
+    SAFETENSORS_SUFFIXES,
+    CheckpointError,
+    open_safetensors,
+    read_state_dict,
+    read_tensor_shapes,
+)
 from webui.model_manager.t5_tokenizer import T5TokenizerError, build_t5_tokenizer
 from webui.model_manager.tokenizer import build_clip_tokenizer
 
@@ -79,48 +86,52 @@ def load_sd3(
     `use_t5=False` skips it even when present (CLIP only, as diffusers does without T5).
     `t5_tokenizer_folder`: a ComfyUI install or tokenizer folder; None uses the shipped vocabulary."""
     path = Path(path)
-    state = read_state_dict(path)
-    spec = detect_sd3(state.tensors, state.metadata, path.name)
+    header = read_tensor_shapes(path)
+    spec = detect_sd3(header.tensors, header.metadata, path.name)
     if spec.vae_config is None:
         raise CheckpointError(f"{path.name}: no VAE under 'first_stage_model.'; SD 3 files carry theirs")
+    notes: list[str] = []
+    tokenizer_t5 = None
+    if use_t5:
+        try:
+            tokenizer_t5 = build_t5_tokenizer(t5_tokenizer_folder)
+        except T5TokenizerError as error:
+            notes.append(f"T5 is not used: {error}")
+            use_t5 = False
+    # T5-XXL is 4.7-9.5 GB: when it is not used, its bytes are never read.
+    tensors = _read_tensors(path, skip=() if use_t5 else (T5_PREFIX,))
+    if not use_t5:
+        spec = replace(spec, t5=None)
     sources = {role: "checkpoint" for role in ("clip_l", "clip_g", "t5xxl") if spec.encoder(role) is not None}
-    encoder_tensors: dict[str, Mapping[str, torch.Tensor]] = {role: state.tensors for role in sources}
+    encoder_tensors: dict[str, Mapping[str, torch.Tensor]] = {role: tensors for role in sources}
     for role, file in resolve_missing_encoders(spec, encoder_folders, path.name, want_t5=use_t5).items():
         weights = read_state_dict(file.path).tensors
         spec = _with_encoder(spec, role, weights, file.path.name)
         encoder_tensors[role] = weights
         sources[role] = str(file.path)
     check_encoders_fit(spec, path.name)
+    if use_t5 and spec.t5 is None:
+        notes.append(
+            f"no {ROLE_LABELS['t5xxl']} text encoder in the file or the text-encoder folders: CLIP only"
+        )
+        tokenizer_t5 = None
 
-    notes: list[str] = []
     transformer = _materialize(
         lambda: SD3Transformer2DModel(**spec.transformer_config),
-        convert_transformer(state.tensors),
+        convert_transformer(tensors),
         "MMDiT transformer",
         path.name,
         include_buffers=True,  # its position table is in the file; do not compute it first
     )
     vae = _materialize(
-        lambda: AutoencoderKL(**spec.vae_config),
-        convert_vae(state.tensors, spec.vae_config),
-        "VAE",
-        path.name,
+        lambda: AutoencoderKL(**spec.vae_config), convert_vae(tensors, spec.vae_config), "VAE", path.name
     )
     clip_l = _build_clip(encoder_tensors["clip_l"], spec.clip_l, sources["clip_l"])
     clip_g = _build_clip(encoder_tensors["clip_g"], spec.clip_g, sources["clip_g"])
-    t5, tokenizer_t5 = None, None
-    if use_t5 and spec.t5 is not None:
-        try:
-            tokenizer_t5 = build_t5_tokenizer(t5_tokenizer_folder)
-        except T5TokenizerError as error:
-            notes.append(f"T5 is not used: {error}")
-        else:
-            t5 = _build_t5(encoder_tensors["t5xxl"], spec.t5, dtype, sources["t5xxl"])
-    elif use_t5:
-        notes.append(
-            f"no {ROLE_LABELS['t5xxl']} text encoder in the file or the text-encoder folders: CLIP only"
-        )
-    del state, encoder_tensors
+    t5 = (
+        _build_t5(encoder_tensors["t5xxl"], spec.t5, dtype, sources["t5xxl"]) if spec.t5 is not None else None
+    )
+    del tensors, encoder_tensors
     components = SD3Components(
         spec=spec,
         transformer=transformer,
@@ -133,13 +144,23 @@ def load_sd3(
         tokenizer_t5=tokenizer_t5,
         device=device,
         dtype=dtype,
-        sources=sources if t5 is not None else {k: v for k, v in sources.items() if k != "t5xxl"},
+        sources=sources,
         notes=notes,
     )
     for note in notes:
         log.warning("%s: %s", path.name, note)
     place_components(components, device, dtype)
     return components
+
+
+def _read_tensors(path: Path, skip: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The file's tensors but those under the `skip` prefixes (which a .safetensors never reads)."""
+    if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
+        return {
+            key: value for key, value in read_state_dict(path).tensors.items() if not key.startswith(skip)
+        }
+    with open_safetensors(path) as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys() if not skip or not key.startswith(skip)}  # noqa: SIM118
 
 
 def place_components(components: SD3Components, device: torch.device, dtype: torch.dtype) -> None:
