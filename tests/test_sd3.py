@@ -18,6 +18,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, 
 from webui.engine.flow import SkipLayerGuidance, encode_prompts, img2img, make_flow_scheduler, txt2img
 from webui.model_manager.sd3.build import SD3Components, load_sd3
 from webui.model_manager.sd3.convert import convert_transformer
+from webui.model_manager.sd3.encoder_files import encoder_folders
 from webui.model_manager.sd3.export import transformer_to_stability
 from webui.model_manager.sd3.folder import is_sd3_folder, load_sd3_folder
 from webui.model_manager.sd3.spec import SD35_LARGE, SD35_MEDIUM, detect_sd3, is_sd3_checkpoint
@@ -286,7 +287,9 @@ def test_fp8_t5_is_dequantized_to_the_compute_dtype(sd3_dir: Path, stored: str) 
 
 
 def test_encoders_missing_from_the_file_come_from_a_comfyui_clip_folder(sd3_dir: Path, no_network) -> None:
-    folders = [sd3_dir / "models" / "clip"]
+    (sd3_dir / "models" / "text_encoders").mkdir(exist_ok=True)
+    folders = encoder_folders([sd3_dir / "models", sd3_dir / "no-such-models"])
+    assert folders == [sd3_dir / "models" / "clip", sd3_dir / "models" / "text_encoders"]
     bare = load_sd3(sd3_dir / "medium-bare.safetensors", CPU, torch.float32, encoder_folders=folders)
     assert bare.sources == {
         role: str(folders[0] / f"{name}.safetensors")
