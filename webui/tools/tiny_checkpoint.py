@@ -1,6 +1,7 @@
 """Write a seeded, random-weight, tiny checkpoint in the real single-file LDM layout.
 
     python -m webui.tools.tiny_checkpoint --arch sd15 models/Stable-diffusion/tiny-sd15.safetensors
+    python -m webui.tools.tiny_checkpoint --arch sd35-medium --no-text-encoders tiny-sd35m.safetensors
 
 Its images are noise, but it goes through exactly the loader and engine code paths of a
 real checkpoint, which is what tests and demos need on a machine without model weights.
@@ -24,6 +25,7 @@ from webui.model_manager.detect import (
     VAE_PREFIX,
 )
 from webui.model_manager.ldm_export import hf_clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
+from webui.tools.tiny_sd3 import SD3_ARCHES, T5_STORAGES, write_tiny_sd3_checkpoint
 
 ARCHES = ("sd15", "sd15-inpaint", "sd2", "sd2-v", "sdxl")
 TEXT_WIDTH = 32
@@ -144,11 +146,26 @@ def write_tiny_checkpoint(arch: str, out: Path, seed: int = 0) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", choices=ARCHES, required=True)
+    parser.add_argument("--arch", choices=ARCHES + SD3_ARCHES, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-text-encoders",
+        action="store_true",
+        help="SD 3.5 only: leave CLIP-L, CLIP-G and T5 out, as Stability's own SD 3.5 files do",
+    )
+    parser.add_argument(
+        "--t5", choices=T5_STORAGES, default="fp16", help="SD 3.5 only: how the file stores T5's weights"
+    )
     parser.add_argument("out", type=Path, help="the .safetensors file to write")
     args = parser.parse_args(argv)
-    path = write_tiny_checkpoint(args.arch, args.out, args.seed)
+    if args.arch in SD3_ARCHES:
+        path = write_tiny_sd3_checkpoint(
+            args.arch, args.out, args.seed, text_encoders=not args.no_text_encoders, t5_storage=args.t5
+        )
+    elif args.no_text_encoders or args.t5 != "fp16":
+        parser.error("--no-text-encoders and --t5 apply to the SD 3.5 arches only")
+    else:
+        path = write_tiny_checkpoint(args.arch, args.out, args.seed)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {args.arch}, seed {args.seed})")
 
 
