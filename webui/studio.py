@@ -23,6 +23,7 @@ from webui.engine.steps import JobControl, StepHook
 from webui.extensions.api import ImageDone, ImageSaved
 from webui.extensions.hooks import JobHooks
 from webui.extensions.registry import Extensions
+from webui.model_manager.archs import architecture
 from webui.model_manager.detect import Arch
 from webui.model_manager.few_step import settings_warning
 from webui.model_manager.load import LoadedModel
@@ -405,6 +406,8 @@ class Studio:
     def _preview_renderer(self, model: LoadedModel, arch: Arch | None) -> PreviewRenderer | None:
         """None for the linear preview (drawn lazily by whoever looks); else a decoder on this device."""
         method = self.settings.preview_method
+        if method == "linear" and arch is not None and not architecture(arch).latent.preview_factors:
+            method = "vae"  # no linear map is known for its latents
         if method == "vae":
             return lambda latent: vae_decode(model, latent)
         if method == "taesd":

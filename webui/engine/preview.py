@@ -20,7 +20,10 @@ PreviewRenderer = Callable[[torch.Tensor], torch.Tensor]
 def linear_preview(latents: torch.Tensor, arch: Arch) -> list[Image.Image]:
     """Latent-sized RGB previews from fixed per-channel factors: no network, microseconds."""
     latent = architecture(arch).latent
-    factors = torch.tensor(latent.preview_factors, dtype=torch.float32)
+    if latent.preview_factors:
+        factors = torch.tensor(latent.preview_factors, dtype=torch.float32)
+    else:  # no known map: the first three channels, roughly (the studio decodes such previews)
+        factors = torch.eye(latent.channels, 3, dtype=torch.float32)
     bias = torch.tensor(latent.preview_bias, dtype=torch.float32)
     rgb = torch.einsum("bchw,cr->bhwr", latents.detach().float().cpu(), factors) + bias
     return tensor_to_images(rgb.permute(0, 3, 1, 2))  # the factors map to roughly [-1, 1]
@@ -39,7 +42,7 @@ def vae_decode(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
 
 def _decode_one(model: LoadedModel, latent: torch.Tensor) -> torch.Tensor:
     vae = model.vae
-    scaled = latent / vae.config.scaling_factor
+    scaled = latent / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
     pixels = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
     if vae.dtype == torch.float16 and torch.isnan(pixels).any():
         torch.nn.Module.to(vae, dtype=torch.float32)

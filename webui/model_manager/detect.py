@@ -61,6 +61,7 @@ class ModelSpec:
     prediction_type: str  # "epsilon" or "v_prediction"
     is_inpainting: bool
     has_ema: bool = False  # the file also holds CompVis EMA weights of its UNet (see ema.py)
+    label: str = ""  # the architecture's own name for the variant ("SD 3.5 Medium"); "" : arch's
 
     @property
     def architecture(self) -> Architecture:
@@ -73,7 +74,7 @@ class ModelSpec:
     @property
     def kind(self) -> str:
         """A short human label such as "SD 2.x v-prediction inpainting"."""
-        parts = [self.arch.label]
+        parts = [self.label or self.arch.label]
         if self.prediction_type == "v_prediction":
             parts.append("v-prediction")
         if self.is_inpainting:

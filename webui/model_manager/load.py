@@ -26,7 +26,10 @@ from webui.model_manager.archs import Architecture, architecture, diffusers_fold
 from webui.model_manager.detect import Arch, ModelSpec, TextEncoderSpec, detect_model
 from webui.model_manager.ema import select_weights
 from webui.model_manager.ldm_export import canonical_text_keys
-from webui.model_manager.state_dict import CheckpointError, read_state_dict
+from webui.model_manager.sd3.build import SD3Components, load_sd3
+from webui.model_manager.sd3.folder import is_sd3_folder, load_sd3_folder
+from webui.model_manager.sd3.spec import is_sd3_checkpoint
+from webui.model_manager.state_dict import CheckpointError, read_state_dict, read_tensor_shapes
 from webui.model_manager.tokenizer import build_clip_tokenizer
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,9 @@ class LoadedModel:
     load_seconds: float = 0.0
     vae_path: Path | None = None  # a VAE file used instead of the checkpoint's own; None: built-in
     uses_ema: bool = False  # the UNet holds the file's EMA weights rather than its raw ones
+    # An architecture's own bundle of the same modules, for its family loop (SD 3: SD3Components).
+    # `unet` is then its denoiser (SD 3's MMDiT) and `text_encoders` all of its encoders.
+    parts: SD3Components | None = None
 
     @property
     def weights_label(self) -> str | None:
@@ -74,15 +80,26 @@ class LoadedModel:
         return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
 
 
-def load_model(path: Path, device: torch.device, dtype: torch.dtype, use_ema: bool = True) -> LoadedModel:
+def load_model(
+    path: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    use_ema: bool = True,
+    encoder_folders: tuple[Path, ...] = (),
+) -> LoadedModel:
     """Load a `.safetensors`/`.ckpt` file or a diffusers folder; CheckpointError says what is wrong.
 
     `use_ema`: a file with CompVis EMA weights is built with them (as CompVis samples); False
-    takes its raw weights. Files without EMA weights load the same either way."""
+    takes its raw weights. Files without EMA weights load the same either way.
+    `encoder_folders`: where text encoders a file lacks are looked for (SD 3 files without them)."""
     path = Path(path)
     started = time.perf_counter()
-    if path.is_dir():
+    if path.is_dir() and is_sd3_folder(path):
+        model = _from_sd3(path, path.name, load_sd3_folder(path, device, dtype))
+    elif path.is_dir():
         model = _load_diffusers_folder(path, device, dtype)
+    elif _is_sd3_file(path):
+        model = _from_sd3(path, path.stem, load_sd3(path, device, dtype, encoder_folders=encoder_folders))
     else:
         model = _load_single_file(path, device, dtype, use_ema)
     model.load_seconds = time.perf_counter() - started
@@ -118,6 +135,42 @@ def _load_single_file(path: Path, device: torch.device, dtype: torch.dtype, use_
     model = _place(path.stem, path, spec, unet, vae, encoders, tokenizers, device, dtype)
     model.uses_ema = use_ema and spec.has_ema
     return model
+
+
+def _is_sd3_file(path: Path) -> bool:
+    try:
+        return is_sd3_checkpoint(read_tensor_shapes(path).tensors)
+    except CheckpointError:
+        return False  # the LDM reader says what is wrong with it
+
+
+def _from_sd3(path: Path, name: str, parts: SD3Components) -> LoadedModel:
+    """SD 3's components as a LoadedModel: the cache moves the same modules the flow loop uses."""
+    sd3 = parts.spec
+    spec = ModelSpec(
+        arch=Arch.SD3,
+        unet_config=dict(sd3.transformer_config),
+        vae_config=dict(sd3.vae_config or parts.vae.config),
+        text_encoders=(),
+        prediction_type="flow",
+        is_inpainting=False,
+        label=sd3.kind,
+    )
+    encoders: list[Any] = [parts.clip_l, parts.clip_g] + ([parts.t5] if parts.t5 is not None else [])
+    tokenizers: list[Any] = [parts.tokenizer_l, parts.tokenizer_g]
+    tokenizers += [parts.tokenizer_t5] if parts.tokenizer_t5 is not None else []
+    return LoadedModel(
+        name,
+        path,
+        spec,
+        parts.transformer,
+        parts.vae,
+        encoders,
+        tokenizers,
+        parts.device,
+        parts.dtype,
+        parts=parts,
+    )
 
 
 def build_vae(tensors: dict[str, torch.Tensor], config: dict[str, Any], name: str) -> AutoencoderKL:

@@ -21,6 +21,8 @@ from webui.model_manager.detect import VAE_PREFIX, Arch, detect_model
 from webui.model_manager.facts import FileFactsCache
 from webui.model_manager.few_step import FewStepHint, few_step_hint
 from webui.model_manager.folders import ModelLibrary
+from webui.model_manager.sd3.folder import is_sd3_folder
+from webui.model_manager.sd3.spec import detect_sd3, is_sd3_checkpoint
 from webui.model_manager.state_dict import (
     CHECKPOINT_SUFFIXES,
     SAFETENSORS_SUFFIXES,
@@ -265,6 +267,8 @@ def _inspect_checkpoint(path: Path) -> Facts:
 
     try:
         state = read_tensor_shapes(path)
+        if is_sd3_checkpoint(state.tensors):
+            return _inspect_sd3(path, state.tensors, state.metadata)
         spec = detect_model(state.tensors, state.metadata, path.name)
         # Every tensor, not only those detection reads, must fit: else the first job would fail.
         check_single_file(state.tensors, spec, path.name)
@@ -277,7 +281,17 @@ def _inspect_checkpoint(path: Path) -> Facts:
     return facts | _few_step_facts(path, state.metadata, spec.kind)
 
 
+def _inspect_sd3(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> Facts:
+    spec = detect_sd3(tensors, metadata, path.name)  # CheckpointError: the caller's
+    label = spec.kind
+    if spec.missing_encoders:
+        label += f" (without {', '.join(spec.missing_encoders)}: taken from the text encoder folders)"
+    return {"arch": Arch.SD3.value, "label": label} | _few_step_facts(path, metadata, label)
+
+
 def _inspect_diffusers_folder(path: Path) -> Facts:
+    if is_sd3_folder(path):
+        return {"arch": Arch.SD3.value, "label": Arch.SD3.label + " (diffusers)"}
     try:
         index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
         config = json.loads((path / "text_encoder" / "config.json").read_text(encoding="utf-8"))

@@ -23,6 +23,7 @@ from webui.model_manager.merge import MergeRecipe, merge_checkpoints
 from webui.model_manager.offload import MemoryMode
 from webui.model_manager.placement import HOST
 from webui.model_manager.registry import ModelFile, ModelFolders, ModelKind, ModelRegistry
+from webui.model_manager.sd3.encoder_files import encoder_folders
 from webui.model_manager.state_dict import CheckpointError
 from webui.model_manager.vae import AUTOMATIC, BUILT_IN, resolve_vae_file, swap_vae
 from webui.settings import Settings
@@ -113,9 +114,14 @@ class ModelService:
         # The registry's name ("xl/base") is what lists, events and the infotext show.
         known = next((f for f in self.checkpoints() if f.path == path), None)
         use_ema = self.uses_ema(known) if known else self.settings.use_ema
-        model = load_model(path, HOST, self.dtype, use_ema=use_ema)
+        model = load_model(path, HOST, self.dtype, use_ema=use_ema, encoder_folders=self._encoder_folders())
         model.name = known.name if known else model.name
         return model
+
+    def _encoder_folders(self) -> tuple[Path, ...]:
+        """Where text encoders a checkpoint lacks are looked for: each models folder's
+        text_encoder (A1111), clip and text_encoders (ComfyUI)."""
+        return tuple(encoder_folders(dict.fromkeys(folder.parent for folder in self.library.checkpoints)))
 
     # -- EMA weights --------------------------------------------------------------------------
     def uses_ema(self, file: ModelFile) -> bool:

@@ -18,6 +18,7 @@ from webui.model_manager.archs.base import (
 )
 from webui.model_manager.archs.sd1 import SD1
 from webui.model_manager.archs.sd2 import SD2
+from webui.model_manager.archs.sd3 import SD3
 from webui.model_manager.archs.sdxl import SDXL
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 # Detection order: an architecture whose encoders include another's prefixes comes first.
-_REGISTERED: tuple[Architecture, ...] = (SDXL, SD2, SD1)
+_REGISTERED: tuple[Architecture, ...] = (SDXL, SD2, SD1, SD3)
 
 
 def architectures() -> tuple[Architecture, ...]:
@@ -56,6 +57,8 @@ def match_text_encoders(keys: Iterable[str]) -> tuple[Architecture | None, str]:
     prefixes = {slot.prefix for described in _REGISTERED for slot in described.text_encoders}
     found = {prefix for prefix in prefixes if any(key.startswith(prefix) for key in keys)}
     for described in _REGISTERED:
+        if not described.encoders_in_checkpoint_layout:
+            continue
         if described.identifying_prefix not in found:
             continue
         if all(slot.prefix in found for slot in described.text_encoders):
@@ -67,7 +70,11 @@ def match_text_encoders(keys: Iterable[str]) -> tuple[Architecture | None, str]:
 def diffusers_folder_architecture(encoder_count: int, first_activation: str) -> Architecture | None:
     """The architecture of a diffusers folder from its text encoders: how many, and the first
     one's activation (OpenAI CLIP's quick_gelu or OpenCLIP's gelu: sizes differ in tiny models)."""
-    candidates = [described for described in _REGISTERED if len(described.text_encoders) == encoder_count]
+    candidates = [
+        described
+        for described in _REGISTERED
+        if described.encoders_in_checkpoint_layout and len(described.text_encoders) == encoder_count
+    ]
     if len(candidates) == 1:
         return candidates[0]
     return next((c for c in candidates if c.text_encoders[0].activation == first_activation), None)

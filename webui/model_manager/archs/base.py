@@ -14,13 +14,14 @@ class Arch(str, Enum):
     SD1 = "sd1"
     SD2 = "sd2"
     SDXL = "sdxl"
+    SD3 = "sd3"
 
     @property
     def label(self) -> str:
         return _LABELS[self]
 
 
-_LABELS = {Arch.SD1: "SD 1.x", Arch.SD2: "SD 2.x", Arch.SDXL: "SDXL"}
+_LABELS = {Arch.SD1: "SD 1.x", Arch.SD2: "SD 2.x", Arch.SDXL: "SDXL", Arch.SD3: "SD 3.5"}
 
 
 class DenoisingFamily(str, Enum):
@@ -28,6 +29,8 @@ class DenoisingFamily(str, Enum):
 
     # A UNet predicting noise (epsilon) or velocity on the discrete 1000-step DDPM schedule.
     UNET = "unet"
+    # A transformer predicting the flow's velocity on continuous sigmas (SD 3).
+    FLOW = "flow"
 
 
 class TextConditioning(str, Enum):
@@ -38,6 +41,9 @@ class TextConditioning(str, Enum):
     # Each encoder's penultimate layer without the norm, side by side, plus the last encoder's
     # pooled projection (SDXL).
     PENULTIMATE_AND_POOLED = "penultimate_and_pooled"
+    # CLIP-L and CLIP-G penultimate layers side by side, padded to T5's width and followed by
+    # T5's sequence; pooled: both CLIPs' (SD 3).
+    CLIP_PAIR_AND_T5 = "clip_pair_and_t5"
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class LatentFormat:
     scaling_factor: float  # latents are VAE output times this
     shift_factor: float  # ... after subtracting this
     # Rows: latent channels; columns: R, G, B (linear previews, see DESIGN.md section 7).
+    # Empty: no linear map is known, previews are decoded by the VAE.
     preview_factors: tuple[tuple[float, float, float], ...]
     preview_bias: tuple[float, float, float]
     taesd_stem: str  # the TAESD decoder's file stem in models/VAE-approx
@@ -102,6 +109,12 @@ class Architecture:
     @property
     def label(self) -> str:
         return self.arch.label
+
+    @property
+    def encoders_in_checkpoint_layout(self) -> bool:
+        """Whether the LDM single-file reader finds it by its text encoders (SD 1/2/XL); SD 3
+        files are read by their own module (model_manager/sd3/)."""
+        return bool(self.text_encoders)
 
     @property
     def identifying_prefix(self) -> str:

@@ -1,0 +1,94 @@
+"""SD 3.5 in the app: listed, selected beside SD 1.5, generating through the studio with infotext
+that repeats the image, and what it cannot do yet refused by name."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from webui.engine.request import GenerationError, GenerationRequest
+from webui.model_manager.archs import Arch
+from webui.outputs import parse_infotext, read_infotext
+from webui.settings import Settings
+from webui.studio import Studio
+from webui.tools.tiny_sd3 import write_tiny_sd3_checkpoint, write_tiny_text_encoder_files
+
+
+@pytest.fixture(scope="module")
+def studio(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Studio:
+    root = tmp_path_factory.mktemp("sd3-app")
+    checkpoints = root / "models" / "Stable-diffusion"
+    checkpoints.mkdir(parents=True)
+    shutil.copy(tiny_dir / "tiny-sd15.safetensors", checkpoints / "a-sd15.safetensors")
+    write_tiny_sd3_checkpoint("sd35-medium", checkpoints / "b-sd35m.safetensors")
+    # A file without its encoders takes them from models/text_encoder, as A1111 and Forge keep them.
+    write_tiny_sd3_checkpoint("sd35-medium", checkpoints / "c-sd35m-bare.safetensors", text_encoders=False)
+    write_tiny_text_encoder_files(root / "models" / "text_encoder")
+    return Studio(Settings.for_data_dir(root, watermark=False, device="cpu", precision="fp32"))
+
+
+def _request(**changes) -> GenerationRequest:
+    values = {"prompt": "a red circle", "negative_prompt": "blur", "steps": 3, "width": 64, "height": 64}
+    values.update(changes)
+    values.setdefault("sampler_name", "Euler")
+    return GenerationRequest(**values, seed=7)
+
+
+def test_sd35_files_are_listed_with_their_kind(studio: Studio) -> None:
+    files = {file.name: file for file in studio.models.checkpoints()}
+    assert files["b-sd35m"].arch is Arch.SD3 and files["b-sd35m"].label.startswith("SD 3.5 Medium")
+    assert "text encoder" in files["c-sd35m-bare"].label
+    assert files["a-sd15"].arch is Arch.SD1
+
+
+def test_switching_between_sd15_and_sd35_generates_on_each(studio: Studio) -> None:
+    studio.models.select_checkpoint("b-sd35m")
+    first = studio.generate(_request(), save=False)
+    again = studio.generate(_request(), save=False)
+    assert first.images[0].size == (64, 64)
+    assert np.array_equal(np.asarray(first.images[0]), np.asarray(again.images[0]))  # the seed repeats it
+    info = parse_infotext(first.infotexts[0]).params
+    assert (info["Seed"], info["Sampler"], info["Model"], info["Steps"]) == ("7", "Euler", "b-sd35m", "3")
+    other_prompt = studio.generate(_request(prompt="a blue square"), save=False)
+    assert not np.array_equal(np.asarray(first.images[0]), np.asarray(other_prompt.images[0]))
+
+    studio.models.select_checkpoint("a-sd15")
+    sd15 = studio.generate(_request(), save=False)
+    assert parse_infotext(sd15.infotexts[0]).params["Model"] == "a-sd15"
+    studio.models.select_checkpoint("b-sd35m")
+    assert np.array_equal(
+        np.asarray(studio.generate(_request(), save=False).images[0]), np.asarray(first.images[0])
+    )
+
+
+def test_encoders_come_from_the_text_encoder_folder(studio: Studio) -> None:
+    result = studio.generate(_request(), checkpoint="c-sd35m-bare", save=False)
+    assert result.images[0].size == (64, 64)
+
+
+def test_img2img_saved_with_infotext(studio: Studio) -> None:
+    start = Image.new("RGB", (64, 64), (200, 30, 30))
+    result = studio.generate(
+        _request(init_image=start, denoising_strength=0.5), checkpoint="b-sd35m", save=True
+    )
+    saved = read_infotext(result.paths[0])
+    assert "Denoising strength: 0.5" in saved and "Model: b-sd35m" in saved
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"sampler_name": "Euler a"}, "sampler_name", "does not fit flow matching"),
+        ({"enable_hr": True}, "enable_hr", "hires fix"),
+        ({"width": 72}, "width", "multiples of"),
+        ({"prompt": "a cat <lora:style:1>"}, "prompt", "LoRA"),
+    ],
+)
+def test_what_sd35_cannot_do_is_refused_by_name(studio: Studio, changes, field: str, words: str) -> None:
+    with pytest.raises(GenerationError) as refused:
+        studio.generate(_request(**changes), checkpoint="b-sd35m", save=False)
+    assert refused.value.field == field and words in str(refused.value)
