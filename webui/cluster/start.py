@@ -81,6 +81,7 @@ def start_cluster(
     from webui.cluster.pool import WorkerPool
 
     settings: Settings = studio.settings
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
     path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
     options: dict[str, Any] = {
         "runtime_env": {"env_vars": {"PYTHONPATH": path}},

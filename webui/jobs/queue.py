@@ -20,7 +20,7 @@ from webui.jobs.fair import FairLine
 from webui.jobs.job import Job, JobState, JobStatus
 from webui.jobs.limits import Limits, ScriptBudget
 from webui.jobs.store import FileImages, JobStore, StoredImage, StoredJob
-from webui.jobs.workers import BUSY, IDLE, HeldCheckpoint, WorkerReport
+from webui.jobs.workers import BUSY, IDLE, LOCAL_WORKER, HeldCheckpoint, WorkerReport
 from webui.model_manager.state_dict import CheckpointError
 from webui.outputs.files import remove_partial_writes
 from webui.results import StudioResult
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _WAKE_S = 0.5
-LOCAL_WORKER = "local"  # the worker name of jobs run in this process
 
 
 class JobNotFound(LookupError):

@@ -7,6 +7,7 @@ from typing import Any
 
 # A worker's states, as the API and the page show them.
 STARTING, IDLE, BUSY, DEAD = "starting", "idle", "busy", "dead"
+LOCAL_WORKER = "local"  # the name of the one worker when jobs run in the server's own process
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,167 @@
+"""Jobs on a local Ray cluster of two CPU workers: both busy at once, checkpoint affinity, and a
+worker killed mid-job whose job finishes on the other while the app serves on.
+
+One cluster for the module (starting two workers takes a while); skipped without Ray
+(requirements-cluster.txt)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from webui.cluster.executor import ClusterExecutor  # noqa: E402
+from webui.cluster.start import start_cluster  # noqa: E402
+from webui.engine.request import GenerationRequest  # noqa: E402
+from webui.jobs import Caller, Job, JobQueue, JobState  # noqa: E402
+from webui.server import BackgroundServer, create_app  # noqa: E402
+from webui.settings import Settings  # noqa: E402
+from webui.studio import Studio  # noqa: E402
+
+BOB = Caller("bob")
+CAROL = Caller("carol")
+READY_S = 240  # two workers importing torch and building their studios on a busy 2-core machine
+
+
+@dataclass
+class Cluster:
+    studio: Studio
+    jobs: JobQueue
+    executor: ClusterExecutor
+    url: str
+
+    def workers(self) -> list[dict]:
+        return httpx.get(f"{self.url}/api/v1/workers", timeout=30).json()
+
+    def wait_until_idle(self, timeout_s: float = READY_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while any(worker["state"] != "idle" for worker in self.workers()):
+            assert time.monotonic() < deadline, self.workers()
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    data = tmp_path_factory.mktemp("cluster")
+    folder = data / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    for name in ("alpha", "beta"):
+        shutil.copy(tiny_dir / "tiny-sd15.safetensors", folder / f"{name}.safetensors")
+    studio = Studio(Settings.for_data_dir(data, watermark=False, device="cpu", precision="fp32"))
+    executor = start_cluster(
+        studio,
+        2,
+        None,
+        init_options={
+            "num_cpus": 2,
+            "include_dashboard": False,
+            "object_store_memory": 80 * 2**20,
+            "log_to_driver": False,
+        },
+    )
+    jobs = JobQueue(studio, executor=executor).start()
+    try:
+        with BackgroundServer(create_app(studio, jobs, credentials=None, cmd_flags={}, with_ui=False)) as url:
+            running = Cluster(studio, jobs, executor, url)
+            running.wait_until_idle()
+            yield running
+    finally:
+        jobs.stop()
+        executor.close()
+        ray.shutdown()
+
+
+def request(steps: int = 3, seed: int = 1, **fields: object) -> GenerationRequest:
+    return GenerationRequest(prompt="a lighthouse", steps=steps, width=64, height=64, seed=seed, **fields)  # type: ignore[arg-type]
+
+
+def finished(job: Job, timeout_s: float = 120) -> Job:
+    assert job.wait(timeout_s), f"job {job.id} did not finish"
+    return job
+
+
+def test_two_workers_run_two_jobs_at_once_with_the_seeds_and_infotexts_of_one(cluster: Cluster) -> None:
+    first = cluster.jobs.submit(request(steps=40, seed=5), BOB, checkpoint="alpha")
+    second = cluster.jobs.submit(request(steps=40, seed=6), CAROL, checkpoint="alpha")
+    deadline = time.monotonic() + 120
+    both_running = False
+    while (
+        not both_running
+        and time.monotonic() < deadline
+        and not (first.state.finished or second.state.finished)
+    ):
+        statuses = [cluster.jobs.status(job) for job in (first, second)]
+        both_running = all(s.state is JobState.RUNNING and s.step > 0 for s in statuses)
+        time.sleep(0.02)
+    assert both_running, "the two jobs never ran at the same time"
+    assert cluster.jobs.counts() == (2, 0)
+    assert {first.worker, second.worker} == {"w1", "w2"}
+    for job in (first, second):
+        assert finished(job).state is JobState.DONE, job.error
+    described = httpx.get(f"{cluster.url}/api/v1/jobs/{first.id}", timeout=30).json()
+    assert described["worker"] == first.worker
+    assert described["started"] <= described["finished"]
+    # The same request in this process gives the same seeds and infotext as on a worker.
+    here = cluster.studio.generate(request(steps=40, seed=5), checkpoint="alpha", save=False)
+    assert first.result.seeds == here.seeds == [5]
+    assert first.result.infotexts == here.infotexts
+
+
+def test_a_job_goes_to_the_worker_that_holds_its_checkpoint(cluster: Cluster) -> None:
+    cluster.wait_until_idle()
+    first = finished(cluster.jobs.submit(request(seed=7), BOB, checkpoint="beta"))
+    assert first.state is JobState.DONE
+    cluster.wait_until_idle()  # the health check has read what each worker holds
+    workers = {worker["id"]: worker for worker in cluster.workers()}
+    holder = workers[first.worker]
+    other = next(worker for id_, worker in workers.items() if id_ != first.worker)
+    assert "beta" in [held["name"] for held in holder["checkpoints"]]
+    assert "beta" not in [held["name"] for held in other["checkpoints"]]
+    assert holder["jobs_done"] > other["jobs_done"]  # the least loaded would be the other one
+    again = finished(cluster.jobs.submit(request(seed=8), CAROL, checkpoint="beta"))
+    assert again.state is JobState.DONE and again.worker == first.worker
+
+
+@pytest.mark.slow
+def test_a_killed_worker_job_finishes_on_the_other_and_the_worker_is_replaced(cluster: Cluster) -> None:
+    cluster.wait_until_idle()
+    client = httpx.Client(base_url=cluster.url, timeout=30)
+    body = {
+        "prompt": "a lighthouse",
+        "steps": 60,
+        "width": 64,
+        "height": 64,
+        "seed": 11,
+        "save_images": False,
+    }
+    job_id = client.post("/api/v1/jobs/txt2img", json=body).json()["id"]
+    deadline = time.monotonic() + 120
+    while (described := client.get(f"/api/v1/jobs/{job_id}").json())["progress"]["step"] < 2:
+        assert described["state"] in ("queued", "running") and time.monotonic() < deadline, described
+        time.sleep(0.05)
+    victim = next(worker for worker in cluster.workers() if worker["id"] == described["worker"])
+    os.kill(victim["pid"], signal.SIGKILL)
+    while (described := client.get(f"/api/v1/jobs/{job_id}").json())["state"] in ("queued", "running"):
+        assert client.get("/api/v1/queue").status_code == 200  # the app serves on
+        assert time.monotonic() < deadline + 120, described
+        time.sleep(0.2)
+    assert described["state"] == "done", described
+    assert described["worker"] != victim["id"]
+    assert described["seeds"] == [11] and len(described["images"]) == 1  # made once, not twice
+    replaced = next(worker for worker in cluster.workers() if worker["id"] == victim["id"])
+    assert "died" in replaced["last_error"] and str(victim["pid"]) in replaced["last_error"]
+    cluster.wait_until_idle()  # the replacement starts on the same machine
+    replacement = next(worker for worker in cluster.workers() if worker["id"] == victim["id"])
+    assert replacement["pid"] not in (None, victim["pid"])
+    # ... and takes jobs again.
+    after = finished(cluster.jobs.submit(request(seed=12), BOB, checkpoint="alpha"))
+    assert after.state is JobState.DONE
