@@ -68,3 +68,15 @@ def test_workers_without_ray_is_a_clear_error(
     monkeypatch.setattr(sys, "argv", ["launch.py"])
     assert launch.main(["--data-dir", str(tmp_path), "--device", "cpu", "--workers", "2"]) == 2
     assert "requirements-cluster.txt" in capsys.readouterr().err
+
+
+def test_the_simulated_cluster_scales_and_affinity_saves_loads_when_workers_are_idle() -> None:
+    from webui.tools.cluster_bench import Costs, affinity_policy, round_robin_policy, simulate, workload
+
+    costs = Costs(job_s=5, disk_s=12.5, move_s=1.2, vram_models=1, ram_models=2)
+    backlog = [simulate(workload(40 * n, 6, None, seed=1), n, costs, affinity_policy()) for n in (1, 4)]
+    assert backlog[1].jobs_per_min > 3.5 * backlog[0].jobs_per_min
+    stream = workload(200, 6, 0.3 * 8 / costs.job_s, seed=1)
+    near = simulate(stream, 8, costs, affinity_policy())
+    turns = simulate(stream, 8, costs, round_robin_policy(8))
+    assert near.disk_loads < turns.disk_loads / 2

@@ -52,8 +52,13 @@ class ClusterExecutor:
     def workers(self) -> list[WorkerReport]:
         return self.pool.reports()
 
+    def unavailable(self) -> str | None:
+        return self.pool.gone()
+
     def close(self) -> None:
+        """Stop the workers and leave Ray (a Ray instance this server started stops with it)."""
         self.pool.close()
+        ray.shutdown()
 
     def generate(
         self,

@@ -76,6 +76,13 @@ class WorkerPool:
         with self._changed:
             return [self._report_of(worker) for worker in self._workers.values()]
 
+    def gone(self) -> str | None:
+        """When every worker is dead and none is starting: their last errors; else None."""
+        with self._changed:
+            if any(w.report.state != DEAD for w in self._workers.values()):
+                return None
+            return "; ".join(f"{w.spec.id}: {w.report.last_error}" for w in self._workers.values())
+
     def claim(self, job: Job) -> bool:
         """Reserve the best free worker for `job` (see choose_worker); False when none is free."""
         with self._changed:

@@ -125,23 +125,40 @@ class JobQueue:
         each runs on a thread of its own here, which waits for its worker."""
         while True:
             with self._changed:
-                job = None
-                while not self._stopping and not until():
-                    if self._waiting:
-                        job = self._waiting.pop()
-                        if executor.claim(job):
-                            break
-                        self._waiting.push_front(job)
-                        job = None
-                    self._changed.wait(_WAKE_S)
-                if job is None:
+                job, gone = self._claim_next(executor, until)
+                if job is not None and (self._stopping or until()):
+                    executor.release(job)
+                    job.finish(JobState.INTERRUPTED, error="the server is shutting down")
                     return
-                self._running.append(job)
-                thread = threading.Thread(
-                    target=self._run_claimed, args=(executor, job), name=f"job-{job.id[:8]}", daemon=True
-                )
-                self._dispatched.add(thread)
-            thread.start()
+                if job is None and gone is None:
+                    return  # stopping
+                stranded = self._waiting.drain() if gone is not None else []
+                if job is not None:
+                    self._running.append(job)
+                    thread = threading.Thread(
+                        target=self._run_claimed, args=(executor, job), name=f"job-{job.id[:8]}", daemon=True
+                    )
+                    self._dispatched.add(thread)
+            for each in stranded:  # no worker is left: say so rather than let them wait for ever
+                each.finish(JobState.FAILED, error=f"no worker can run jobs: {gone}")
+                self._record_end(each)
+            if job is not None:
+                thread.start()
+
+    def _claim_next(self, executor: JobExecutor, until: Callable[[], bool]) -> tuple[Job | None, str | None]:
+        """Wait for the next job and a worker for it: (job, None); (None, why) once no worker is
+        left; (None, None) when stopping. Call with the lock held."""
+        while not self._stopping and not until():
+            if self._waiting:
+                job = self._waiting.pop()
+                if executor.claim(job):
+                    return job, None
+                self._waiting.push_front(job)
+                gone = executor.unavailable()
+                if gone is not None:
+                    return None, gone
+            self._changed.wait(_WAKE_S)
+        return None, None
 
     def _run_claimed(self, executor: JobExecutor, job: Job) -> None:
         try:
