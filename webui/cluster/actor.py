@@ -47,7 +47,13 @@ class Outcome:
 
 
 class StudioWorker:
-    def __init__(self, worker_id: str, settings: Settings, device_label: str | None = None) -> None:
+    def __init__(
+        self, worker_id: str, settings: Settings, device_label: str | None = None, cwd: str | None = None
+    ) -> None:
+        """`cwd`: the server's folder, where relative paths in `settings` (--data-dir .) start;
+        kept where this machine has it (every machine keeps its checkout at the same path)."""
+        if cwd is not None and os.path.isdir(cwd):
+            os.chdir(cwd)
         self.id = worker_id
         self.studio = Studio(settings)
         self._device = _device_name(device_label or str(self.studio.device))

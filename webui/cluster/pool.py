@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -172,7 +173,7 @@ class WorkerPool:
     # -- starting and watching --------------------------------------------------------------------
     def _spawn(self, spec: WorkerSpec) -> _Worker:
         actor = self._actor_class.options(max_concurrency=4, **spec.options).remote(
-            spec.id, self._settings, spec.device
+            spec.id, self._settings, spec.device, os.getcwd()
         )
         report = WorkerReport(spec.id, spec.device, None, "", STARTING)
         return _Worker(spec, report, actor, ready=(actor.report.remote(), actor.node_id.remote()))
