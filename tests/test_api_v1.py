@@ -117,3 +117,21 @@ def test_openapi_docs_are_served_without_the_internet(server: LiveServer) -> Non
         "/sdapi/v1/progress",
     ):
         assert path in spec["paths"], path
+
+
+def test_workers_list_the_server_itself_and_hide_others_jobs(server: LiveServer) -> None:
+    server.gate.close()
+    with server.client("bob") as bob, server.client("carol") as carol, server.client("alice") as admin:
+        try:
+            job = bob.post("/api/v1/jobs/txt2img", json=SMALL).json()
+            assert server.gate.reached.wait(30)
+            (mine,) = bob.get("/api/v1/workers").json()
+            assert mine["id"] == "local" and mine["state"] == "busy" and mine["job"] == job["id"]
+            assert mine["device"] == "cpu" and mine["pid"] > 0 and mine["host"]
+            assert {"checkpoints", "jobs_done", "last_error"} <= mine.keys()
+            assert carol.get("/api/v1/workers").json()[0]["job"] is None  # bob's job, not hers
+            assert admin.get("/api/v1/workers").json()[0]["job"] == job["id"]
+        finally:
+            server.gate.open()
+        done = read_events(bob, job["urls"]["events"])[-1][1]
+    assert done["worker"] == "local" and done["started"] <= done["finished"]
