@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -21,6 +21,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from webui.cluster.actor import StudioWorker
 from webui.cluster.choice import Candidate, choose_worker
+from webui.cluster.spec import WorkerSpec
 from webui.jobs.job import Job
 from webui.jobs.workers import BUSY, DEAD, IDLE, STARTING, WorkerReport
 from webui.settings import Settings
@@ -31,16 +32,6 @@ HEALTH_PERIOD_S = 2.0
 PING_TIMEOUT_S = 10.0
 # A worker that keeps dying (a broken driver, a model that crashes it) is not restarted forever.
 MAX_RESTARTS = 5
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """One worker to start: its name, what it shows as its device, and its Ray actor options
-    (the GPUs or CPUs it takes, where it may run)."""
-
-    id: str
-    device: str
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

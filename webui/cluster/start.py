@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from webui.cluster.pool import WorkerSpec
+from webui.cluster.spec import WorkerSpec
 
 if TYPE_CHECKING:
     from webui.cluster.executor import ClusterExecutor
