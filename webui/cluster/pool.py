@@ -95,6 +95,8 @@ class WorkerPool:
                     return self.assigned(job)
                 if not any(w.report.state != DEAD for w in self._workers.values()):
                     return None
+                if job.control.interrupted:  # stopped while it waited: not run again
+                    return None
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None

@@ -16,13 +16,12 @@ def worker_rows(jobs: JobQueue) -> list[list[str]]:
 
 def _row(worker: WorkerReport) -> list[str]:
     held = ", ".join(f"{held.name} ({held.tier})" for held in worker.checkpoints) or "nothing"
-    state = f"{worker.state}: job {worker.job[:8]}" if worker.job else worker.state
     return [
         worker.id,
         worker.device,
         worker.host,
         "" if worker.pid is None else str(worker.pid),
-        state,
+        worker.state,  # not the job: the page shows everyone the workers, and a job is its owner's
         held,
         str(worker.jobs_done),
         worker.last_error or "",
