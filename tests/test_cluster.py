@@ -90,8 +90,8 @@ def finished(job: Job, timeout_s: float = 120) -> Job:
 
 
 def test_two_workers_run_two_jobs_at_once_with_the_seeds_and_infotexts_of_one(cluster: Cluster) -> None:
-    first = cluster.jobs.submit(request(steps=40, seed=5), BOB, checkpoint="alpha")
-    second = cluster.jobs.submit(request(steps=40, seed=6), CAROL, checkpoint="alpha")
+    first = cluster.jobs.submit(request(steps=25, seed=5), BOB, checkpoint="alpha")
+    second = cluster.jobs.submit(request(steps=25, seed=6), CAROL, checkpoint="alpha")
     deadline = time.monotonic() + 120
     both_running = False
     while (
@@ -111,7 +111,7 @@ def test_two_workers_run_two_jobs_at_once_with_the_seeds_and_infotexts_of_one(cl
     assert described["worker"] == first.worker
     assert described["started"] <= described["finished"]
     # The same request in this process gives the same seeds and infotext as on a worker.
-    here = cluster.studio.generate(request(steps=40, seed=5), checkpoint="alpha", save=False)
+    here = cluster.studio.generate(request(steps=25, seed=5), checkpoint="alpha", save=False)
     assert first.result.seeds == here.seeds == [5]
     assert first.result.infotexts == here.infotexts
 
@@ -165,3 +165,23 @@ def test_a_killed_worker_job_finishes_on_the_other_and_the_worker_is_replaced(cl
     # ... and takes jobs again.
     after = finished(cluster.jobs.submit(request(seed=12), BOB, checkpoint="alpha"))
     assert after.state is JobState.DONE
+
+
+@pytest.mark.slow
+def test_a_job_whose_second_worker_dies_too_fails_saying_so(cluster: Cluster) -> None:
+    cluster.wait_until_idle()
+    job = cluster.jobs.submit(request(steps=150, seed=13), BOB, checkpoint="alpha")
+    killed: list[dict] = []
+    deadline = time.monotonic() + 180
+    while len(killed) < 2:
+        status = cluster.jobs.status(job)
+        assert not status.state.finished and time.monotonic() < deadline, (status, killed)
+        if status.step >= 2 and status.worker not in [worker["id"] for worker in killed]:
+            victim = next(worker for worker in cluster.workers() if worker["id"] == status.worker)
+            os.kill(victim["pid"], signal.SIGKILL)
+            killed.append(victim)
+        time.sleep(0.05)
+    assert finished(job).state is JobState.FAILED
+    for victim in killed:
+        assert f"worker {victim['id']} died while running it" in job.error
+    assert job.error.endswith("it is not run a third time")
