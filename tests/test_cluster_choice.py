@@ -80,3 +80,22 @@ def test_the_simulated_cluster_scales_and_affinity_saves_loads_when_workers_are_
     near = simulate(stream, 8, costs, affinity_policy())
     turns = simulate(stream, 8, costs, round_robin_policy(8))
     assert near.disk_loads < turns.disk_loads / 2
+
+
+def test_images_a_worker_saved_on_another_machine_are_saved_here_too(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from webui.cluster.copies import save_missing_here
+    from webui.outputs import ImageSaver
+    from webui.results import StudioResult
+
+    here = tmp_path / "here.png"
+    Image.new("RGB", (8, 8)).save(here)
+    elsewhere = Path("/nonexistent/outputs/00001-7.png")
+    result = StudioResult(
+        [Image.new("RGB", (8, 8))] * 2, [here, elsewhere], ["a, Seed: 6", "b, Seed: 7"], [6, 7]
+    )
+    saver = ImageSaver(tmp_path / "outputs", watermark=False)
+    assert save_missing_here(result, saver, "txt2img") == 1
+    assert result.paths[0] == here and result.paths[1].is_file()
+    assert result.paths[1].is_relative_to(tmp_path / "outputs" / "txt2img-images")

@@ -11,6 +11,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from webui.cluster.actor import Outcome
+from webui.cluster.copies import save_missing_here
 from webui.cluster.pool import WorkerPool, first_line
 from webui.cluster.progress import RemoteProgress, as_step
 from webui.engine.request import GenerationRequest
@@ -88,6 +89,7 @@ class ClusterExecutor:
                 worker_id = self.pool.claim_again(job, self.rerun_wait_s)
                 continue
             self.pool.finished(worker_id, outcome.report)
+            save_missing_here(outcome.result, self.studio.saver, request.mode)  # a worker elsewhere
             # Images reach the store once the job is done: a re-run elsewhere starts from nothing.
             if on_images is not None and not request.script_name and outcome.result.images:
                 on_images(outcome.result)
