@@ -26,6 +26,7 @@ from webui.jobs import Caller, Job, JobQueue, JobState  # noqa: E402
 from webui.server import BackgroundServer, create_app  # noqa: E402
 from webui.settings import Settings  # noqa: E402
 from webui.studio import Studio  # noqa: E402
+from webui.tools.tiny_networks import write_tiny_lora  # noqa: E402
 
 BOB = Caller("bob")
 CAROL = Caller("carol")
@@ -56,6 +57,8 @@ def cluster(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     folder.mkdir(parents=True)
     for name in ("alpha", "beta"):
         shutil.copy(tiny_dir / "tiny-sd15.safetensors", folder / f"{name}.safetensors")
+    (data / "models" / "Lora").mkdir()
+    write_tiny_lora("sd15", data / "models" / "Lora" / "tinystyle.safetensors")
     studio = Studio(Settings.for_data_dir(data, watermark=False, device="cpu", precision="fp32"))
     executor = start_cluster(
         studio,
@@ -81,7 +84,8 @@ def cluster(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def request(steps: int = 3, seed: int = 1, **fields: object) -> GenerationRequest:
-    return GenerationRequest(prompt="a lighthouse", steps=steps, width=64, height=64, seed=seed, **fields)  # type: ignore[arg-type]
+    fields.setdefault("prompt", "a lighthouse")
+    return GenerationRequest(steps=steps, width=64, height=64, seed=seed, **fields)  # type: ignore[arg-type]
 
 
 def finished(job: Job, timeout_s: float = 120) -> Job:
@@ -89,31 +93,41 @@ def finished(job: Job, timeout_s: float = 120) -> Job:
     return job
 
 
-def test_two_workers_run_two_jobs_at_once_with_the_seeds_and_infotexts_of_one(cluster: Cluster) -> None:
-    first = cluster.jobs.submit(request(steps=25, seed=5), BOB, checkpoint="alpha")
-    second = cluster.jobs.submit(request(steps=25, seed=6), CAROL, checkpoint="alpha")
+def test_two_workers_run_two_jobs_at_once_and_stop_them_when_asked(cluster: Cluster) -> None:
+    warm = [cluster.jobs.submit(request(steps=1, seed=seed), BOB, checkpoint="alpha") for seed in (1, 2)]
+    assert {finished(job).worker for job in warm} == {"w1", "w2"}  # both idle: one job each
+    first = cluster.jobs.submit(request(steps=150, seed=5), BOB, checkpoint="alpha")
+    second = cluster.jobs.submit(request(steps=150, seed=6), CAROL, checkpoint="alpha")
     deadline = time.monotonic() + 120
-    both_running = False
-    while (
-        not both_running
-        and time.monotonic() < deadline
-        and not (first.state.finished or second.state.finished)
-    ):
+    both_running, previewed = False, None
+    while not both_running and not (first.state.finished or second.state.finished):
+        assert time.monotonic() < deadline
         statuses = [cluster.jobs.status(job) for job in (first, second)]
         both_running = all(s.state is JobState.RUNNING and s.step > 0 for s in statuses)
+        previewed = previewed or first.preview()
         time.sleep(0.02)
-    assert both_running, "the two jobs never ran at the same time"
-    assert cluster.jobs.counts() == (2, 0)
-    assert {first.worker, second.worker} == {"w1", "w2"}
+    assert both_running, (first.state, first.error, second.state, second.error)
+    assert cluster.jobs.counts() == (2, 0) and {first.worker, second.worker} == {"w1", "w2"}
+    busy = {worker["id"]: worker for worker in cluster.workers()}
+    assert busy[first.worker]["state"] == "busy" and busy[first.worker]["job"] == first.id
+    previewed = previewed or first.preview()
+    assert previewed is not None and previewed[1].size == (8, 8)  # drawn on the worker, shown here
+    for job in (first, second):  # stop passes on to the workers
+        cluster.jobs.interrupt(job)
     for job in (first, second):
-        assert finished(job).state is JobState.DONE, job.error
-    described = httpx.get(f"{cluster.url}/api/v1/jobs/{first.id}", timeout=30).json()
-    assert described["worker"] == first.worker
-    assert described["started"] <= described["finished"]
-    # The same request in this process gives the same seeds and infotext as on a worker.
-    here = cluster.studio.generate(request(steps=25, seed=5), checkpoint="alpha", save=False)
-    assert first.result.seeds == here.seeds == [5]
-    assert first.result.infotexts == here.infotexts
+        assert finished(job, 60).state is JobState.INTERRUPTED
+        assert cluster.jobs.status(job).step < 150
+
+
+def test_a_worker_gives_the_seeds_and_infotext_of_one_with_a_lora(cluster: Cluster) -> None:
+    with_lora = request(steps=6, seed=5, prompt="a lighthouse <lora:tinystyle:0.8>")
+    job = finished(cluster.jobs.submit(with_lora, BOB, checkpoint="alpha"))
+    assert job.state is JobState.DONE, job.error
+    described = httpx.get(f"{cluster.url}/api/v1/jobs/{job.id}", timeout=30).json()
+    assert described["worker"] == job.worker and described["started"] <= described["finished"]
+    here = cluster.studio.generate(with_lora, checkpoint="alpha", save=False)  # in this process
+    assert job.result.seeds == here.seeds == [5]
+    assert job.result.infotexts == here.infotexts and "Lora hashes" in here.infotexts[0]
 
 
 def test_a_job_goes_to_the_worker_that_holds_its_checkpoint(cluster: Cluster) -> None:
@@ -126,9 +140,12 @@ def test_a_job_goes_to_the_worker_that_holds_its_checkpoint(cluster: Cluster) ->
     other = next(worker for id_, worker in workers.items() if id_ != first.worker)
     assert "beta" in [held["name"] for held in holder["checkpoints"]]
     assert "beta" not in [held["name"] for held in other["checkpoints"]]
-    assert holder["jobs_done"] > other["jobs_done"]  # the least loaded would be the other one
-    again = finished(cluster.jobs.submit(request(seed=8), CAROL, checkpoint="beta"))
-    assert again.state is JobState.DONE and again.worker == first.worker
+    # Least loaded alone would send one of the next two to the other worker: the holder has done more.
+    for seed in (8, 9):
+        again = finished(cluster.jobs.submit(request(seed=seed), CAROL, checkpoint="beta"))
+        assert again.state is JobState.DONE and again.worker == first.worker
+    counts = {worker["id"]: worker["jobs_done"] for worker in cluster.workers()}
+    assert counts[first.worker] > counts[other["id"]]
 
 
 @pytest.mark.slow
