@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     if studio.demo_mode:
         print(f"\n*** {studio.demo_message}\n", file=sys.stderr)
     # Jobs outlive a restart: waiting ones run again, finished ones stay listed with their images.
-    executor = _start_cluster(args, studio) if clustered else None
+    try:
+        executor = _start_cluster(args, studio) if clustered else None
+    except Exception as error:  # Ray's own (ConnectionError for a wrong address, ...): say it plainly
+        print(f"error: could not start or join the Ray cluster: {error}", file=sys.stderr)
+        return 2
     jobs = JobQueue(studio, settings.limits, store=JobStore.in_data_dir(settings.data_dir), executor=executor)
     live = LiveSettings(studio, jobs, settings_file, pinned=frozenset(flags_given(args)))
     app = create_app(studio, jobs, credentials=credentials, cmd_flags=vars(args), live_settings=live)

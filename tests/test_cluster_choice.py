@@ -99,3 +99,18 @@ def test_images_a_worker_saved_on_another_machine_are_saved_here_too(tmp_path: P
     assert save_missing_here(result, saver, "txt2img") == 1
     assert result.paths[0] == here and result.paths[1].is_file()
     assert result.paths[1].is_relative_to(tmp_path / "outputs" / "txt2img-images")
+
+
+def test_a_head_node_address_nothing_answers_at_is_refused_at_once() -> None:
+    import socket
+
+    from webui.cluster.start import check_reachable
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        check_reachable(f"127.0.0.1:{port}")  # something answers: Ray takes it from there
+    with pytest.raises(ConnectionError, match="ray start --head"):
+        check_reachable(f"127.0.0.1:{port}")  # closed now
+    check_reachable("auto")  # Ray's own address forms are left to Ray

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,20 @@ def cluster_specs(count: int | None, device: str, resources: dict[str, float]) -
     ]
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Raise ConnectionError at once for a head node nothing answers at: Ray itself would keep
+    retrying for minutes. Only plain host:port addresses are checked ("auto", ray://... are Ray's)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise ConnectionError(
+            f"no Ray head node answers at {address} ({error}); start one there with `ray start --head`"
+        ) from None
+
+
 def start_cluster(
     studio: Studio,
     workers: int | None,
@@ -89,6 +104,7 @@ def start_cluster(
         **(init_options or {}),
     }
     if address:
+        check_reachable(address)
         ray.init(address=address, **options)
         specs = cluster_specs(workers, settings.device, ray.cluster_resources())
     else:
