@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         tls = _tls(settings)
         studio = Studio(settings)
-        studio.models.model()  # load now, so a broken checkpoint is reported before the page opens
+        clustered = _wants_cluster(args, settings)
+        if not clustered:  # workers load their own models; this process needs none on its device
+            studio.models.model()  # load now, so a broken checkpoint is reported before the page opens
     except (CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -43,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     if studio.models.demo_mode:
         print(f"\n*** {studio.models.demo_message}\n", file=sys.stderr)
     # Jobs outlive a restart: waiting ones run again, finished ones stay listed with their images.
-    jobs = JobQueue(studio, settings.limits, store=JobStore.in_data_dir(settings.data_dir))
+    try:
+        executor = _start_cluster(args, studio) if clustered else None
+    except Exception as error:  # Ray's own (ConnectionError for a wrong address, ...): say it plainly
+        print(f"error: could not start or join the Ray cluster: {error}", file=sys.stderr)
+        return 2
+    jobs = JobQueue(studio, settings.limits, store=JobStore.in_data_dir(settings.data_dir), executor=executor)
     live = LiveSettings(studio, jobs, settings_file, pinned=frozenset(flags_given(args)))
     app = create_app(studio, jobs, credentials=credentials, cmd_flags=vars(args), live_settings=live)
     host = "0.0.0.0" if settings.listen else "127.0.0.1"
@@ -66,8 +73,34 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.should_exit = True
         jobs.stop()
+        if executor is not None:
+            executor.close()
         serving.join(10)
     return 0 if server.started else 1
+
+
+def _visible_gpus(settings: Settings) -> int:
+    if settings.device not in ("auto", "cuda"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _wants_cluster(args, settings: Settings) -> bool:
+    """Raises ValueError when Ray was asked for and is not installed."""
+    from webui.cluster.start import NEEDS_RAY, ray_installed, wants_cluster
+
+    asked = args.ray_address or (args.workers or 0) >= 1
+    if asked and not ray_installed():
+        raise ValueError(NEEDS_RAY)
+    return wants_cluster(args.workers, args.ray_address, _visible_gpus(settings))
+
+
+def _start_cluster(args, studio):
+    from webui.cluster.start import start_cluster
+
+    return start_cluster(studio, args.workers, args.ray_address, gpus=_visible_gpus(studio.settings))
 
 
 def _stop_on_signal(_signum: int, _frame: object) -> None:

@@ -117,3 +117,24 @@ def test_openapi_docs_are_served_without_the_internet(server: LiveServer) -> Non
         "/sdapi/v1/progress",
     ):
         assert path in spec["paths"], path
+
+
+def test_workers_list_the_server_itself_and_hide_others_jobs(server: LiveServer) -> None:
+    server.gate.close()
+    with server.client("bob") as bob, server.client("carol") as carol, server.client("alice") as admin:
+        try:
+            job = bob.post("/api/v1/jobs/txt2img", json=SMALL).json()
+            assert server.gate.reached.wait(30)
+            held = server.gate.held_job  # bob's, or one an earlier test left waiting
+            assert held is not None
+            (seen,) = admin.get("/api/v1/workers").json()
+            assert seen["id"] == "local" and seen["state"] == "busy" and seen["job"] == held.id
+            assert seen["device"] == "cpu" and seen["pid"] > 0 and seen["host"]
+            assert {"checkpoints", "jobs_done", "last_error"} <= seen.keys()
+            for user, client in (("bob", bob), ("carol", carol)):  # a job's id is its owner's to see
+                shown = client.get("/api/v1/workers").json()[0]["job"]
+                assert shown == (held.id if held.owner == user else None), user
+        finally:
+            server.gate.open()
+        done = read_events(bob, job["urls"]["events"])[-1][1]
+    assert done["worker"] == "local" and done["started"] <= done["finished"]

@@ -264,3 +264,44 @@ def test_a_late_user_waits_one_turn_not_the_whole_backlog(studio: Studio) -> Non
     assert jobs.interrupt(backlog[0])  # a waiting job leaves the line; the places close up
     assert [jobs.position(job) for job in (backlog[1], late, *backlog[2:])] == [1, 2, 3, 4, 5]
     jobs.stop()
+
+
+def test_the_queue_lists_itself_as_the_one_local_worker(queue: JobQueue) -> None:
+    before = queue.workers()
+    assert [(w.id, w.device, w.state) for w in before] == [("local", "cpu", "idle")]
+    job = queue.submit(small(), BOB)
+    assert job.wait(60) and job.state is JobState.DONE
+    assert queue.status(job).worker == "local"
+    (after,) = queue.workers()
+    assert after.jobs_done == before[0].jobs_done + 1 and after.pid is not None
+    assert any(held.name == job.checkpoint for held in after.checkpoints)
+
+
+class _NoWorkerLeft:
+    """An executor whose every worker is gone for good."""
+
+    def claim(self, job: object) -> bool:
+        return False
+
+    def release(self, job: object) -> None:
+        pass
+
+    def unavailable(self) -> str:
+        return "w1: died while idle"
+
+    def workers(self) -> list:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_with_no_worker_left_waiting_jobs_fail_with_the_reason(studio: Studio) -> None:
+    jobs = JobQueue(studio, executor=_NoWorkerLeft())  # type: ignore[arg-type]
+    job = jobs.submit(small(), BOB)
+    jobs.start()
+    try:
+        assert job.wait(10)
+        assert job.state is JobState.FAILED and "no worker can run jobs: w1: died while idle" in job.error
+    finally:
+        jobs.stop()

@@ -399,3 +399,20 @@ def test_grids_are_numbered_in_their_own_folder(tmp_path: Path) -> None:
     assert grid.name.startswith("00000-")
     with pytest.raises(ValueError, match="kind"):
         saver.save(Image.new("RGB", (8, 8)), mode="txt2img", seed=1, infotext="x", kind="../escape")
+
+
+def _save_many(root: str, count: int) -> list[str]:
+    saver = ImageSaver(Path(root), watermark=False, clock=lambda: datetime(2024, 1, 2))
+    image = Image.new("RGB", (8, 8))
+    return [saver.save(image, mode="txt2img", seed=1, infotext="x").name for _ in range(count)]
+
+
+def test_two_processes_saving_into_one_folder_never_take_the_same_number(tmp_path: Path) -> None:
+    """Cluster workers on one machine share the outputs folder; each file keeps its own number."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        names = [name for batch in pool.map(_save_many, [str(tmp_path)] * 2, [25, 25]) for name in batch]
+    assert len(set(names)) == 50
+    assert len(list((tmp_path / "txt2img-images" / "2024-01-02").glob("*.png"))) == 50

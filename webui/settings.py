@@ -290,6 +290,16 @@ def speed_options(args: argparse.Namespace) -> SpeedOptions:
     )
 
 
+def _worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of workers") from None
+    if not 0 <= count <= 1024:
+        raise argparse.ArgumentTypeError("the number of workers must be from 0 to 1024")
+    return count
+
+
 def _memory_mode(args: argparse.Namespace) -> str:
     if args.lowvram:
         return "lowvram"
@@ -333,6 +343,22 @@ def app_parser() -> argparse.ArgumentParser:
         "--enable-insecure-extension-access",
         action="store_true",
         help="allow installing extensions from a URL even with --listen (admins only, with --auth)",
+    )
+    cluster = parser.add_argument_group(
+        "several workers on Ray (docs/cluster.md; needs requirements-cluster.txt)"
+    )
+    cluster.add_argument(
+        "--workers",
+        type=_worker_count,
+        metavar="N",
+        help="run jobs on N Ray workers on this machine (default: one per GPU when there are several; "
+        "0: in this process, as with one GPU)",
+    )
+    cluster.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="join the Ray cluster at ADDR (host:port of `ray start --head`) and run workers on its GPUs "
+        "(its CPUs with --device cpu)",
     )
     defaults = Limits()
     limits = parser.add_argument_group("limits on one request")

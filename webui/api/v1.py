@@ -20,7 +20,7 @@ from webui.api.fields import a1111_field
 from webui.api.images import encode_base64, image_to_png
 from webui.api.schemas import Img2ImgBody, Txt2ImgBody
 from webui.api.training import TrainBody, training_json
-from webui.jobs import Job, JobStatus
+from webui.jobs import Caller, Job, JobNotFound, JobStatus
 from webui.training.request import TrainingRequest
 
 _EVENT_POLL_S = 0.1
@@ -180,6 +180,21 @@ def v1_router(ctx: ApiContext) -> APIRouter:
             "yours": [{"id": s.id, "state": s.state.value, "position": s.position} for s in mine],
         }
 
+    @router.get(
+        "/workers",
+        summary="The workers that run jobs: device, host, pid, state, the checkpoints each holds "
+        "and where, jobs done and last error (one, `local`, unless the server runs a cluster)",
+    )
+    def workers(request: Request) -> list[dict[str, Any]]:
+        caller = caller_of(request.state)
+        listed = []
+        for worker in ctx.jobs.workers():
+            described = worker.as_json()
+            if worker.job is not None and not _may_see(ctx, caller, worker.job):
+                described["job"] = None  # another user's job: its id is theirs to know
+            listed.append(described)
+        return listed
+
     @router.get("/me", summary="Who the server thinks the caller is")
     def me(request: Request) -> dict[str, Any]:
         caller = caller_of(request.state)
@@ -222,6 +237,14 @@ def _describe(ctx: ApiContext, job: Job) -> dict[str, Any]:
     return described
 
 
+def _may_see(ctx: ApiContext, caller: Caller, job_id: str) -> bool:
+    try:
+        ctx.jobs.get(job_id, caller)
+    except JobNotFound:
+        return False
+    return True
+
+
 def _status_json(status: JobStatus) -> dict[str, Any]:
     return {
         "id": status.id,
@@ -241,6 +264,7 @@ def _status_json(status: JobStatus) -> dict[str, Any]:
         "created": status.created,
         "started": status.started,
         "finished": status.finished,
+        "worker": status.worker,
         "error": status.error,
         "error_field": a1111_field(status.error_field),
         "user_error": status.user_error,  # the request was at fault (fix and resend), not the server

@@ -69,6 +69,7 @@ class JobStatus:
     warnings: tuple[str, ...] = ()  # extensions' failures during the job (it still finished)
     loss: float | None = None  # training jobs: the running mean of the loss
     phase: str | None = None  # training jobs: "vae", "denoiser", "lora", "embedding", ...
+    worker: str | None = None  # the worker that runs or ran it (see JobQueue.workers)
 
 
 # Loss points a training job keeps for its plot; older ones are thinned to every other one.
@@ -97,6 +98,7 @@ class Job:
         self.user_error = False
         self.result = None  # a StudioResult once the job has run
         self.skipped = False
+        self.worker: str | None = None
         self._step = 0
         self._steps = self.request.steps
         self._batch = 0
@@ -152,6 +154,11 @@ class Job:
     def mark_running(self) -> None:
         with self._lock:
             self.state, self.started = JobState.RUNNING, time.time()
+
+    def restart_progress(self) -> None:
+        """Its worker was lost: progress counts from the start again on the next one."""
+        with self._lock:
+            self._step, self._batch, self._sampling_began = 0, 0, None
 
     def finish(
         self,
@@ -221,6 +228,7 @@ class Job:
                 preview_step=self._preview_step,
                 loss=self._losses[-1][1] if self._losses else None,
                 phase=self._phase,
+                worker=self.worker,
             )
 
     def preview(self) -> tuple[int, Image.Image] | None:

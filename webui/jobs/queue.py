@@ -1,8 +1,11 @@
-"""The one queue the UI, the API and the CLI submit to: round-robin across users, one job at a time."""
+"""The one queue the UI, the API and the CLI submit to: round-robin across users, one job at a time
+on the studio's device, or one per worker when an executor (webui.cluster) runs them."""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -12,10 +15,12 @@ from typing import TYPE_CHECKING
 from webui.engine.request import GenerationError, GenerationRequest
 from webui.engine.steps import StepInfo
 from webui.jobs.caller import Caller
+from webui.jobs.executor import JobExecutor
 from webui.jobs.fair import FairLine
 from webui.jobs.job import Job, JobState, JobStatus
 from webui.jobs.limits import Limits, ScriptBudget
 from webui.jobs.store import FileImages, JobStore, StoredImage, StoredJob
+from webui.jobs.workers import BUSY, IDLE, LOCAL_WORKER, HeldCheckpoint, WorkerReport
 from webui.model_manager.state_dict import CheckpointError
 from webui.outputs.files import remove_partial_writes
 from webui.results import StudioResult
@@ -56,9 +61,12 @@ class JobQueue:
         keep_finished: int = 500,
         step_hooks: Sequence[Callable[[Job, StepInfo], None]] = (),
         store: JobStore | None = None,
+        executor: JobExecutor | None = None,
     ) -> None:
         """`step_hooks` run on the worker after every denoising step of every job, in order.
-        `store` keeps jobs across restarts; the jobs it holds are taken up at once."""
+        `store` keeps jobs across restarts; the jobs it holds are taken up at once.
+        `executor` runs generations on its workers, as many at once as it has free ones;
+        without it they run one at a time in this process."""
         self.studio = studio
         self.step_hooks = tuple(step_hooks)
         self.limits = limits or Limits()
@@ -66,7 +74,11 @@ class JobQueue:
         self.keep_finished = keep_finished
         self._jobs: dict[str, Job] = {}
         self._waiting = FairLine()
-        self._running: Job | None = None
+        self.executor = executor
+        self._running: list[Job] = []
+        self._dispatched: set[threading.Thread] = set()  # with an executor: a thread per running job
+        self._local_done = 0  # for the listing of the in-process worker
+        self._local_error: str | None = None
         self._changed = threading.Condition()
         self._stopping = False
         self._worker: threading.Thread | None = None
@@ -91,20 +103,81 @@ class JobQueue:
         job ran 2.5x slower (80 ms against 32 ms) and a 512x512 one 14% slower from another thread,
         so `launch.py` serves HTTP from a thread and runs jobs here, on the main one.
         """
+        if self.executor is not None:
+            self._dispatch(self.executor, until)
+            return
         while True:
             with self._changed:
                 while not self._waiting and not self._stopping and not until():
                     self._changed.wait(_WAKE_S)
                 if self._stopping or until():
                     return
-                job = self._running = self._waiting.pop()
+                job = self._waiting.pop()
+                self._running.append(job)
+            job.worker = LOCAL_WORKER
             try:
                 self._run(job)
             finally:
-                with self._changed:
-                    self._running = None
-                    self._prune()
-                    self._changed.notify_all()
+                self._ended(job)
+
+    def _dispatch(self, executor: JobExecutor, until: Callable[[], bool]) -> None:
+        """Hand the next job in round-robin order to the executor whenever it has a free worker;
+        each runs on a thread of its own here, which waits for its worker."""
+        while True:
+            with self._changed:
+                job, gone = self._claim_next(executor, until)
+                if job is not None and (self._stopping or until()):
+                    executor.release(job)
+                    job.finish(JobState.INTERRUPTED, error="the server is shutting down")
+                    return
+                if job is None and gone is None:
+                    return  # stopping
+                stranded = self._waiting.drain() if gone is not None else []
+                if job is not None:
+                    self._running.append(job)
+                    thread = threading.Thread(
+                        target=self._run_claimed, args=(executor, job), name=f"job-{job.id[:8]}", daemon=True
+                    )
+                    self._dispatched.add(thread)
+            for each in stranded:  # no worker is left: say so rather than let them wait for ever
+                each.finish(JobState.FAILED, error=f"no worker can run jobs: {gone}")
+                self._record_end(each)
+            if job is not None:
+                thread.start()
+
+    def _claim_next(self, executor: JobExecutor, until: Callable[[], bool]) -> tuple[Job | None, str | None]:
+        """Wait for the next job and a worker for it: (job, None); (None, why) once no worker is
+        left; (None, None) when stopping. Call with the lock held."""
+        while not self._stopping and not until():
+            if self._waiting:
+                job = self._waiting.pop()
+                if executor.claim(job):
+                    return job, None
+                self._waiting.push_front(job)
+                gone = executor.unavailable()
+                if gone is not None:
+                    return None, gone
+            self._changed.wait(_WAKE_S)
+        return None, None
+
+    def _run_claimed(self, executor: JobExecutor, job: Job) -> None:
+        try:
+            self._run(job)
+        finally:
+            executor.release(job)
+            with self._changed:
+                self._dispatched.discard(threading.current_thread())
+            self._ended(job)
+
+    def _ended(self, job: Job) -> None:
+        with self._changed:
+            self._running.remove(job)
+            if job.worker == LOCAL_WORKER:
+                self._local_done += 1
+                if job.state is JobState.FAILED and not job.user_error:
+                    self._local_error = job.error
+            self._prune()
+            self._changed.notify_all()
 
     def stop(self, timeout: float | None = 10.0) -> None:
         """Interrupt the running job, drop waiting ones, and end the worker. With a store, both
@@ -112,14 +185,17 @@ class JobQueue:
         with self._changed:
             self._stopping = True
             waiting = self._waiting.drain()
-            running = self._running
+            running = list(self._running)
+            dispatched = list(self._dispatched)
             self._changed.notify_all()
         for job in waiting:
             job.finish(JobState.INTERRUPTED, error="the server is shutting down")
-        if running is not None:
-            running.control.interrupt()
+        for job in running:
+            job.control.interrupt()
         if self._worker is not None:
             self._worker.join(timeout)
+        for thread in dispatched:
+            thread.join(timeout)
 
     def set_limits(self, **changes: object) -> Limits:
         self.limits = replace(self.limits, **changes)  # type: ignore[arg-type]
@@ -202,14 +278,39 @@ class JobQueue:
     def counts(self) -> tuple[int, int]:
         """(running, waiting) across all users."""
         with self._changed:
-            return (1 if self._running else 0), len(self._waiting)
+            return len(self._running), len(self._waiting)
 
     def current(self, caller: Caller) -> Job | None:
         """The caller's running job, else their next waiting one, else None (A1111's `progress`)."""
         with self._changed:
-            if self._running is not None and self._running.owner == caller.name:
-                return self._running
-            return self._waiting.first_of(caller.name)
+            mine = [job for job in self._running if job.owner == caller.name]
+            return mine[0] if mine else self._waiting.first_of(caller.name)
+
+    def workers(self) -> list[WorkerReport]:
+        """The workers that run jobs: the executor's, or this process as the one worker."""
+        if self.executor is not None:
+            return self.executor.workers()
+        with self._changed:
+            running = next(iter(self._running), None)
+            done, error = self._local_done, self._local_error
+        held = tuple(
+            HeldCheckpoint(placement.name, placement.tier.value)
+            for placement in self.studio.models.placements()
+            if placement.tier.value != "disk"
+        )
+        return [
+            WorkerReport(
+                LOCAL_WORKER,
+                str(self.studio.device),
+                os.getpid(),
+                socket.gethostname(),
+                BUSY if running else IDLE,
+                held,
+                done,
+                error,
+                running.id if running else None,
+            )
+        ]
 
     # -- stopping jobs -------------------------------------------------------------------------
     def interrupt(self, job: Job) -> bool:
@@ -241,6 +342,8 @@ class JobQueue:
             job.finish(JobState.INTERRUPTED)
             self._record_end(job)
             return
+        if self.executor is not None and isinstance(job.request, TrainingRequest):
+            job.worker = LOCAL_WORKER  # training runs in this process (docs/cluster.md)
         job.mark_running()
         if self.store is not None:
             self.store.started(job)
@@ -264,19 +367,23 @@ class JobQueue:
             def on_images(batch: StudioResult) -> None:
                 store.add_images(job, batch.images, batch.paths, batch.infotexts, batch.seeds)
 
+        def on_step(info: StepInfo) -> None:
+            self._on_step(job, replace(info, batch_index=info.batch_index + skipped) if skipped else info)
+
         try:
-            result = self.studio.generate(
-                request,
-                on_step=lambda info: self._on_step(
-                    job, replace(info, batch_index=info.batch_index + skipped) if skipped else info
-                ),
-                control=job.control,
-                checkpoint=job.checkpoint,
-                vae=job.vae,
-                save=job.save,
-                guard=ScriptBudget(self.limits),
-                on_images=on_images,
-            )
+            if self.executor is not None:
+                result = self.executor.generate(job, request, on_step, on_images, self.limits)
+            else:
+                result = self.studio.generate(
+                    request,
+                    on_step=on_step,
+                    control=job.control,
+                    checkpoint=job.checkpoint,
+                    vae=job.vae,
+                    save=job.save,
+                    guard=ScriptBudget(self.limits),
+                    on_images=on_images,
+                )
         except (GenerationError, CheckpointError) as error:
             _fail_by_request(job, error)
         except Exception as error:  # the worker must outlive any one job

@@ -7,7 +7,8 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -81,8 +82,9 @@ class ImageSaver:
         stem = expand_pattern(self.pattern, seed, infotext, now)
         with self._lock:
             folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"{_next_number(folder):05d}-{stem}.png"
-            write_atomically(path, write)
+            with _folder_lock(folder):
+                path = folder / f"{_next_number(folder):05d}-{stem}.png"
+                write_atomically(path, write)
         return path
 
     def encode_png(self, image: Image.Image, infotext: str) -> bytes:
@@ -103,6 +105,25 @@ def _png_ready(
     pnginfo = PngImagePlugin.PngInfo()
     pnginfo.add_text(PARAMETERS_KEY, infotext)
     return image, pnginfo
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Hold the folder against other processes' saves (several workers writing one outputs folder):
+    the thread lock above only keeps this process's saves apart. A lock on the folder itself, so no
+    file is added; where the system has no such lock (Windows), one process is assumed."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        with suppress(OSError):  # a file system without such locks (some network shares): as before
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _next_number(folder: Path) -> int:

@@ -41,6 +41,7 @@ from webui.ui.styles_controls import wire_styles
 from webui.ui.tooltips import tooltips_head
 from webui.ui.train_tab import build_train_tab
 from webui.ui.txt2img import build_txt2img
+from webui.ui.workers_panel import worker_rows
 
 if TYPE_CHECKING:
     from webui.studio import Studio
@@ -246,6 +247,7 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
         for event in models.acted:
             event.then(sync_header, inputs=models.status, outputs=[checkpoint, model_status], **PRIVATE)
         history_page.select(history.load, outputs=history.outputs, **PRIVATE)
+        models_page.select(lambda: worker_rows(ctx.jobs), outputs=models.workers, **PRIVATE)
 
         # -- LoRA and embedding lists insert into a prompt -----------------------------------------
         prompts = [generation_tabs[name].controls.prompt for name in INSERT_TARGETS]

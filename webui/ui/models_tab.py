@@ -16,6 +16,7 @@ from webui.model_manager.state_dict import CheckpointError
 from webui.ui.context import PRIVATE, UiContext
 from webui.ui.model_status import event_text, run_and_describe
 from webui.ui.results import error_box, hide_error, show_error
+from webui.ui.workers_panel import build_workers_table, worker_rows
 
 if TYPE_CHECKING:
     from webui.studio import Studio
@@ -42,6 +43,7 @@ class ModelsTab:
     unload: gr.Button
     evict: gr.Button
     unusable: gr.Dataframe
+    workers: gr.Dataframe
     merged: Any = None  # the merge's event: the header's list follows it (app.py)
     acted: list[Any] = field(default_factory=list)  # switch/unload/evict events: the header follows
 
@@ -177,6 +179,7 @@ def build_models_tab(ctx: UiContext) -> ModelsTab:
         elem_id="models-unusable",
         label="Files that cannot be used (fix or remove them, then refresh)",
     )
+    workers = build_workers_table(ctx.jobs)
     tab = ModelsTab(
         table,
         choice,
@@ -191,7 +194,9 @@ def build_models_tab(ctx: UiContext) -> ModelsTab:
         unload,
         evict,
         unusable,
+        workers,
     )
+    refresh.click(lambda: worker_rows(ctx.jobs), outputs=workers, **PRIVATE)
     tab.merged = _build_merger(ctx, tab)
 
     def act(action: str, title: str) -> tuple[Any, Any, Any]:

@@ -9,6 +9,7 @@ import io
 from PIL import Image
 
 from webui.jobs import JobState, JobStatus
+from webui.jobs.workers import LOCAL_WORKER
 
 # Previews bigger than this (TAESD, full VAE) travel as JPEG: a 1024² PNG every step would be MBs.
 _PNG_PIXELS = 256 * 256
@@ -24,7 +25,11 @@ def format_eta(seconds: float | None) -> str:
 def status_line(status: JobStatus, running_elsewhere: int = 0) -> str:
     """One line of text for the job's state, e.g. "Step 5/20 · batch 2/3 · ETA 4 s"."""
     if status.state is JobState.QUEUED:
-        ahead = "" if not running_elsewhere else " (another job is running)"
+        ahead = ""
+        if running_elsewhere == 1:
+            ahead = " (another job is running)"
+        elif running_elsewhere > 1:
+            ahead = f" ({running_elsewhere} jobs are running on the workers)"
         return f"Waiting in the queue: position {status.position or 1}{ahead}"
     if status.state is JobState.RUNNING:
         if status.step == 0:
@@ -35,6 +40,8 @@ def status_line(status: JobStatus, running_elsewhere: int = 0) -> str:
         eta = format_eta(status.eta_seconds)
         if eta:
             parts.append(f"ETA {eta}")
+        if status.worker and status.worker != LOCAL_WORKER:  # several workers: say which
+            parts.append(f"on worker {status.worker}")
         return " · ".join(parts)
     return status.state.value.capitalize()
 
