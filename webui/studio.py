@@ -255,6 +255,7 @@ class Studio:
                 on_batch=lambda batch: self._finish_batch(
                     batch, request, file, model, hooks, save, done, on_images
                 ),
+                checked=True,  # by the preflight above, on the request as hooks and styles left it
             )
         done.interrupted, done.warnings = result.interrupted, list(hooks.warnings)
         return done

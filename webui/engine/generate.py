@@ -109,11 +109,15 @@ class Engine:
         control: JobControl | None = None,
         on_denoise: DenoiseHook | None = None,
         on_batch: Callable[[GenerationResult], None] | None = None,
+        *,
+        checked: bool = False,
     ) -> GenerationResult:
         """`on_step` observes each finished step; `on_denoise` may change each step before it runs;
         `on_batch` gets each batch's images as soon as they are decoded (so a caller can save them
-        before the next batch, which a crash might not let finish)."""
-        request.validate()
+        before the next batch, which a crash might not let finish). `checked`: the caller has just
+        validated this very request (the studio's preflight), so it is not checked again."""
+        if not checked:
+            request.validate()
         if self.model.architecture.family is DenoisingFamily.FLOW:
             return self._generate_flow(request, on_step, control or JobControl(), on_batch)
         try:
