@@ -28,8 +28,8 @@ from webui.engine.noise import image_noise, sampler_generator
 from webui.engine.preview import tensor_to_images, vae_decode
 from webui.engine.request import GenerationError, GenerationRequest, MaskedContent
 from webui.engine.samplers import make_scheduler, resolve_sampler
-from webui.engine.speed import UNetCall, prepare_unet
-from webui.engine.speed_options import SpeedOptions
+from webui.engine.speed import UNetCall, decoding, prepare_unet, resolve_for
+from webui.engine.speed_options import ResolvedSpeed, SpeedOptions
 from webui.engine.steps import DenoiseHook, DenoiseStep, Interrupted, JobControl, StepHook, StepInfo
 from webui.engine.tiling import circular_padding
 from webui.engine.upscale import upscale
@@ -139,6 +139,7 @@ class Engine:
         self.refused = refused or RefusedNetworks()
         self.speed = speed or SpeedOptions()
         self._unet: UNetCall = model.unet
+        self._speed: ResolvedSpeed | None = None  # this job's, for its VAE decodes
         self._batch_cond_uncond = True
         self._on_denoise: DenoiseHook | None = None  # this job's hook before each UNet step
         # Hires fix's pixel upscalers (ESRGAN models live with the caller); resamplers by default.
@@ -159,7 +160,7 @@ class Engine:
         before the next batch, which a crash might not let finish)."""
         request.validate()
         try:
-            speed = self.speed.resolve(self.model.device)
+            speed = resolve_for(self.model, self.speed)
         except ValueError as error:
             raise GenerationError(str(error)) from error
         sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
@@ -179,6 +180,7 @@ class Engine:
         )
         prompts = self._prepare_networks(request)
         self._unet = prepare_unet(self.model, speed, loras_active=bool(prompts.loras))
+        self._speed = speed
         self._batch_cond_uncond = speed.batch_cond_uncond
         self._on_denoise = on_denoise
 
@@ -203,7 +205,7 @@ class Engine:
             except Interrupted as stop:
                 latents, interrupted = stop.args[0], True
             with circular_padding(self.model.vae, enabled=request.tiling):
-                decoded = tensor_to_images(vae_decode(self.model, latents))
+                decoded = self._decode(latents)
             batch_images = [pix.composite(image, inpaint) for image in decoded] if inpaint else decoded
             if on_batch is not None:
                 done = slice(len(images), len(images) + len(batch_images))
@@ -230,6 +232,10 @@ class Engine:
             prompts.embeddings,
             subseeds[: len(images)] if request.subseed_strength > 0 else [],
         )
+
+    def _decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        with decoding(cpu_bf16=self._speed is not None and self._speed.cpu_bf16):
+            return tensor_to_images(vae_decode(self.model, latents))
 
     def _scheduler(self, sampler: str, schedule: str, seed: int | None = None) -> SchedulerMixin:
         config = self.model.spec.scheduler_config
@@ -515,7 +521,7 @@ class Engine:
         size = (spec.height // LATENT_SCALE, spec.width // LATENT_SCALE)
         if is_latent_mode(upscaler):
             return upscale_latent(latents, upscaler, size)
-        images = tensor_to_images(vae_decode(self.model, latents))
+        images = self._decode(latents)
         resized = [self.upscale_image(image, upscaler, (spec.width, spec.height)) for image in images]
         return torch.cat([self._encode(pix.image_to_tensor(image)) for image in resized])
 
