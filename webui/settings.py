@@ -277,6 +277,13 @@ def add_speed_flags(parser: argparse.ArgumentParser) -> None:
     speed.add_argument(
         "--cuda-graphs", action="store_true", help="with --compile: replay each size as one CUDA graph"
     )
+    speed.add_argument(
+        "--cpu-bf16",
+        choices=SWITCHES,
+        default="auto",
+        help="CPU: UNet and VAE decoder matmuls in bf16, fp32 weights kept "
+        "(auto: full-size fp32 models on CPUs with AMX or AVX512-BF16)",
+    )
 
 
 def speed_options(args: argparse.Namespace) -> SpeedOptions:
@@ -287,6 +294,7 @@ def speed_options(args: argparse.Namespace) -> SpeedOptions:
         batch_cond_uncond=not getattr(args, "no_batch_cond_uncond", False),
         compile=getattr(args, "compile", "off"),
         cuda_graphs=getattr(args, "cuda_graphs", False),
+        cpu_bf16=getattr(args, "cpu_bf16", "auto"),
     )
 
 

@@ -30,3 +30,12 @@ def resolve_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     if precision == "auto":
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX tiles or AVX512-BF16); elsewhere bf16 is
+    emulated and slower than fp32."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # a torch build without these probes: assume not
+        return False

@@ -31,8 +31,8 @@ from webui.engine.passes import BatchInputs, ConditioningSchedule, Pass, Progres
 from webui.engine.preview import tensor_to_images, vae_decode
 from webui.engine.request import GenerationError, GenerationRequest, MaskedContent
 from webui.engine.samplers import make_scheduler, resolve_sampler
-from webui.engine.speed import prepare_unet
-from webui.engine.speed_options import SpeedOptions
+from webui.engine.speed import decoding, prepare_unet, resolve_for
+from webui.engine.speed_options import ResolvedSpeed, SpeedOptions
 from webui.engine.steps import DenoiseHook, Interrupted, JobControl, StepHook, StepInfo
 from webui.engine.tiling import circular_padding
 from webui.engine.upscale import upscale
@@ -97,6 +97,7 @@ class Engine:
         self.model = model
         self.refused = refused or RefusedNetworks()
         self.speed = speed or SpeedOptions()
+        self._speed: ResolvedSpeed | None = None  # this job's, for its VAE decodes
         # Hires fix's pixel upscalers (ESRGAN models live with the caller); resamplers by default.
         self.upscale_image: PixelUpscale = upscale_image or _resample
         self.loras: Mapping[str, Path] = loras if loras is not None else {}
@@ -121,7 +122,7 @@ class Engine:
         if self.model.architecture.family is DenoisingFamily.FLOW:
             return self._generate_flow(request, on_step, control or JobControl(), on_batch)
         try:
-            speed = self.speed.resolve(self.model.device)
+            speed = resolve_for(self.model, self.speed)
         except ValueError as error:
             raise GenerationError(str(error)) from error
         sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
@@ -146,6 +147,7 @@ class Engine:
             batched=speed.batch_cond_uncond,
             on_denoise=on_denoise,
         )
+        self._speed = speed
 
         images: list[Image.Image] = []
         interrupted = False
@@ -173,7 +175,7 @@ class Engine:
             except Interrupted as stop:
                 latents, interrupted = stop.args[0], True
             with circular_padding(self.model.vae, enabled=request.tiling):
-                decoded = tensor_to_images(vae_decode(self.model, latents))
+                decoded = self._decode(latents)
             batch_images = [pix.composite(image, inpaint) for image in decoded] if inpaint else decoded
             if on_batch is not None:
                 done = slice(len(images), len(images) + len(batch_images))
@@ -258,6 +260,10 @@ class Engine:
                 result.interrupted = True
                 break
         return result
+
+    def _decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        with decoding(cpu_bf16=self._speed is not None and self._speed.cpu_bf16):
+            return tensor_to_images(vae_decode(self.model, latents))
 
     def _scheduler(self, sampler: str, schedule: str, seed: int | None = None) -> SchedulerMixin:
         config = self.model.spec.scheduler_config
@@ -430,7 +436,7 @@ class Engine:
         size = (spec.height // LATENT_SCALE, spec.width // LATENT_SCALE)
         if is_latent_mode(upscaler):
             return upscale_latent(latents, upscaler, size)
-        images = tensor_to_images(vae_decode(self.model, latents))
+        images = self._decode(latents)
         resized = [self.upscale_image(image, upscaler, (spec.width, spec.height)) for image in images]
         return torch.cat([self._encode(pix.image_to_tensor(image)) for image in resized])
 

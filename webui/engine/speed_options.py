@@ -27,16 +27,25 @@ class SpeedOptions:
     batch_cond_uncond: bool = True  # negative and positive prompt in one UNet call
     compile: str = "off"  # torch.compile the UNet; graphs are built per shape and cached on disk
     cuda_graphs: bool = False  # with compile on CUDA: replay each shape's kernels as one CUDA graph
+    # CPU: the UNet's and the VAE decoder's matmuls and convolutions in bf16 (fp32 weights, norms,
+    # latents and sums); auto: full-size fp32 models on CPUs with native bf16 (AMX, AVX512-BF16)
+    cpu_bf16: str = "auto"
 
     def __post_init__(self) -> None:
         _check("attention", self.attention, ATTENTION_KERNELS)
         _check("channels_last", self.channels_last, SWITCHES)
         _check("fuse_qkv", self.fuse_qkv, SWITCHES)
         _check("compile", self.compile, COMPILE_MODES)
+        _check("cpu_bf16", self.cpu_bf16, SWITCHES)
 
-    def resolve(self, device: torch.device) -> ResolvedSpeed:
-        """The concrete choices on `device`; raises ValueError for one that cannot work there."""
+    def resolve(self, device: torch.device, *, cpu_bf16_pays: bool = False) -> ResolvedSpeed:
+        """The concrete choices on `device`; raises ValueError for one that cannot work there.
+
+        `cpu_bf16_pays`: the CPU computes bf16 natively and the model is a full-size fp32 one
+        (`webui.engine.speed.resolve_for` knows); where it does not, bf16 stays off unless asked for.
+        """
         cuda = device.type == "cuda"
+        cpu_bf16 = device.type == "cpu" and _switch(self.cpu_bf16, cpu_bf16_pays)
         attention = "sdpa" if self.attention == "auto" else self.attention
         if attention == "xformers" and not xformers_available():
             raise ValueError("--attention xformers was asked for, but the xformers package is not installed")
@@ -46,12 +55,14 @@ class SpeedOptions:
             raise ValueError("CUDA graphs are built by torch.compile: turn compile on as well")
         return ResolvedSpeed(
             attention=attention,
-            channels_last=_switch(self.channels_last, cuda),
+            # oneDNN's bf16 convolutions want NHWC as much as cuDNN does.
+            channels_last=_switch(self.channels_last, cuda or cpu_bf16),
             # The fused processor is an SDPA one: with another kernel the projections stay apart.
             fuse_qkv=_switch(self.fuse_qkv, cuda) and attention == "sdpa",
             batch_cond_uncond=self.batch_cond_uncond,
             compile=self.compile,
             cuda_graphs=self.cuda_graphs,
+            cpu_bf16=cpu_bf16,
         )
 
 
@@ -63,6 +74,7 @@ class ResolvedSpeed:
     batch_cond_uncond: bool
     compile: str
     cuda_graphs: bool
+    cpu_bf16: bool = False
 
     @property
     def compile_mode(self) -> str | None:
