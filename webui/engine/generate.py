@@ -13,7 +13,7 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
-from webui.engine import flow
+from webui.engine.families import flow
 from webui.engine import images as pix
 from webui.engine.conditioning import PromptSchedule
 from webui.engine.extra_networks import (
@@ -204,7 +204,7 @@ class Engine:
         control: JobControl,
         on_batch: Callable[[GenerationResult], None] | None,
     ) -> GenerationResult:
-        """SD 3's flow-matching loop (engine/flow.py), one image per seed so that each seed
+        """SD 3's flow-matching loop (engine/families/flow.py), one image per seed so that each seed
         repeats alone; what that loop cannot do yet is refused by name before any work."""
         parts = self.model.parts
         assert parts is not None, "flow models carry their parts"
