@@ -15,7 +15,13 @@ from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from webui.engine.families.flow import SkipLayerGuidance, encode_prompts, img2img, make_flow_scheduler, txt2img
+from webui.engine.families.flow import (
+    SkipLayerGuidance,
+    encode_prompts,
+    img2img,
+    make_flow_scheduler,
+    txt2img,
+)
 from webui.model_manager.sd3.build import SD3Components, load_sd3
 from webui.model_manager.sd3.convert import convert_transformer
 from webui.model_manager.sd3.encoder_files import encoder_folders

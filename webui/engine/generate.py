@@ -13,7 +13,6 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
-from webui.engine.families import flow
 from webui.engine import images as pix
 from webui.engine.conditioning import PromptSchedule
 from webui.engine.extra_networks import (
@@ -23,7 +22,7 @@ from webui.engine.extra_networks import (
     parse_lora_tags,
     refused_network,
 )
-from webui.engine.families import SamplingLoop, sampling_loop
+from webui.engine.families import SamplingLoop, flow, sampling_loop
 from webui.engine.image_parameters import ImageParameters
 from webui.engine.latent_upscale import is_latent_mode, upscale_latent
 from webui.engine.noise import image_noise, sampler_generator
