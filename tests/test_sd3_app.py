@@ -83,7 +83,7 @@ def test_img2img_saved_with_infotext(studio: Studio) -> None:
     ("changes", "field", "words"),
     [
         ({"sampler_name": "Euler a"}, "sampler_name", "does not fit flow matching"),
-        ({"enable_hr": True}, "enable_hr", "hires fix"),
+        ({"tiling": True}, "tiling", "tiling"),
         ({"width": 72}, "width", "multiples of"),
         ({"prompt": "a cat <lora:style:1>"}, "prompt", "LoRA"),
     ],
@@ -92,3 +92,50 @@ def test_what_sd35_cannot_do_is_refused_by_name(studio: Studio, changes, field: 
     with pytest.raises(GenerationError) as refused:
         studio.generate(_request(**changes), checkpoint="b-sd35m", save=False)
     assert refused.value.field == field and words in str(refused.value)
+
+
+@pytest.mark.parametrize(("fill", "only_masked"), [(0, False), (2, True)])
+def test_inpainting_changes_the_masked_area_only(studio: Studio, fill: int, only_masked: bool) -> None:
+    start = Image.new("RGB", (64, 64), (200, 30, 30))
+    start.paste((20, 160, 40), (32, 0, 64, 64))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 32))
+    request = _request(
+        init_image=start,
+        mask=mask,
+        mask_blur=0,
+        denoising_strength=0.9,
+        inpainting_fill=fill,
+        inpaint_full_res=only_masked,
+        inpaint_full_res_padding=0,
+    )
+    result = studio.generate(request, checkpoint="b-sd35m", save=False)
+    before, after = np.asarray(start).astype(int), np.asarray(result.images[0]).astype(int)
+    assert after.shape == before.shape
+    assert np.abs(after[32:] - before[32:]).max() <= 1 and np.abs(after[:, 32:] - before[:, 32:]).max() <= 1
+    assert np.abs(after[:32, :32] - before[:32, :32]).mean() > 10
+    info = parse_infotext(result.infotexts[0]).params
+    assert info["Denoising strength"] == "0.9" and info.get("Mask blur") == "0"
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_hires_fix_runs_a_second_pass_at_the_hires_size(studio: Studio, upscaler: str) -> None:
+    steps: list[tuple[int, int]] = []
+    request = _request(
+        enable_hr=True,
+        hr_scale=2,
+        hr_upscaler=upscaler,
+        hr_second_pass_steps=2,
+        hr_sampler_name="Heun",
+        denoising_strength=0.5,
+    )
+    result = studio.generate(
+        request, checkpoint="b-sd35m", save=False, on_step=lambda info: steps.append((info.step, info.total))
+    )
+    assert result.images[0].size == (128, 128)
+    info = parse_infotext(result.infotexts[0]).params
+    assert (info["Hires upscale"], info["Hires steps"], info["Hires upscaler"]) == ("2", "2", upscaler)
+    assert info["Hires sampler"] == "Heun"
+    assert steps and steps[-1][0] == steps[-1][1] > 3  # the second pass's steps continue the count
+    plain = studio.generate(_request(), checkpoint="b-sd35m", save=False)
+    assert plain.images[0].size == (64, 64)
