@@ -12,10 +12,11 @@ from PIL import Image
 
 from webui.engine.request import GenerationError, GenerationRequest
 from webui.model_manager.archs import Arch
+from webui.model_manager.registry import ModelKind
 from webui.outputs import parse_infotext, read_infotext
 from webui.settings import Settings
 from webui.studio import Studio
-from webui.tools.tiny_sd3 import write_tiny_sd3_checkpoint, write_tiny_text_encoder_files
+from webui.tools.tiny_sd3 import write_tiny_sd3_checkpoint, write_tiny_sd3_lora, write_tiny_text_encoder_files
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,7 @@ def studio(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Studio:
     # A file without its encoders takes them from models/text_encoder, as A1111 and Forge keep them.
     write_tiny_sd3_checkpoint("sd35-medium", checkpoints / "c-sd35m-bare.safetensors", text_encoders=False)
     write_tiny_text_encoder_files(root / "models" / "text_encoder")
+    write_tiny_sd3_lora(root / "models" / "Lora" / "sd3-style.safetensors")
     return Studio(Settings.for_data_dir(root, watermark=False, device="cpu", precision="fp32"))
 
 
@@ -85,7 +87,7 @@ def test_img2img_saved_with_infotext(studio: Studio) -> None:
         ({"sampler_name": "Euler a"}, "sampler_name", "does not fit flow matching"),
         ({"tiling": True}, "tiling", "tiling"),
         ({"width": 72}, "width", "multiples of"),
-        ({"prompt": "a cat <lora:style:1>"}, "prompt", "LoRA"),
+        ({"subseed_strength": 0.5}, "subseed_strength", "variation seeds"),
     ],
 )
 def test_what_sd35_cannot_do_is_refused_by_name(studio: Studio, changes, field: str, words: str) -> None:
@@ -139,3 +141,20 @@ def test_hires_fix_runs_a_second_pass_at_the_hires_size(studio: Studio, upscaler
     assert steps and steps[-1][0] == steps[-1][1] > 3  # the second pass's steps continue the count
     plain = studio.generate(_request(), checkpoint="b-sd35m", save=False)
     assert plain.images[0].size == (64, 64)
+
+
+def test_an_sd35_lora_changes_the_picture_and_weight_zero_does_not(studio: Studio) -> None:
+    files = {file.name: file for file in studio.models.registry.files(ModelKind.LORA)}
+    assert files["sd3-style"].label == "LoRA (SD 3.5)"
+    plain = np.asarray(studio.generate(_request(), checkpoint="b-sd35m", save=False).images[0])
+    styled = studio.generate(
+        _request(prompt="a red circle <lora:sd3-style:1>"), checkpoint="b-sd35m", save=False
+    )
+    zero = studio.generate(
+        _request(prompt="a red circle <lora:sd3-style:0>"), checkpoint="b-sd35m", save=False
+    )
+    assert np.abs(np.asarray(styled.images[0]).astype(int) - plain).mean() > 1
+    assert np.array_equal(np.asarray(zero.images[0]), plain)
+    assert "sd3-style" in styled.infotexts[0]
+    again = studio.generate(_request(), checkpoint="b-sd35m", save=False)
+    assert np.array_equal(np.asarray(again.images[0]), plain)  # switched off for the next job

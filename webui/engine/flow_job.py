@@ -36,6 +36,11 @@ class FlowJob:
     def __init__(self, parts: SD3Components, request: GenerationRequest, upscale_image: PixelUpscale) -> None:
         self.parts, self.request, self.upscale_image = parts, request, upscale_image
         self.plan = self._check()
+        self.prompts = self.hires_prompts = (request.prompt, request.negative_prompt)
+
+    def use_prompts(self, prompts: tuple[str, str], hires_prompts: tuple[str, str]) -> None:
+        """The texts to encode (LoRA tags taken out, embeddings applied) for each pass."""
+        self.prompts, self.hires_prompts = prompts, hires_prompts
 
     def _check(self) -> _Plan:
         """GenerationError naming the field, before any work, for what the flow cannot run."""
@@ -88,7 +93,7 @@ class FlowJob:
                 on_step(replace(info, step=done + info.step, total=plan.total_steps, batch_index=batch_index))
 
         loop = {"guidance_scale": request.cfg_scale, "step_hook": report, "should_stop": should_stop}
-        positive, negative = self._encode(request.prompt, request.negative_prompt)
+        positive, negative = self._encode(*self.prompts)
         first = {"width": request.width, "height": request.height, "steps": request.steps}
         if plan.init is None:
             latents = flow.sample(
@@ -147,10 +152,8 @@ class FlowJob:
             picture = flow.decode(parts.vae, latents)[0]
             bigger = self.upscale_image(picture, request.hr_upscaler, (width, height))
             upscaled = flow.image_to_latents(parts.vae, [bigger], generator).to(parts.transformer.dtype)
-        if request.hr_prompt or request.hr_negative_prompt:
-            positive, negative = self._encode(
-                request.hr_prompt or request.prompt, request.hr_negative_prompt or request.negative_prompt
-            )
+        if self.hires_prompts != self.prompts:
+            positive, negative = self._encode(*self.hires_prompts)
         else:
             positive, negative = first_prompts
         return flow.sample(

@@ -205,14 +205,23 @@ class Engine:
         assert parts is not None, "flow models carry their parts"
         _refuse_for_flow(request)
         parts = replace(parts, device=self.model.device, dtype=self.model.dtype)
-        job = FlowJob(parts, request, self.upscale_image)
+        job = FlowJob(parts, request, self.upscale_image)  # checks before the LoRAs are switched
+        prompts = self._prepare_networks(request)
+        job.use_prompts((prompts.positive, prompts.negative), self._hires_prompts(request, prompts))
         base_seed = request.seed if request.seed != -1 else random.randrange(2**32)
         seeds = [(base_seed + i) % 2**32 for i in range(request.batch_size * request.n_iter)]
         made = _image_parameters(request, request.sampler_name, request.scheduler)
-        result = GenerationResult([], [], [])
+        result = GenerationResult([], [], [], loras=prompts.loras, embeddings=prompts.embeddings)
         for index, seed in enumerate(seeds):
             image = job.image(seed, index // request.batch_size, on_step, control)
-            one = GenerationResult([image], [seed], [replace(made, seed=seed)], control.interrupted)
+            one = GenerationResult(
+                [image],
+                [seed],
+                [replace(made, seed=seed)],
+                control.interrupted,
+                prompts.loras,
+                prompts.embeddings,
+            )
             if on_batch is not None:
                 on_batch(one)
             result.images += one.images
@@ -481,7 +490,6 @@ def _refuse_for_flow(request: GenerationRequest) -> None:
         "tiling": (request.tiling, "tiling"),
         "subseed_strength": (request.subseed_strength > 0, "variation seeds"),
         "seed_resize_from_w": (request.seed_resize_from_w > 0, "resize seed from"),
-        "prompt": (bool(parse_lora_tags(request.prompt)[1]), "LoRA tags"),
     }
     for field_name, (asked, what) in unsupported.items():
         if asked:
