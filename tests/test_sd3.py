@@ -32,6 +32,9 @@ from webui.engine.families.flow import (
     txt2img,
 )
 from webui.engine.request import MaskedContent
+from webui.model_manager.load import load_model
+from webui.model_manager.offload import MemoryMode, attach_offload
+from webui.model_manager.placement import model_bytes, module_tensors, move_model
 from webui.model_manager.sd3.build import SD3Components, load_sd3
 from webui.model_manager.sd3.convert import convert_transformer
 from webui.model_manager.sd3.encoder_files import encoder_folders
@@ -650,3 +653,20 @@ def test_tiny_tool_writes_stability_layout_files(tmp_path: Path, capsys) -> None
     assert (tmp_path / "a.safetensors").stat().st_size < 5_000_000
     with pytest.raises(SystemExit):
         tiny_checkpoint.main(["--arch", "sd15", "--no-text-encoders", str(tmp_path / "c.safetensors")])
+
+
+def test_the_model_cache_counts_and_moves_every_sd3_part(sd3_dir: Path) -> None:
+    model = load_model(sd3_dir / "medium.safetensors", CPU, torch.float32)
+    parts = model.parts
+    assert parts is not None and parts.t5 is not None
+    modules = [parts.transformer, parts.vae, parts.clip_l, parts.clip_g, parts.t5]
+    expected = sum(t.numel() * t.element_size() for m in modules for t in module_tensors(m))
+    assert model_bytes(model) == expected  # T5 included: it is most of a real file's size
+    # medvram's hooks run the model on the accelerator: the parts the flow loop reads say so too.
+    accelerator = torch.device("meta")  # any device: attaching moves no weights, the hooks do
+    offloader = attach_offload(model, MemoryMode.MEDVRAM, accelerator)
+    assert model.device == model.parts.device == accelerator
+    assert model.parts.transformer is model.unet and model.parts.t5 is model.text_encoders[2]
+    offloader.detach()
+    assert model.device == model.parts.device == CPU
+    assert move_model(model, CPU) == 0 and model.parts.device == CPU
