@@ -17,7 +17,7 @@ from webui.engine.speed import resolve_for
 from webui.engine.speed_options import SpeedOptions
 from webui.model_manager.load import LoadedModel, load_model
 from webui.settings import add_speed_flags, speed_options
-from webui.tools import bench
+from webui.tools import cpu_bench
 
 CPU = torch.device("cpu")
 REQUEST = GenerationRequest(
@@ -105,8 +105,8 @@ def test_the_flag_reaches_the_options() -> None:
 
 def test_cpu_vs_stock_benchmark_prints_both_and_the_ratio(tmp_path, capsys) -> None:
     out = tmp_path / "cpu.json"
-    argv = ["--cpu-vs-stock", "--tiny", "--size", "64", "--steps", "2", "--repeats", "1"]
-    result = bench.main([*argv, "--cpu-bf16", "on", "--dir", str(tmp_path), "--json", str(out)])
+    argv = ["--tiny", "--size", "64", "--steps", "2", "--repeats", "1"]
+    result = cpu_bench.main([*argv, "--cpu-bf16", "on", "--dir", str(tmp_path), "--json", str(out)])
     printed = capsys.readouterr().out
     assert "stock" in printed and "ours is" in printed and "x the stock pipeline" in printed
     figures = json.loads(out.read_text())

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from tests.http_helpers import served_without_login
 from webui.engine.generate import Engine
 from webui.engine.request import GenerationRequest
+from webui.model_manager.archs import DenoisingFamily
 from webui.model_manager.few_step import FewStepHint, few_step_hint
 from webui.model_manager.registry import ModelKind
 from webui.settings import Settings
@@ -45,6 +46,12 @@ from webui.tools.tiny_networks import write_tiny_lora
 )
 def test_families_and_steps_are_read_from_names_and_metadata(name, metadata, expected) -> None:
     assert few_step_hint(name, metadata) == FewStepHint(*expected)
+
+
+def test_sd35_large_turbo_gets_four_flow_euler_steps_without_guidance() -> None:
+    hint = few_step_hint("sd3.5_large_turbo.safetensors", {}, DenoisingFamily.FLOW)
+    assert hint == FewStepHint("Turbo", 4, 1.0, "Euler", "Automatic")
+    assert few_step_hint("sd3.5_medium.safetensors", {}, DenoisingFamily.FLOW) is None
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import SD3Transformer2DModel, StableDiffusion3Img2ImgPipeline, StableDiffusion3Pipeline
+from diffusers import (
+    SD3Transformer2DModel,
+    StableDiffusion3Img2ImgPipeline,
+    StableDiffusion3InpaintPipeline,
+    StableDiffusion3Pipeline,
+)
 from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from webui.engine.flow import SkipLayerGuidance, encode_prompts, img2img, make_flow_scheduler, txt2img
+from webui.engine.families.flow import (
+    SkipLayerGuidance,
+    encode_prompts,
+    image_to_latents,
+    img2img,
+    latent_mask,
+    make_flow_scheduler,
+    sample,
+    txt2img,
+)
+from webui.engine.request import MaskedContent
+from webui.model_manager.load import load_model
+from webui.model_manager.offload import MemoryMode, attach_offload
+from webui.model_manager.placement import model_bytes, module_tensors, move_model
 from webui.model_manager.sd3.build import SD3Components, load_sd3
 from webui.model_manager.sd3.convert import convert_transformer
 from webui.model_manager.sd3.encoder_files import encoder_folders
@@ -471,6 +490,90 @@ def test_img2img_is_pixel_identical_to_diffusers_img2img_pipeline(sd3_dir: Path,
         img2img(components, ["a dog"], init, strength=0, steps=5, generator=torch.Generator("cpu"))
 
 
+def _left_half_mask() -> Image.Image:
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    return mask
+
+
+def test_inpainting_matches_diffusers_sd3_inpaint_pipeline(sd3_dir: Path) -> None:
+    """Compared on the latents: diffusers' SD 3 inpainting decodes without the VAE's shift factor."""
+    components = load_sd3(sd3_dir / "medium.safetensors", CPU, torch.float32)
+    init = txt2img(
+        components, ["a cat"], width=64, height=64, steps=3, generator=torch.Generator("cpu").manual_seed(1)
+    )
+    mask = _left_half_mask()
+    generator = torch.Generator("cpu").manual_seed(2)
+    with torch.inference_mode():
+        clean = image_to_latents(components.vae, init, generator)
+        ours = sample(
+            components,
+            encode_prompts(components, ["a dog"]),
+            encode_prompts(components, [""]),
+            width=64,
+            height=64,
+            steps=4,
+            guidance_scale=4.0,
+            generator=generator,
+            strength=0.8,
+            init_latents=clean,
+            mask=latent_mask(mask, clean),
+        )
+    pipe = StableDiffusion3InpaintPipeline(
+        transformer=components.transformer,
+        scheduler=make_flow_scheduler(components.spec.scheduler_config),
+        vae=components.vae,
+        text_encoder=components.clip_l,
+        tokenizer=components.tokenizer_l,
+        text_encoder_2=components.clip_g,
+        tokenizer_2=components.tokenizer_g,
+        text_encoder_3=components.t5,
+        tokenizer_3=components.tokenizer_t5,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(
+        "a dog",
+        image=init[0],
+        mask_image=mask,
+        strength=0.8,
+        height=64,
+        width=64,
+        num_inference_steps=4,
+        guidance_scale=4.0,
+        generator=torch.Generator("cpu").manual_seed(2),
+        output_type="latent",
+    ).images
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("content", list(MaskedContent))
+def test_inpainting_keeps_the_unmasked_latents_and_changes_the_masked_ones(
+    sd3_dir: Path, content: MaskedContent
+) -> None:
+    components = load_sd3(sd3_dir / "medium.safetensors", CPU, torch.float32)
+    generator = torch.Generator("cpu").manual_seed(3)
+    clean = torch.randn((1, 16, 8, 8), generator=generator)
+    mask = latent_mask(_left_half_mask(), clean)
+    with torch.inference_mode():
+        positive = encode_prompts(components, ["a dog"])
+        latents = sample(
+            components,
+            positive,
+            None,
+            width=64,
+            height=64,
+            steps=3,
+            guidance_scale=1.0,
+            generator=generator,
+            strength=0.9,
+            init_latents=clean,
+            mask=mask,
+            masked_content=content,
+        )
+    assert torch.equal(latents[..., 4:], clean[..., 4:])
+    assert (latents[..., :4] - clean[..., :4]).abs().mean() > 0.1
+
+
 def test_guidance_off_runs_one_pass_per_step(sd3_dir: Path) -> None:
     components = load_sd3(sd3_dir / "medium.safetensors", CPU, torch.float32)
     batches = []
@@ -550,3 +653,20 @@ def test_tiny_tool_writes_stability_layout_files(tmp_path: Path, capsys) -> None
     assert (tmp_path / "a.safetensors").stat().st_size < 5_000_000
     with pytest.raises(SystemExit):
         tiny_checkpoint.main(["--arch", "sd15", "--no-text-encoders", str(tmp_path / "c.safetensors")])
+
+
+def test_the_model_cache_counts_and_moves_every_sd3_part(sd3_dir: Path) -> None:
+    model = load_model(sd3_dir / "medium.safetensors", CPU, torch.float32)
+    parts = model.parts
+    assert parts is not None and parts.t5 is not None
+    modules = [parts.transformer, parts.vae, parts.clip_l, parts.clip_g, parts.t5]
+    expected = sum(t.numel() * t.element_size() for m in modules for t in module_tensors(m))
+    assert model_bytes(model) == expected  # T5 included: it is most of a real file's size
+    # medvram's hooks run the model on the accelerator: the parts the flow loop reads say so too.
+    accelerator = torch.device("meta")  # any device: attaching moves no weights, the hooks do
+    offloader = attach_offload(model, MemoryMode.MEDVRAM, accelerator)
+    assert model.device == model.parts.device == accelerator
+    assert model.parts.transformer is model.unet and model.parts.t5 is model.text_encoders[2]
+    offloader.detach()
+    assert model.device == model.parts.device == CPU
+    assert move_model(model, CPU) == 0 and model.parts.device == CPU

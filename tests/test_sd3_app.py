@@ -12,10 +12,11 @@ from PIL import Image
 
 from webui.engine.request import GenerationError, GenerationRequest
 from webui.model_manager.archs import Arch
+from webui.model_manager.registry import ModelKind
 from webui.outputs import parse_infotext, read_infotext
 from webui.settings import Settings
 from webui.studio import Studio
-from webui.tools.tiny_sd3 import write_tiny_sd3_checkpoint, write_tiny_text_encoder_files
+from webui.tools.tiny_sd3 import write_tiny_sd3_checkpoint, write_tiny_sd3_lora, write_tiny_text_encoder_files
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,7 @@ def studio(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Studio:
     # A file without its encoders takes them from models/text_encoder, as A1111 and Forge keep them.
     write_tiny_sd3_checkpoint("sd35-medium", checkpoints / "c-sd35m-bare.safetensors", text_encoders=False)
     write_tiny_text_encoder_files(root / "models" / "text_encoder")
+    write_tiny_sd3_lora(root / "models" / "Lora" / "sd3-style.safetensors")
     return Studio(Settings.for_data_dir(root, watermark=False, device="cpu", precision="fp32"))
 
 
@@ -83,12 +85,76 @@ def test_img2img_saved_with_infotext(studio: Studio) -> None:
     ("changes", "field", "words"),
     [
         ({"sampler_name": "Euler a"}, "sampler_name", "does not fit flow matching"),
-        ({"enable_hr": True}, "enable_hr", "hires fix"),
+        ({"tiling": True}, "tiling", "tiling"),
         ({"width": 72}, "width", "multiples of"),
-        ({"prompt": "a cat <lora:style:1>"}, "prompt", "LoRA"),
+        ({"subseed_strength": 0.5}, "subseed_strength", "variation seeds"),
     ],
 )
 def test_what_sd35_cannot_do_is_refused_by_name(studio: Studio, changes, field: str, words: str) -> None:
     with pytest.raises(GenerationError) as refused:
         studio.generate(_request(**changes), checkpoint="b-sd35m", save=False)
     assert refused.value.field == field and words in str(refused.value)
+
+
+@pytest.mark.parametrize(("fill", "only_masked"), [(0, False), (2, True)])
+def test_inpainting_changes_the_masked_area_only(studio: Studio, fill: int, only_masked: bool) -> None:
+    start = Image.new("RGB", (64, 64), (200, 30, 30))
+    start.paste((20, 160, 40), (32, 0, 64, 64))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 32))
+    request = _request(
+        init_image=start,
+        mask=mask,
+        mask_blur=0,
+        denoising_strength=0.9,
+        inpainting_fill=fill,
+        inpaint_full_res=only_masked,
+        inpaint_full_res_padding=0,
+    )
+    result = studio.generate(request, checkpoint="b-sd35m", save=False)
+    before, after = np.asarray(start).astype(int), np.asarray(result.images[0]).astype(int)
+    assert after.shape == before.shape
+    assert np.abs(after[32:] - before[32:]).max() <= 1 and np.abs(after[:, 32:] - before[:, 32:]).max() <= 1
+    assert np.abs(after[:32, :32] - before[:32, :32]).mean() > 10
+    info = parse_infotext(result.infotexts[0]).params
+    assert info["Denoising strength"] == "0.9" and info.get("Mask blur") == "0"
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_hires_fix_runs_a_second_pass_at_the_hires_size(studio: Studio, upscaler: str) -> None:
+    steps: list[tuple[int, int]] = []
+    request = _request(
+        enable_hr=True,
+        hr_scale=2,
+        hr_upscaler=upscaler,
+        hr_second_pass_steps=2,
+        hr_sampler_name="Heun",
+        denoising_strength=0.5,
+    )
+    result = studio.generate(
+        request, checkpoint="b-sd35m", save=False, on_step=lambda info: steps.append((info.step, info.total))
+    )
+    assert result.images[0].size == (128, 128)
+    info = parse_infotext(result.infotexts[0]).params
+    assert (info["Hires upscale"], info["Hires steps"], info["Hires upscaler"]) == ("2", "2", upscaler)
+    assert info["Hires sampler"] == "Heun"
+    assert steps and steps[-1][0] == steps[-1][1] > 3  # the second pass's steps continue the count
+    plain = studio.generate(_request(), checkpoint="b-sd35m", save=False)
+    assert plain.images[0].size == (64, 64)
+
+
+def test_an_sd35_lora_changes_the_picture_and_weight_zero_does_not(studio: Studio) -> None:
+    files = {file.name: file for file in studio.models.registry.files(ModelKind.LORA)}
+    assert files["sd3-style"].label == "LoRA (SD 3.5)"
+    plain = np.asarray(studio.generate(_request(), checkpoint="b-sd35m", save=False).images[0])
+    styled = studio.generate(
+        _request(prompt="a red circle <lora:sd3-style:1>"), checkpoint="b-sd35m", save=False
+    )
+    zero = studio.generate(
+        _request(prompt="a red circle <lora:sd3-style:0>"), checkpoint="b-sd35m", save=False
+    )
+    assert np.abs(np.asarray(styled.images[0]).astype(int) - plain).mean() > 1
+    assert np.array_equal(np.asarray(zero.images[0]), plain)
+    assert "sd3-style" in styled.infotexts[0]
+    again = studio.generate(_request(), checkpoint="b-sd35m", save=False)
+    assert np.array_equal(np.asarray(again.images[0]), plain)  # switched off for the next job

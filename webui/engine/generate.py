@@ -7,13 +7,11 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
-from webui.engine import flow
 from webui.engine import images as pix
 from webui.engine.conditioning import PromptSchedule
 from webui.engine.extra_networks import (
@@ -24,6 +22,7 @@ from webui.engine.extra_networks import (
     refused_network,
 )
 from webui.engine.families import SamplingLoop, sampling_loop
+from webui.engine.flow_job import FlowJob, PixelUpscale
 from webui.engine.image_parameters import ImageParameters
 from webui.engine.latent_upscale import is_latent_mode, upscale_latent
 from webui.engine.noise import image_noise, sampler_generator
@@ -33,7 +32,7 @@ from webui.engine.request import GenerationError, GenerationRequest, MaskedConte
 from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.speed import decoding, prepare_unet, resolve_for
 from webui.engine.speed_options import ResolvedSpeed, SpeedOptions
-from webui.engine.steps import DenoiseHook, Interrupted, JobControl, StepHook, StepInfo
+from webui.engine.steps import DenoiseHook, Interrupted, JobControl, StepHook
 from webui.engine.tiling import circular_padding
 from webui.engine.upscale import upscale
 from webui.model_manager.archs import DenoisingFamily
@@ -71,10 +70,6 @@ class _Prompts:
     negative: str
     loras: list[tuple[str, float]]
     embeddings: list[str]
-
-
-# (image, upscaler name, (width, height)) -> the image at exactly that size
-PixelUpscale = Callable[[Image.Image, str, tuple[int, int]], Image.Image]
 
 
 class Engine:
@@ -210,47 +205,29 @@ class Engine:
         control: JobControl,
         on_batch: Callable[[GenerationResult], None] | None,
     ) -> GenerationResult:
-        """SD 3's flow-matching loop (engine/flow.py), one image per seed so that each seed
-        repeats alone; what that loop cannot do yet is refused by name before any work."""
+        """SD 3's flow-matching passes (engine/flow_job.py), one image per seed so that each seed
+        repeats alone; what they cannot do yet is refused by name before any work."""
         parts = self.model.parts
         assert parts is not None, "flow models carry their parts"
         _refuse_for_flow(request)
         parts = replace(parts, device=self.model.device, dtype=self.model.dtype)
-        sampler, schedule = request.sampler_name, request.scheduler
-        try:
-            flow.make_flow_scheduler(parts.spec.scheduler_config, sampler)
-            flow.check_size(parts, request.width, request.height)
-        except ValueError as error:
-            field = "sampler_name" if "sampler" in str(error) else "width"
-            raise GenerationError(str(error), field) from error
+        job = FlowJob(parts, request, self.upscale_image)  # checks before the LoRAs are switched
+        prompts = self._prepare_networks(request)
+        job.use_prompts((prompts.positive, prompts.negative), self._hires_prompts(request, prompts))
         base_seed = request.seed if request.seed != -1 else random.randrange(2**32)
         seeds = [(base_seed + i) % 2**32 for i in range(request.batch_size * request.n_iter)]
-        init = pix.prepare_init_image(request) if request.init_image else None
-        made = _image_parameters(request, sampler, schedule)
-        result = GenerationResult([], [], [])
+        made = _image_parameters(request, request.sampler_name, request.scheduler)
+        result = GenerationResult([], [], [], loras=prompts.loras, embeddings=prompts.embeddings)
         for index, seed in enumerate(seeds):
-            batch_index = index // request.batch_size
-
-            def report(info: StepInfo, batch_index: int = batch_index) -> None:
-                if on_step is not None:
-                    on_step(replace(info, batch_index=batch_index))
-
-            options: dict[str, Any] = {
-                "steps": request.steps,
-                "guidance_scale": request.cfg_scale,
-                "generator": torch.Generator("cpu").manual_seed(seed),
-                "sampler": sampler,
-                "step_hook": report,
-                "should_stop": lambda: control.interrupted or control.take_skip(),
-            }
-            prompt, negative = [request.prompt], [request.negative_prompt]
-            if init is None:
-                width, height = request.width, request.height
-                image = flow.txt2img(parts, prompt, negative, width=width, height=height, **options)[0]
-            else:
-                strength = request.denoising_strength
-                image = flow.img2img(parts, prompt, [init], negative, strength=strength, **options)[0]
-            one = GenerationResult([image], [seed], [replace(made, seed=seed)], control.interrupted)
+            image = job.image(seed, index // request.batch_size, on_step, control)
+            one = GenerationResult(
+                [image],
+                [seed],
+                [replace(made, seed=seed)],
+                control.interrupted,
+                prompts.loras,
+                prompts.embeddings,
+            )
             if on_batch is not None:
                 on_batch(one)
             result.images += one.images
@@ -520,12 +497,9 @@ def _image_parameters(request: GenerationRequest, sampler: str, schedule: str) -
 def _refuse_for_flow(request: GenerationRequest) -> None:
     """What SD 3's loop does not do yet, named, rather than silently ignored."""
     unsupported = {
-        "enable_hr": (request.enable_hr, "hires fix"),
-        "mask": (request.is_inpaint, "inpainting"),
         "tiling": (request.tiling, "tiling"),
         "subseed_strength": (request.subseed_strength > 0, "variation seeds"),
         "seed_resize_from_w": (request.seed_resize_from_w > 0, "resize seed from"),
-        "prompt": (bool(parse_lora_tags(request.prompt)[1]), "LoRA tags"),
     }
     for field_name, (asked, what) in unsupported.items():
         if asked:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+
+from webui.model_manager.archs import DenoisingFamily
 
 # Metadata keys whose text may name the family: ModelSpec's and kohya's training scripts'.
 _TEXT_KEYS = ("modelspec.title", "modelspec.description", "ss_output_name", "ss_training_comment")
@@ -47,8 +49,22 @@ class FewStepHint:
             return None
 
 
-def few_step_hint(file_name: str, metadata: Mapping[str, str] | None = None) -> FewStepHint | None:
-    """The family and settings a file's name or metadata announce; None for ordinary models."""
+def few_step_hint(
+    file_name: str,
+    metadata: Mapping[str, str] | None = None,
+    family: DenoisingFamily = DenoisingFamily.UNET,
+) -> FewStepHint | None:
+    """The family and settings a file's name or metadata announce; None for ordinary models.
+
+    On flow matching (SD 3.5 Large Turbo: 4 steps without guidance, its model card says) the
+    sampler is the flow's Euler: the UNet samplers named for the others do not fit it."""
+    hint = _unet_hint(file_name, metadata)
+    if hint is not None and family is DenoisingFamily.FLOW:
+        return replace(hint, sampler="Euler", scheduler="Automatic")
+    return hint
+
+
+def _unet_hint(file_name: str, metadata: Mapping[str, str] | None) -> FewStepHint | None:
     text = " ".join([file_name, *((metadata or {}).get(key, "") for key in _TEXT_KEYS)]).lower()
     text = text.replace("_", " ").replace("-", " ")
     steps = _steps(text)

@@ -59,6 +59,12 @@ class LoadedModel:
     # `unet` is then its denoiser (SD 3's MMDiT) and `text_encoders` all of its encoders.
     parts: SD3Components | None = None
 
+    def placed_on(self, device: torch.device) -> None:
+        """Record that the modules now run on `device`, in `parts` too (its family loop reads it there)."""
+        self.device = device
+        if self.parts is not None:
+            self.parts = replace(self.parts, device=device)
+
     @property
     def weights_label(self) -> str | None:
         """`EMA` or `raw` for files that hold both (as the infotext writes it); None otherwise."""

@@ -19,7 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
+from diffusers.loaders import (
+    SD3LoraLoaderMixin,
+    StableDiffusionLoraLoaderMixin,
+    StableDiffusionXLLoraLoaderMixin,
+)
 from diffusers.utils import (
     convert_state_dict_to_diffusers,
     convert_state_dict_to_peft,
@@ -43,7 +47,13 @@ LoraWeight = float | tuple[float, float]
 # Idle adapters kept on a model after a job, most recently used first; older ones are unloaded.
 MAX_IDLE_ADAPTERS = 8
 # Which of diffusers' loader mixins reads an architecture's LoRAs (its `lora_loader`).
-_LOADERS = {"sd": StableDiffusionLoraLoaderMixin, "sdxl": StableDiffusionXLLoraLoaderMixin}
+_LOADERS = {
+    "sd": StableDiffusionLoraLoaderMixin,
+    "sdxl": StableDiffusionXLLoraLoaderMixin,
+    "sd3": SD3LoraLoaderMixin,
+}
+# The part name diffusers' loaders give the denoiser: SD 3's MMDiT is its "transformer".
+_DENOISER_PARTS = {"sd3": "transformer"}
 _KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 _DOWN = r"(?:lora_down|lora_A|lora\.down|down)\.weight$"
 _CROSS_ATTENTION_KEY = re.compile(rf"attn2[._](?:processor\.)?to_k(?:_lora)?[._]{_DOWN}")
@@ -72,7 +82,7 @@ class _Adapter:
     adapter: str  # the peft adapter name inside the modules
     path: Path
     signature: tuple[int, int]  # (mtime_ns, size): an edited file is read again
-    parts: tuple[str, ...]  # "unet", "text_encoder", "text_encoder_2": where it has layers
+    parts: tuple[str, ...]  # "unet" (or "transformer"), "text_encoder", "text_encoder_2": where it has layers
     lycoris: bool = False  # a LoHa/LoKr network (webui/model_manager/lycoris.py)
     last_job: int = 0
 
@@ -159,9 +169,15 @@ def lora_value_problem(tensors: Mapping[str, torch.Tensor]) -> str | None:
 
 def lora_arch_from_shapes(shapes: Mapping[str, Sequence[int]]) -> Arch | None:
     """Tell SD1/SD2/SDXL from LoRA key names and tensor shapes."""
-    for described in architectures():
-        if described.lora_key_prefixes and any(key.startswith(described.lora_key_prefixes) for key in shapes):
-            return described.arch
+    # Key prefixes only one architecture's LoRAs use; where two match (SDXL's and SD 3's both
+    # name a "text_encoder_2"), the one naming more of the file's layers.
+    matches = {
+        described.arch: sum(key.startswith(described.lora_key_prefixes) for key in shapes)
+        for described in architectures()
+        if described.lora_key_prefixes
+    }
+    if any(matches.values()):
+        return max(matches, key=lambda arch: matches[arch])
     # Down projections take the layer's input: for cross-attention keys, the text context; a
     # single-encoder model's text width is its context width.
     context = _first_input_width(shapes, _CROSS_ATTENTION_KEY)
@@ -318,10 +334,20 @@ def _adapter_name(name: str) -> str:
 def _convert(model: LoadedModel, name: str, tensors: dict[str, torch.Tensor]) -> dict[str, dict]:
     """Diffusers-format state dicts per model part ("unet", "text_encoder", "text_encoder_2")."""
     loader = _LOADERS[model.architecture.lora_loader]
+    denoiser = _denoiser_part(model)
     if all(key.startswith(_KOHYA_PREFIXES) for key in tensors):
         tensors = _fold_alphas(tensors)
+    if denoiser == "transformer" and not any(key.startswith(f"{denoiser}.") for key in tensors):
+        # diffusers reads SD 3 LoRAs in its own layout only (transformer.*, text_encoder*.*).
+        raise LoraError(
+            f"LoRA '{name}': not in the diffusers/peft layout for {model.arch.label} "
+            "(transformer.* keys); kohya's SD 3 layout is not read yet"
+        )
     try:
-        converted, _alphas = loader.lora_state_dict(dict(tensors), unet_config=model.unet.config)
+        if denoiser == "transformer":
+            converted = loader.lora_state_dict(dict(tensors))
+        else:
+            converted, _alphas = loader.lora_state_dict(dict(tensors), unet_config=model.unet.config)
     except (ValueError, KeyError, IndexError) as error:
         raise LoraError(
             f"LoRA '{name}': a layout diffusers cannot convert (LyCORIS LoHa/LoKr, or damaged?): {error}"
@@ -330,7 +356,7 @@ def _convert(model: LoadedModel, name: str, tensors: dict[str, torch.Tensor]) ->
     for key, value in converted.items():
         part, _, rest = key.partition(".")
         parts.setdefault(part, {})[rest] = value
-    unknown = set(parts) - {"unet", *_TEXT_PARTS}
+    unknown = set(parts) - {denoiser, *_TEXT_PARTS}
     if unknown or not parts:
         raise LoraError(f"LoRA '{name}': unexpected layer names ({', '.join(sorted(unknown)) or 'none'})")
     return parts
@@ -357,8 +383,13 @@ def _fold_alphas(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return folded
 
 
+def _denoiser_part(model: LoadedModel) -> str:
+    return _DENOISER_PARTS.get(model.architecture.lora_loader, "unet")
+
+
 def _components(model: LoadedModel) -> dict[str, torch.nn.Module]:
-    return {"unet": model.unet, **dict(zip(_TEXT_PARTS, model.text_encoders))}
+    """The parts LoRAs patch: the denoiser and the CLIP text encoders (never SD 3's T5)."""
+    return {_denoiser_part(model): model.unet, **dict(zip(_TEXT_PARTS, model.text_encoders))}
 
 
 def _check_fits(model: LoadedModel, name: str, file_arch: Arch | None, parts: dict[str, dict]) -> None:
@@ -381,7 +412,7 @@ def _check_fits(model: LoadedModel, name: str, file_arch: Arch | None, parts: di
 
 def _peft_layout(part: str, component: torch.nn.Module, weights: dict) -> dict[str, torch.Tensor]:
     # The same key conversions diffusers applies when it loads each part.
-    if part == "unet":
+    if part in ("unet", "transformer"):
         return convert_unet_state_dict_to_peft(dict(weights))
     converted = convert_state_dict_to_peft(convert_state_dict_to_diffusers(dict(weights)))
     if not hasattr(component, "text_model"):
@@ -428,6 +459,8 @@ def _inject(model: LoadedModel, adapter: str, parts: dict[str, dict]) -> None:
             prefixed = {f"{part}.{key}": value for key, value in weights.items()}
             if part == "unet":
                 loader.load_lora_into_unet(prefixed, None, model.unet, adapter_name=adapter)
+            elif part == "transformer":
+                loader.load_lora_into_transformer(prefixed, model.unet, adapter_name=adapter)
             else:
                 loader.load_lora_into_text_encoder(
                     prefixed, None, components[part], prefix=part, adapter_name=adapter
@@ -457,7 +490,7 @@ def _without_load_report() -> Iterator[None]:
 def _switch(model: LoadedModel, state: LoraState, weights: Mapping[str, tuple[float, float]]) -> None:
     """Activate the wanted adapters with their weights in each part; switch the rest off."""
     for part, component in _components(model).items():
-        which = 1 if part == "unet" else 0
+        which = 1 if part in ("unet", "transformer") else 0
         active = [
             (adapter.adapter, weights[adapter.name][which])
             for adapter in state.adapters.values()

@@ -81,7 +81,7 @@ class Offloader:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
-        self.model.device = HOST
+        self.model.placed_on(HOST)
 
 
 def attach_offload(model: LoadedModel, mode: MemoryMode, device: torch.device) -> Offloader:
@@ -99,7 +99,7 @@ def attach_offload(model: LoadedModel, mode: MemoryMode, device: torch.device) -
         _hook_components(offloader)
     else:
         _hook_layers(offloader)
-    model.device = device
+    model.placed_on(device)
     return offloader
 
 

@@ -19,6 +19,7 @@ _ALIGNMENT = 512  # bytes; keeps every view aligned for any dtype and for fast D
 
 
 def model_modules(model: LoadedModel) -> list[torch.nn.Module]:
+    # SD 3's parts are these same modules (denoiser, VAE, CLIP-L, CLIP-G, T5): nothing is left out.
     return [model.unet, model.vae, *model.text_encoders]
 
 
@@ -48,7 +49,7 @@ def move_model(model: LoadedModel, device: torch.device, pin: bool = False) -> i
     synchronize(device, model.device)
     for tensor, destination in zip(tensors, destinations, strict=True):
         tensor.data = destination
-    model.device = device
+    model.placed_on(device)
     return sum(t.numel() * t.element_size() for t in tensors)
 
 

@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from webui.model_manager.archs import diffusers_folder_architecture
+from webui.model_manager.archs import DenoisingFamily, architecture, diffusers_folder_architecture
 from webui.model_manager.detect import VAE_PREFIX, Arch, detect_model
 from webui.model_manager.facts import FileFactsCache
 from webui.model_manager.few_step import FewStepHint, few_step_hint
@@ -286,7 +286,8 @@ def _inspect_sd3(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) 
     label = spec.kind
     if spec.missing_encoders:
         label += f" (without {', '.join(spec.missing_encoders)}: taken from the text encoder folders)"
-    return {"arch": Arch.SD3.value, "label": label} | _few_step_facts(path, metadata, label)
+    family = architecture(Arch.SD3).family
+    return {"arch": Arch.SD3.value, "label": label} | _few_step_facts(path, metadata, label, family)
 
 
 def _inspect_diffusers_folder(path: Path) -> Facts:
@@ -328,8 +329,10 @@ def _inspect_lora(path: Path) -> Facts:
     return facts | _few_step_facts(path, _header_metadata(path), facts["label"])
 
 
-def _few_step_facts(path: Path, metadata: dict[str, str], label: str) -> Facts:
-    hint = few_step_hint(path.name, metadata)
+def _few_step_facts(
+    path: Path, metadata: dict[str, str], label: str, family: DenoisingFamily = DenoisingFamily.UNET
+) -> Facts:
+    hint = few_step_hint(path.name, metadata, family)
     if hint is None:
         return {}
     return {"few_step": hint.as_dict(), "label": f"{label}, {hint.family} {hint.steps}-step"}

@@ -2,7 +2,7 @@
 
     python -m webui.tools.bench                                  # what this machine can do
     python -m webui.tools.bench --compile on --cuda-graphs --json bench.json
-    python -m webui.tools.bench --cpu-vs-stock                   # full-size SD1.5 on the CPU, 4 steps
+    python -m webui.tools.cpu_bench                              # full-size SD1.5 on the CPU, 4 steps
 
 On CUDA: full-size random-weight SD1.5 at 512x512 and SDXL at 1024x1024 (a random checkpoint
 costs exactly what the real one does), batch 1 and 4, CFG on, 20/30/50 steps. Without CUDA:
@@ -742,7 +742,7 @@ def to_json(report: Report) -> dict[str, Any]:
     return asdict(report)
 
 
-def main(argv: list[str] | None = None) -> Report | Any:
+def main(argv: list[str] | None = None) -> Report:
     parser = argparse.ArgumentParser(prog="python -m webui.tools.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", nargs="+", choices=list(FULL_SIZES), default=list(FULL_SIZES))
     parser.add_argument("--size", nargs="+", type=int, help="image sides (default: 512/1024, tiny: 128)")
@@ -757,39 +757,13 @@ def main(argv: list[str] | None = None) -> Report | Any:
     parser.add_argument("--skip-swap", action="store_true", help="no model switch timing")
     parser.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "webui-bench"), help="checkpoints")
     parser.add_argument("--json", type=Path, help="write every figure here")
-    parser.add_argument(
-        "--cpu-vs-stock",
-        action="store_true",
-        help="only full-size SD1.5 (512x512, 4 steps unless --steps) on the CPU, ours against stock "
-        "in turns, and the ratio (with --tiny: the tiny checkpoint)",
-    )
     args = parser.parse_args(argv)
-    if args.cpu_vs_stock:
-        return _cpu_vs_stock(args)
     report = run(args)
     print(format_report(report))
     if args.json:
         args.json.write_text(json.dumps(to_json(report), indent=2), encoding="utf-8")
         print(f"wrote {args.json}")
     return report
-
-
-def _cpu_vs_stock(args: argparse.Namespace) -> Any:
-    from webui.tools import cpu_bench  # it builds on this module's runners
-
-    result = cpu_bench.run_cpu_vs_stock(
-        Path(args.dir),
-        speed_options(args),
-        args.steps[0] if args.steps else cpu_bench.DEFAULT_STEPS,
-        args.repeats,
-        tiny=args.tiny,
-        size=args.size[0] if args.size else TINY_SIZES["sd15"] if args.tiny else FULL_SIZES["sd15"],
-    )
-    print(cpu_bench.format_cpu_vs_stock(result))
-    if args.json:
-        args.json.write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
-        print(f"wrote {args.json}")
-    return result
 
 
 if __name__ == "__main__":

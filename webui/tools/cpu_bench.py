@@ -1,7 +1,7 @@
 """Full-size SD1.5 on the CPU: our engine against diffusers' stock pipeline, same weights, same run.
 
-    python -m webui.tools.bench --cpu-vs-stock                 # 512x512, 4 steps, CFG 7, 3 rounds
-    python -m webui.tools.bench --cpu-vs-stock --cpu-bf16 off  # our fp32 path alone
+    python -m webui.tools.cpu_bench                  # 512x512, 4 steps, CFG 7, 3 rounds
+    python -m webui.tools.cpu_bench --cpu-bf16 off   # our fp32 path alone
 
 Both contenders load the same random-weight checkpoint (real SD1.5 shapes, so a step costs what
 a real one does), each into its own copy: our speed options change the weights' layout, and
@@ -12,8 +12,11 @@ the load average seen at each round, because on a shared CPU that explains most 
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import json
 import statistics
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,3 +125,30 @@ def format_cpu_vs_stock(result: CpuVsStock) -> str:
 
 def _seconds(samples: list[float]) -> str:
     return ", ".join(f"{value:.1f}" for value in samples) + f"; median {statistics.median(samples):.1f}"
+
+
+def main(argv: list[str] | None = None) -> CpuVsStock:
+    parser = argparse.ArgumentParser(
+        prog="python -m webui.tools.cpu_bench", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--size", type=int, help="image side (default 512; tiny: 128)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds, after one warm-up each")
+    parser.add_argument("--tiny", action="store_true", help="the tiny checkpoint instead of full-size SD1.5")
+    bench.add_speed_flags(parser)
+    parser.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "webui-bench"), help="checkpoints")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    args = parser.parse_args(argv)
+    size = args.size or (bench.TINY_SIZES["sd15"] if args.tiny else bench.FULL_SIZES["sd15"])
+    result = run_cpu_vs_stock(
+        Path(args.dir), bench.speed_options(args), args.steps, args.repeats, tiny=args.tiny, size=size
+    )
+    print(format_cpu_vs_stock(result))
+    if args.json:
+        args.json.write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
+        print(f"wrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

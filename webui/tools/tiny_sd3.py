@@ -193,3 +193,37 @@ def write_tiny_text_encoder_files(folder: Path, seed: int = 0, t5_storage: str =
         save_file(weights, str(path))
         written[role] = path
     return written
+
+
+def write_tiny_sd3_lora(
+    path: Path, arch: str = "sd35-medium", seed: int = 0, rank: int = 4, *, text_encoder: bool = True
+) -> Path:
+    """A LoRA for the tiny SD 3.5 files in diffusers' SD 3 layout (what diffusers' SD 3 LoRA
+    training saves): `transformer.*` joint-attention projections of every block, and CLIP-L's
+    attention projections (`text_encoder.*`) when `text_encoder`, as peft lora_A/lora_B pairs."""
+    if arch not in SD3_ARCHES:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(SD3_ARCHES)}")
+    generator = torch.Generator().manual_seed(seed)
+    width = HEAD_WIDTH * HEADS
+    layers = [
+        (f"transformer.transformer_blocks.{block}.attn.{projection}", width, width)
+        for block in range(DEPTHS[arch])
+        for projection in ("to_q", "to_k", "to_v", "add_k_proj", "add_v_proj")
+    ]
+    if text_encoder:
+        layers += [
+            (
+                f"text_encoder.text_model.encoder.layers.{layer}.self_attn.{kind}",
+                CLIP_L_WIDTH,
+                CLIP_L_WIDTH,
+            )
+            for layer in range(2)
+            for kind in ("q_proj", "v_proj")
+        ]
+    tensors: dict[str, torch.Tensor] = {}
+    for name, inputs, outputs in layers:
+        tensors[f"{name}.lora_A.weight"] = torch.randn((rank, inputs), generator=generator) * 0.5
+        tensors[f"{name}.lora_B.weight"] = torch.randn((outputs, rank), generator=generator) * 0.5
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: value.to(torch.float16).contiguous() for key, value in tensors.items()}, str(path))
+    return path

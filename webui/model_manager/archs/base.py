@@ -93,7 +93,7 @@ class Architecture:
     transformer_depth_per_level: bool  # transformer depth varies by level (SDXL)
     upcast_attention_for_v: bool  # v-prediction models overflow fp16 attention unless upcast
     ays_table: str  # the row of diffusers' AysSchedules for "Align Your Steps"
-    lora_loader: str  # "sd" or "sdxl": which of diffusers' LoRA loader mixins reads its LoRAs
+    lora_loader: str  # "sd", "sdxl" or "sd3": which of diffusers' LoRA loader mixins reads its LoRAs
     # Cross-attention context width of the released models (a LoRA's width tells its arch).
     context_width: int
     # Keys in LoRA files that only this architecture has (kohya and diffusers names).

@@ -27,6 +27,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerBase, T5EncoderModel
 
+from webui.engine.request import MaskedContent
 from webui.engine.steps import StepHook, StepInfo
 from webui.model_manager.sd3.build import SD3Components
 from webui.model_manager.t5_tokenizer import T5_MAX_LENGTH
@@ -194,6 +195,7 @@ def denoise(
     *,
     guidance_scale: float,
     skip_layers: SkipLayerGuidance | None = None,
+    known: KnownArea | None = None,
     step_hook: StepHook | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
@@ -237,6 +239,8 @@ def denoise(
         position = scheduler.step_index if scheduler.step_index is not None else scheduler.begin_index
         denoised = latents - scheduler.sigmas[position].to(latents.device) * velocity
         latents = scheduler.step(velocity, timestep, latents, return_dict=False)[0]
+        if known is not None:
+            latents = _keep_known(scheduler, known, latents, timesteps, index)
         if step_hook is not None:
             step_hook(StepInfo(index + 1, len(timesteps), latents, denoised, batch_index=0))
     return latents
@@ -259,6 +263,93 @@ def decode(vae: AutoencoderKL, latents: torch.Tensor) -> list[Image.Image]:
     pixels = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
     pixels = (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
     return [Image.fromarray(picture) for picture in (pixels * 255).round().astype("uint8")]
+
+
+@dataclass(frozen=True)
+class KnownArea:
+    """Inpainting on a 16-channel transformer: outside `mask` (1 = repaint, at latent size) the
+    latents are reset after each step to the init image's latents noised to the next step's
+    level, and to the init latents themselves after the last (as diffusers' SD 3 inpainting)."""
+
+    clean: torch.Tensor
+    noise: torch.Tensor
+    mask: torch.Tensor
+
+
+def latent_mask(mask: Image.Image, latents: torch.Tensor) -> torch.Tensor:
+    """An L mask (255 = repaint) at the picture's size to 0/1 at the latents' size, as the UNet
+    path does (bilinear, then rounded)."""
+    pixels = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
+    small = torch.nn.functional.interpolate(pixels, size=latents.shape[2:], mode="bilinear").round()
+    return small.to(latents.device, latents.dtype)
+
+
+def sample(
+    components: SD3Components,
+    positive: FlowConditioning,
+    negative: FlowConditioning | None,
+    *,
+    width: int,
+    height: int,
+    steps: int,
+    guidance_scale: float,
+    generator: torch.Generator,
+    sampler: str = "Euler",
+    strength: float = 1.0,
+    init_latents: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    masked_content: MaskedContent = MaskedContent.ORIGINAL,
+    skip_layers: SkipLayerGuidance | None = None,
+    step_hook: StepHook | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> torch.Tensor:
+    """One pass of the flow: from noise, or from `init_latents` entered at `strength`, keeping
+    the area outside `mask` (0/1 at latent size, 1 = repaint) the init's. The masked area starts
+    from the init (ORIGINAL), pure noise (LATENT_NOISE) or zeros (LATENT_NOTHING); FILL is done
+    on the pixels before encoding. Returns the final latents."""
+    if steps < 1:
+        raise ValueError("steps must be at least 1")
+    scheduler = make_flow_scheduler(components.spec.scheduler_config, sampler)
+    check_size(components, width, height)
+    check_skip_layers(components, skip_layers)
+    known = None
+    if init_latents is None:
+        latents = initial_noise(components, positive.embeds.shape[0], width, height, generator)
+        timesteps = flow_timesteps(scheduler, steps, latents.device)
+    else:
+        if not 0 < strength <= 1:
+            raise ValueError(f"denoising strength must be in (0, 1], got {strength}")
+        clean = init_latents.to(components.device, components.transformer.dtype)
+        timesteps = flow_timesteps(scheduler, steps, clean.device, strength)
+        noise = torch.randn(clean.shape, generator=generator, device=generator.device, dtype=clean.dtype)
+        noise = noise.to(clean.device)
+        start = clean
+        if mask is not None:
+            known = KnownArea(clean, noise, mask)
+            if masked_content is MaskedContent.LATENT_NOISE:
+                start = clean * (1 - mask) + noise * mask
+            elif masked_content is MaskedContent.LATENT_NOTHING:
+                start = clean * (1 - mask)
+        latents = _noised(scheduler, start, noise, timesteps[:1].repeat(len(clean)))
+    return denoise(
+        components.transformer,
+        scheduler,
+        latents,
+        timesteps,
+        positive,
+        negative,
+        guidance_scale=guidance_scale,
+        skip_layers=skip_layers,
+        known=known,
+        step_hook=step_hook,
+        should_stop=should_stop,
+    )
+
+
+def pass_length(scheduler_config: Mapping[str, Any], sampler: str, steps: int, strength: float = 1.0) -> int:
+    """How many steps `sample` reports for a pass (Heun's count its two evaluations apart)."""
+    scheduler = make_flow_scheduler(scheduler_config, sampler)
+    return len(flow_timesteps(scheduler, steps, torch.device("cpu"), strength))
 
 
 @torch.inference_mode()
@@ -285,21 +376,21 @@ def txt2img(
     negatives = _negatives(prompts, negative_prompts)
     if steps < 1:
         raise ValueError("steps must be at least 1")
-    scheduler = make_flow_scheduler(components.spec.scheduler_config, sampler)
+    make_flow_scheduler(components.spec.scheduler_config, sampler)
     check_size(components, width, height)
     check_skip_layers(components, skip_layers)
     positive = encode_prompts(components, prompts, t5_length)
     negative = encode_prompts(components, negatives, t5_length) if guidance_scale > 1 else None
-    latents = initial_noise(components, len(prompts), width, height, generator)
-    timesteps = flow_timesteps(scheduler, steps, latents.device)
-    latents = denoise(
-        components.transformer,
-        scheduler,
-        latents,
-        timesteps,
+    latents = sample(
+        components,
         positive,
         negative,
+        width=width,
+        height=height,
+        steps=steps,
         guidance_scale=guidance_scale,
+        generator=generator,
+        sampler=sampler,
         skip_layers=skip_layers,
         step_hook=step_hook,
         should_stop=should_stop,
@@ -320,40 +411,67 @@ def img2img(
     generator: torch.Generator,
     sampler: str = "Euler",
     t5_length: int = T5_MAX_LENGTH,
+    masks: Sequence[Image.Image] | None = None,
+    masked_content: MaskedContent = MaskedContent.ORIGINAL,
+    skip_layers: SkipLayerGuidance | None = None,
     step_hook: StepHook | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[Image.Image]:
     """Pictures for `prompts` starting from `init_images` (one each, all of one size), the flow
     entered at `strength` (1: from pure noise, as txt2img). The flow's img2img mixes noise in
-    linearly: latent = sigma * noise + (1 - sigma) * image."""
+    linearly: latent = sigma * noise + (1 - sigma) * image. With `masks` (L, 255 = repaint, one
+    per image) it inpaints: the unmasked area follows the init image's noised latents."""
     negatives = _negatives(prompts, negative_prompts)
     if len(init_images) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(init_images)} init images")
+    if masks is not None and len(masks) != len(init_images):
+        raise ValueError(f"{len(init_images)} init images but {len(masks)} masks")
     if not 0 < strength <= 1:
         raise ValueError(f"denoising strength must be in (0, 1], got {strength}")
     width, height = init_images[0].size
     if any(image.size != (width, height) for image in init_images):
         raise ValueError("the init images must all have one size")
-    scheduler = make_flow_scheduler(components.spec.scheduler_config, sampler)
+    if masks is not None and any(one.size != (width, height) for one in masks):
+        raise ValueError("each mask must have its init image's size")
     check_size(components, width, height)
-    timesteps = flow_timesteps(scheduler, steps, components.device, strength)
+    pass_length(components.spec.scheduler_config, sampler, steps, strength)  # fail before any work
     positive = encode_prompts(components, prompts, t5_length)
     negative = encode_prompts(components, negatives, t5_length) if guidance_scale > 1 else None
     clean = image_to_latents(components.vae, init_images, generator).to(components.transformer.dtype)
-    noise = torch.randn(clean.shape, generator=generator, device=generator.device, dtype=clean.dtype)
-    latents = _noised(scheduler, clean, noise.to(clean.device), timesteps[:1].repeat(len(prompts)))
-    latents = denoise(
-        components.transformer,
-        scheduler,
-        latents,
-        timesteps,
+    mask = None
+    if masks is not None:
+        mask = torch.cat([latent_mask(one, clean) for one in masks])
+    latents = sample(
+        components,
         positive,
         negative,
+        width=width,
+        height=height,
+        steps=steps,
         guidance_scale=guidance_scale,
+        generator=generator,
+        sampler=sampler,
+        strength=strength,
+        init_latents=clean,
+        mask=mask,
+        masked_content=masked_content,
+        skip_layers=skip_layers,
         step_hook=step_hook,
         should_stop=should_stop,
     )
     return decode(components.vae, latents)
+
+
+def _keep_known(
+    scheduler: SchedulerMixin, known: KnownArea, latents: torch.Tensor, timesteps: torch.Tensor, index: int
+) -> torch.Tensor:
+    if index + 1 < len(timesteps):
+        target = _noised(
+            scheduler, known.clean, known.noise, timesteps[index + 1 : index + 2].repeat(len(latents))
+        )
+    else:
+        target = known.clean
+    return target * (1 - known.mask) + latents * known.mask
 
 
 def _noised(
