@@ -3,41 +3,20 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+# The same request and fresh-model helpers as the other speed options' tests.
+from tests.test_speed import CPU, REQUEST, _fresh, _pixels
 from webui.engine import speed as speed_module
 from webui.engine.devices import cpu_has_native_bf16
 from webui.engine.generate import Engine
-from webui.engine.request import GenerationRequest
 from webui.engine.speed import resolve_for
 from webui.engine.speed_options import SpeedOptions
-from webui.model_manager.load import LoadedModel, load_model
 from webui.settings import add_speed_flags, speed_options
 from webui.tools import cpu_bench
-
-CPU = torch.device("cpu")
-REQUEST = GenerationRequest(
-    prompt="a red fox",
-    negative_prompt="blurry",
-    steps=6,
-    width=64,
-    height=64,
-    seed=3,
-    batch_size=2,
-    sampler_name="Euler",
-)
-
-
-def _fresh(tiny_dir: Path, arch: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    return load_model(tiny_dir / f"tiny-{arch}.safetensors", CPU, dtype)
-
-
-def _pixels(images) -> np.ndarray:
-    return np.stack([np.asarray(image, dtype=np.int16) for image in images])
 
 
 def _is_nhwc(weight: torch.Tensor) -> bool:
