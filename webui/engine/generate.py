@@ -125,11 +125,8 @@ class Engine:
         if request.enable_hr:
             hires = _hires_pass(request)
             self._scheduler(hires.sampler, hires.scheduler)
-        base_seed = request.seed if request.seed != -1 else random.randrange(2**32)
         total = request.batch_size * request.n_iter
-        seeds = [(base_seed + i) % 2**32 for i in range(total)]
-        base_subseed = request.subseed if request.subseed != -1 else random.randrange(2**32)
-        subseeds = [(base_subseed + i) % 2**32 for i in range(total)]
+        seeds, subseeds = _seeds(request.seed, total), _seeds(request.subseed, total)
         control = control or JobControl()
         inpaint = pix.prepare_inpaint(request) if request.is_inpaint else None
         init_image = (
@@ -214,8 +211,7 @@ class Engine:
         job = FlowJob(parts, request, self.upscale_image)  # checks before the LoRAs are switched
         prompts = self._prepare_networks(request)
         job.use_prompts((prompts.positive, prompts.negative), self._hires_prompts(request, prompts))
-        base_seed = request.seed if request.seed != -1 else random.randrange(2**32)
-        seeds = [(base_seed + i) % 2**32 for i in range(request.batch_size * request.n_iter)]
+        seeds = _seeds(request.seed, request.batch_size * request.n_iter)
         made = _image_parameters(request, request.sampler_name, request.scheduler)
         result = GenerationResult([], [], [], loras=prompts.loras, embeddings=prompts.embeddings)
         for index, seed in enumerate(seeds):
@@ -492,6 +488,12 @@ def _image_parameters(request: GenerationRequest, sampler: str, schedule: str) -
     elif request.enable_hr:
         hr_schedule = request.hr_scheduler
     return ImageParameters(request, -1, sampler, schedule, hr_sampler=hr_sampler, hr_schedule=hr_schedule)
+
+
+def _seeds(first: int, count: int) -> list[int]:
+    """A job's consecutive seeds from its first (-1: a random one), wrapping at 2**32."""
+    base = first if first != -1 else random.randrange(2**32)
+    return [(base + i) % 2**32 for i in range(count)]
 
 
 def _refuse_for_flow(request: GenerationRequest) -> None:
