@@ -53,6 +53,9 @@ CONTEXT: dict[str, dict[str, Any]] = {
     "hr_scheduler": HIRES,
     "hr_prompt": HIRES,
     "hr_negative_prompt": HIRES,
+    "slg_layers": {"slg_scale": 2.5},
+    "slg_start": {"slg_scale": 2.5},
+    "slg_stop": {"slg_scale": 2.5},
 }
 # A value other than the default for each field an infotext carries.
 EXAMPLES: dict[str, Any] = {
@@ -86,6 +89,10 @@ EXAMPLES: dict[str, Any] = {
     "hr_scheduler": "Exponential",
     "hr_prompt": "a lighthouse, at: dusk",
     "hr_negative_prompt": "blurry",
+    "slg_scale": 2.5,
+    "slg_layers": "6,9",
+    "slg_start": 0.05,
+    "slg_stop": 0.3,
 }
 
 

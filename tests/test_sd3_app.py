@@ -13,7 +13,7 @@ from PIL import Image
 from webui.engine.request import GenerationError, GenerationRequest
 from webui.model_manager.archs import Arch
 from webui.model_manager.registry import ModelKind
-from webui.outputs import parse_infotext, read_infotext
+from webui.outputs import parse_infotext, read_infotext, request_fields_from_params
 from webui.settings import Settings
 from webui.studio import Studio
 from webui.tools.tiny_sd3 import write_tiny_sd3_checkpoint, write_tiny_sd3_lora, write_tiny_text_encoder_files
@@ -158,3 +158,45 @@ def test_an_sd35_lora_changes_the_picture_and_weight_zero_does_not(studio: Studi
     assert "sd3-style" in styled.infotexts[0]
     again = studio.generate(_request(), checkpoint="b-sd35m", save=False)
     assert np.array_equal(np.asarray(again.images[0]), plain)  # switched off for the next job
+
+
+def test_skip_layer_guidance_changes_the_picture_and_its_infotext_repeats_it(studio: Studio) -> None:
+    plain = np.asarray(studio.generate(_request(), checkpoint="b-sd35m", save=False).images[0])
+    guided = studio.generate(
+        _request(slg_scale=3.0, slg_layers="1", slg_start=0.0, slg_stop=0.9), checkpoint="b-sd35m", save=False
+    )
+    assert np.abs(np.asarray(guided.images[0]).astype(int) - plain).mean() > 0.5
+    parsed = parse_infotext(guided.infotexts[0])
+    assert (parsed.params["SLG scale"], parsed.params["SLG layers"]) == ("3", "1")
+    assert (
+        "SLG scale"
+        not in parse_infotext(
+            studio.generate(_request(), checkpoint="b-sd35m", save=False).infotexts[0]
+        ).params
+    )  # off: not written
+    fields = request_fields_from_params(parsed.params)
+    pasted = GenerationRequest(
+        prompt=parsed.prompt,
+        negative_prompt=parsed.negative_prompt,
+        **{name: value for name, value in fields.items() if name not in ("model", "model_hash")},
+    )
+    assert (pasted.slg_scale, pasted.slg_layers, pasted.slg_start, pasted.slg_stop) == (3.0, "1", 0.0, 0.9)
+    again = studio.generate(pasted, checkpoint="b-sd35m", save=False)
+    assert np.array_equal(np.asarray(again.images[0]), np.asarray(guided.images[0]))
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "changes", "field", "words"),
+    [
+        ("b-sd35m", {"slg_layers": "1, x"}, "slg_layers", "block numbers"),
+        ("b-sd35m", {"slg_layers": "99"}, "slg_layers", "among 0..3"),
+        ("b-sd35m", {"slg_start": 0.5, "slg_stop": 0.2}, "slg_start", "start before it stops"),
+        ("a-sd15", {}, "slg_scale", "SD 3.5 models"),
+    ],
+)
+def test_bad_skip_layer_guidance_is_refused_by_name(
+    studio: Studio, checkpoint: str, changes: dict, field: str, words: str
+) -> None:
+    with pytest.raises(GenerationError) as refused:
+        studio.generate(_request(slg_scale=3.0, **changes), checkpoint=checkpoint, save=False)
+    assert refused.value.field == field and words in str(refused.value)

@@ -24,6 +24,10 @@ GENERATION_FLAGS = (
     "batch_size",
     "n_iter",
     "clip_skip",
+    "slg_scale",
+    "slg_layers",
+    "slg_start",
+    "slg_stop",
 )
 IMG2IMG_FLAGS = (
     "denoising_strength",

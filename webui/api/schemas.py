@@ -106,6 +106,11 @@ class Txt2ImgBody(_Body):
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    # Ours, not A1111's: skip-layer guidance on SD 3.5 models (engine/request.py).
+    slg_scale: float = 0.0
+    slg_layers: str = "7,8,9"
+    slg_start: float = 0.01
+    slg_stop: float = 0.2
     force_task_id: str | None = None
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)

@@ -28,6 +28,7 @@ class _Plan:
     inpaint: pix.InpaintInputs | None
     hires_size: tuple[int, int] | None
     total_steps: int  # both passes' steps, for the progress count
+    skip_layers: flow.SkipLayerGuidance | None  # both passes use it
 
 
 class FlowJob:
@@ -64,7 +65,20 @@ class FlowJob:
                 raise GenerationError(str(error), _field(error, "hr_sampler_name", "hr_resize_x")) from error
         inpaint = pix.prepare_inpaint(request) if request.is_inpaint else None
         init = inpaint.image if inpaint else pix.prepare_init_image(request) if request.init_image else None
-        return _Plan(init, inpaint, hires_size, total)
+        return _Plan(init, inpaint, hires_size, total, self._skip_layers())
+
+    def _skip_layers(self) -> flow.SkipLayerGuidance | None:
+        request = self.request
+        if request.slg_scale <= 0:
+            return None
+        guidance = flow.SkipLayerGuidance(
+            request.slg_layer_numbers, request.slg_scale, request.slg_start, request.slg_stop
+        )
+        try:
+            flow.check_skip_layers(self.parts, guidance)
+        except ValueError as error:
+            raise GenerationError(str(error), "slg_layers") from error
+        return guidance
 
     def _hires_sampler(self) -> str:
         return self.request.hr_sampler_name or self.request.sampler_name
@@ -92,7 +106,12 @@ class FlowJob:
             if on_step is not None:
                 on_step(replace(info, step=done + info.step, total=plan.total_steps, batch_index=batch_index))
 
-        loop = {"guidance_scale": request.cfg_scale, "step_hook": report, "should_stop": should_stop}
+        loop = {
+            "guidance_scale": request.cfg_scale,
+            "skip_layers": plan.skip_layers,
+            "step_hook": report,
+            "should_stop": should_stop,
+        }
         positive, negative = self._encode(*self.prompts)
         first = {"width": request.width, "height": request.height, "steps": request.steps}
         if plan.init is None:

@@ -116,6 +116,8 @@ class Engine:
             request.validate()
         if self.model.architecture.family is DenoisingFamily.FLOW:
             return self._generate_flow(request, on_step, control or JobControl(), on_batch)
+        if request.slg_scale > 0:
+            raise GenerationError("skip-layer guidance is for SD 3.5 models; set its scale to 0", "slg_scale")
         try:
             speed = resolve_for(self.model, self.speed)
         except ValueError as error:

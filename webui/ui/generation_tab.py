@@ -15,6 +15,7 @@ from webui.ui.controls import GenerationControls, build_prompts, build_sampling
 from webui.ui.fields import Field
 from webui.ui.results import ResultsPanel, build_results
 from webui.ui.scripts_panel import AlwaysOnPanel, ScriptsPanel, build_alwayson_panel, build_scripts_panel
+from webui.ui.skip_layers import build_skip_layers
 from webui.ui.styles_controls import StyleControls, build_style_controls
 
 
@@ -92,6 +93,7 @@ def build_generation_tab(
             extra = build_inputs() if build_inputs is not None else None
             controls = build_sampling(name, prompts, ctx.jobs.limits, ctx.studio.models.default_size)
             options = build_options(controls) if build_options is not None else None
+            skip_layers = build_skip_layers(name)
             sources = {"upscalers": ctx.studio.models.upscaler_names()}
             scripts = (
                 build_scripts_panel(name, ctx.studio.scripts(script_mode), sources)
@@ -107,7 +109,7 @@ def build_generation_tab(
             )
         with gr.Column(scale=1):
             panel = build_results(name)
-    parts = [part for part in (extra, options) if part is not None]
+    parts = [part for part in (extra, options, skip_layers) if part is not None]
     controls = controls.with_fields(styles.field, *(field for part in parts for field in part.fields))
     return GenerationTab(
         name, controls, panel, generate, interrupt, skip, styles, extra, options, scripts, alwayson
