@@ -200,3 +200,19 @@ def test_bad_skip_layer_guidance_is_refused_by_name(
     with pytest.raises(GenerationError) as refused:
         studio.generate(_request(slg_scale=3.0, **changes), checkpoint=checkpoint, save=False)
     assert refused.value.field == field and words in str(refused.value)
+
+
+def test_linear_previews_come_from_a_map_fitted_once_to_the_models_vae(studio: Studio, caplog) -> None:
+    """SD 3.5's 16 channels have no fixed table: its previews are latent-sized pictures from a map
+    fitted to the model's VAE (no full decode per step), fitted once per model."""
+    sizes: list[tuple[int, int]] = []
+
+    def look(info) -> None:
+        if info.preview_due and info.preview is not None:
+            sizes.append(info.preview.image(Arch.SD3).size)
+
+    with caplog.at_level("INFO", logger="webui.studio"):
+        for _ in range(2):
+            studio.generate(_request(), on_step=look, checkpoint="b-sd35m", save=False)
+    assert sizes == [(8, 8)] * 6
+    assert sum("fitted linear previews" in record.message for record in caplog.records) == 1

@@ -224,3 +224,42 @@ def test_the_studio_renders_previews_on_the_worker(tmp_path: Path, method: str) 
     assert job.error is None
     expected = (8, 8) if method == "missing-taesd" else (64, 64)
     assert sizes == [None, expected, None, expected]
+
+
+def test_sd35_previews_use_a_16_channel_taesd3_decoder(tmp_path: Path) -> None:
+    """TAESD3 (madebyollin's `taesd3_decoder`, 16 latent channels) draws SD 3.5's previews at the
+    image's size, from the same scaled and shifted latents the transformer works on."""
+    from webui.jobs import LOCAL_CALLER, JobQueue
+    from webui.settings import Settings
+    from webui.studio import Studio
+    from webui.tools.tiny_sd3 import write_tiny_sd3_checkpoint
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        taesd3 = AutoencoderTiny(
+            latent_channels=16,
+            encoder_block_out_channels=(8,) * 4,
+            decoder_block_out_channels=(8,) * 4,
+            num_encoder_blocks=(1,) * 4,
+            num_decoder_blocks=(1,) * 4,
+        )
+    folder = tmp_path / "models" / "VAE-approx"
+    folder.mkdir(parents=True)
+    save_file(_original_layout(taesd3), str(folder / "taesd3_decoder.safetensors"))
+    assert find_taesd(folder, Arch.SD3) == folder / "taesd3_decoder.safetensors"
+    assert find_taesd(folder, Arch.SD1) is None
+    settings = Settings.for_data_dir(tmp_path, device="cpu", ckpt="sd35", preview_method="taesd")
+    write_tiny_sd3_checkpoint("sd35-medium", settings.ckpt_dir / "sd35.safetensors")
+    sizes: list[tuple[int, int]] = []
+
+    def look(job, info) -> None:
+        preview = job.preview()
+        if info.preview_due and preview is not None:
+            sizes.append(preview[1].size)
+
+    jobs = JobQueue(Studio(settings), step_hooks=[look])
+    request = GenerationRequest(steps=2, width=64, height=64, seed=1, sampler_name="Euler", cfg_scale=1)
+    job = jobs.submit(request, LOCAL_CALLER)
+    jobs.run(until=lambda: job.state.finished)
+    assert job.error is None
+    assert sizes == [(64, 64), (64, 64)]

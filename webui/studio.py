@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from webui.engine.extra_networks import RefusedNetworks
 from webui.engine.generate import Engine, GenerationResult
 from webui.engine.image_parameters import ModelFacts
 from webui.engine.preview import PreviewRenderer, vae_decode, with_previews
+from webui.engine.preview_fit import LinearPreview, fit_linear_preview
 from webui.engine.request import GenerationError, GenerationRequest
 from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.speed import use_compile_cache
@@ -80,6 +82,8 @@ class Studio:
         self.outputs = OutputService(settings)
         self._taesd: dict[Path, AutoencoderTiny | None] = {}  # loaded on first use, per file
         self._taesd_missing: set[Arch] = set()
+        # Linear preview maps fitted to VAEs whose latents have no fixed table, per (checkpoint, VAE file).
+        self._fitted_previews: dict[tuple[Path, Path | None], LinearPreview] = {}
         self.styles = StyleBook(settings.data_dir / "styles.csv")
         self.training = TrainingService(
             self.models.registry,
@@ -408,7 +412,9 @@ class Studio:
         """None for the linear preview (drawn lazily by whoever looks); else a decoder on this device."""
         method = self.settings.preview_method
         if method == "linear" and arch is not None and not architecture(arch).latent.preview_factors:
-            method = "vae"  # no linear map is known for its latents
+            # No fixed table for these latents: a map fitted to this model's VAE, once.
+            fitted = self._fitted_preview(model)
+            return fitted.render
         if method == "vae":
             return lambda latent: vae_decode(model, latent)
         if method == "taesd":
@@ -416,6 +422,16 @@ class Studio:
             if decoder is not None:
                 return lambda latent: taesd_decode(decoder, latent)
         return None
+
+    def _fitted_preview(self, model: LoadedModel) -> LinearPreview:
+        key = (model.path, model.vae_path)
+        if key not in self._fitted_previews:
+            started = time.perf_counter()
+            self._fitted_previews[key] = fit_linear_preview(model.vae)
+            log.info(
+                "fitted linear previews to %s's VAE in %.2f s", model.name, time.perf_counter() - started
+            )
+        return self._fitted_previews[key]
 
     def _taesd_decoder(self, arch: Arch) -> AutoencoderTiny | None:
         """The TAESD decoder for `arch` from models/VAE-approx, loaded once; None (linear previews,

@@ -22,7 +22,7 @@ def linear_preview(latents: torch.Tensor, arch: Arch) -> list[Image.Image]:
     latent = architecture(arch).latent
     if latent.preview_factors:
         factors = torch.tensor(latent.preview_factors, dtype=torch.float32)
-    else:  # no known map: the first three channels, roughly (the studio decodes such previews)
+    else:  # no known map: the first three channels, roughly (the studio fits one to the VAE instead)
         factors = torch.eye(latent.channels, 3, dtype=torch.float32)
     bias = torch.tensor(latent.preview_bias, dtype=torch.float32)
     rgb = torch.einsum("bchw,cr->bhwr", latents.detach().float().cpu(), factors) + bias

@@ -54,7 +54,7 @@ class LatentFormat:
     scaling_factor: float  # latents are VAE output times this
     shift_factor: float  # ... after subtracting this
     # Rows: latent channels; columns: R, G, B (linear previews, see DESIGN.md section 7).
-    # Empty: no linear map is known, previews are decoded by the VAE.
+    # Empty: none is known; linear previews are fitted to each model's VAE (engine/preview_fit.py).
     preview_factors: tuple[tuple[float, float, float], ...]
     preview_bias: tuple[float, float, float]
     taesd_stem: str  # the TAESD decoder's file stem in models/VAE-approx

@@ -13,7 +13,7 @@ SD3_LATENTS = LatentFormat(
     channels=16,
     scaling_factor=1.5305,
     shift_factor=0.0609,
-    preview_factors=(),  # no linear map of these 16 channels is known here: the VAE draws previews
+    preview_factors=(),  # none known: a map is fitted to each model's VAE (engine/preview_fit.py)
     preview_bias=(0.0, 0.0, 0.0),
     taesd_stem="taesd3",
 )
