@@ -124,7 +124,7 @@ def test_swaps_go_through_pinned_host_memory(tiny_dir: Path) -> None:
     assert moves and all(event.seconds >= 0 for event in moves)
 
 
-@pytest.mark.parametrize("mode", [MemoryMode.MEDVRAM, MemoryMode.LOWVRAM])
+@pytest.mark.parametrize("mode", [MemoryMode.TEXT_OFFLOAD, MemoryMode.MEDVRAM, MemoryMode.LOWVRAM])
 def test_low_memory_modes_run_on_cuda_with_the_same_image(
     tiny_dir: Path, cpu_reference, mode: MemoryMode
 ) -> None:

@@ -123,7 +123,7 @@ def test_cpu_device_has_one_tier(three: list[Path], model_size: int) -> None:
     assert _tiers(cache, three) == ["disk", "ram", "ram"]
 
 
-@pytest.mark.parametrize("mode", [MemoryMode.MEDVRAM, MemoryMode.LOWVRAM])
+@pytest.mark.parametrize("mode", [MemoryMode.TEXT_OFFLOAD, MemoryMode.MEDVRAM, MemoryMode.LOWVRAM])
 def test_low_memory_modes_make_the_same_image_and_leave_no_hooks(
     three: list[Path], model_size: int, mode: MemoryMode, tmp_path: Path
 ) -> None:
@@ -191,3 +191,17 @@ def test_host_copies_share_a_few_power_of_two_blocks() -> None:
     storages = {view.untyped_storage().data_ptr(): view.untyped_storage() for view in views if view.numel()}
     # 512 + 2048 + 512 + 0 aligned bytes in 2 KiB chunks: the small ones share the first chunk.
     assert sorted(storage.nbytes() for storage in storages.values()) == [1024, 2048]
+
+
+def test_text_offload_is_chosen_when_the_denoiser_fits_but_the_encoders_do_not() -> None:
+    """SD 3.5's sizes in fp16 with T5 in fp8 (CLIP-L 0.25, CLIP-G 1.39, T5 4.7 GB): on a GPU where
+    the denoiser and VAE fit with room to work, the encoders visit it one at a time."""
+    cuda = torch.device("cuda")
+    encoders = (int(0.25 * GB), int(1.39 * GB), int(4.7 * GB))
+    medium, large = int(4.95 * GB) + sum(encoders), int(16.3 * GB) + sum(encoders)
+    assert choose_memory_mode(MemoryMode.AUTO, cuda, medium, 24 * GB, encoders) is MemoryMode.NORMAL
+    assert choose_memory_mode(MemoryMode.AUTO, cuda, medium, 12 * GB, encoders) is MemoryMode.TEXT_OFFLOAD
+    assert choose_memory_mode(MemoryMode.AUTO, cuda, large, 32 * GB, encoders) is MemoryMode.TEXT_OFFLOAD
+    assert choose_memory_mode(MemoryMode.AUTO, cuda, large, 24 * GB, encoders) is MemoryMode.MEDVRAM
+    # Without the sizes of its encoders nothing tells text-offload is possible: as before.
+    assert choose_memory_mode(MemoryMode.AUTO, cuda, medium, 12 * GB) is MemoryMode.MEDVRAM

@@ -670,3 +670,34 @@ def test_the_model_cache_counts_and_moves_every_sd3_part(sd3_dir: Path) -> None:
     offloader.detach()
     assert model.device == model.parts.device == CPU
     assert move_model(model, CPU) == 0 and model.parts.device == CPU
+
+
+def test_text_offload_keeps_the_transformer_on_the_device_and_one_encoder_at_a_time(sd3_dir: Path) -> None:
+    """Which parts the hooks hold on the device, step by step (the CUDA tests move real weights)."""
+    model = load_model(sd3_dir / "medium.safetensors", CPU, torch.float32)
+    parts = model.parts
+    assert parts is not None and parts.t5 is not None
+    offloader = attach_offload(model, MemoryMode.TEXT_OFFLOAD, CPU)
+    assert offloader.resident is not None and offloader.resident.on_device
+    visiting = dict(zip(("clip_l", "clip_g", "t5"), offloader.groups, strict=True))
+
+    def on_device() -> set[str]:
+        return {name for name, group in visiting.items() if group.on_device}
+
+    ids = torch.ones(1, 8, dtype=torch.long)
+    assert on_device() == set()
+    parts.t5(ids)
+    assert on_device() == {"t5"}
+    parts.clip_l(ids)
+    assert on_device() == {"clip_l"}  # one encoder at a time
+    latents = torch.zeros(1, 16, 8, 8)
+    context = torch.zeros(1, 4, parts.transformer.config.joint_attention_dim)
+    pooled = torch.zeros(1, parts.transformer.config.pooled_projection_dim)
+    parts.transformer(latents, context, pooled, torch.ones(1))
+    assert on_device() == set() and offloader.resident.on_device  # denoising: the encoders are back
+    parts.clip_g(ids)
+    offloader.park()  # between jobs: the encoders go back, the transformer stays
+    assert on_device() == set() and offloader.resident.on_device
+    offloader.detach()
+    assert offloader.resident is None and model.device == parts.device == CPU
+    assert not any(module._forward_pre_hooks for module in (parts.transformer, parts.t5, parts.clip_l))

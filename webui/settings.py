@@ -12,7 +12,7 @@ from webui.engine.speed_options import ATTENTION_KERNELS, COMPILE_MODES, SWITCHE
 from webui.jobs.limits import Limits, parse_size
 from webui.outputs.naming import DEFAULT_PATTERN, check_pattern
 
-MEMORY_MODES = ("auto", "normal", "medvram", "lowvram")
+MEMORY_MODES = ("auto", "normal", "text-offload", "medvram", "lowvram")
 VAE_TILING = ("auto", "on", "off")
 # Live previews: a linear map of the latent (free), TAESD from models/VAE-approx, the full VAE, or none.
 PREVIEW_METHODS = ("linear", "taesd", "vae", "none")
@@ -31,7 +31,7 @@ class Settings:
     vae: str = "Automatic"  # "Automatic", "None" (the checkpoint's own) or a file in models/VAE
     vram_budget_gb: float | None = None  # models kept on the GPU; None: 60% of its memory
     ram_budget_gb: float | None = None  # models kept warm in RAM; None: half the machine's RAM
-    memory_mode: str = "auto"  # auto, normal, medvram or lowvram
+    memory_mode: str = "auto"  # one of MEMORY_MODES
     vae_tiling: str = "auto"  # tiled VAE decode/encode: auto (large images, low-memory modes), on, off
     device: str = "auto"
     precision: str = "auto"
@@ -234,7 +234,11 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     memory.add_argument("--vram-budget", type=float, metavar="GB", help="GPU memory for cached models")
     memory.add_argument("--ram-budget", type=float, metavar="GB", help="RAM for models kept warm")
     memory.add_argument(
-        "--memory-mode", choices=MEMORY_MODES, default="auto", help="auto picks from the GPU's size"
+        "--memory-mode",
+        choices=MEMORY_MODES,
+        default="auto",
+        help="auto picks from the GPU's size; text-offload keeps the denoiser and VAE on the GPU and "
+        "brings each text encoder only to encode",
     )
     memory.add_argument(
         "--medvram", action="store_true", help="keep only the working component on the GPU (small GPUs)"

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 # Above this many pixels the VAE decodes in tiles, per memory mode (`--vae-tiling auto`).
 _TILING_PIXELS = {
     MemoryMode.NORMAL: 2048 * 2048,
+    MemoryMode.TEXT_OFFLOAD: 2048 * 2048,
     MemoryMode.MEDVRAM: 1024 * 1024,
     MemoryMode.LOWVRAM: 512 * 512,
 }

@@ -25,7 +25,7 @@ import torch
 
 from webui.model_manager.load import LoadedModel
 from webui.model_manager.offload import MemoryMode, Offloader, attach_offload, choose_memory_mode
-from webui.model_manager.placement import HOST, model_bytes, move_model, pin_available
+from webui.model_manager.placement import HOST, model_bytes, module_bytes, move_model, pin_available
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,9 @@ class ModelCache:
         entry = self._entry(path)
         if not self._separate:
             return entry
-        mode = choose_memory_mode(self.memory_mode, self.device, entry.size, self._device_bytes)
+        encoders = [module_bytes(encoder) for encoder in entry.model.text_encoders]
+        mode = choose_memory_mode(self.memory_mode, self.device, entry.size, self._device_bytes, encoders)
+        self._release_resident(keep=entry)
         if mode is MemoryMode.NORMAL:
             if entry.offloader is not None:
                 entry.offloader.detach()
@@ -267,6 +269,20 @@ class ModelCache:
             entry.offloader = attach_offload(entry.model, mode, self.device)
             log.info("%s runs in %s mode on %s", entry.model.name, mode.value, self.device)
         return entry
+
+    def _release_resident(self, keep: _Entry) -> None:
+        """Detach other models' text-offload hooks, which keep their denoiser on the device while
+        their entry counts as RAM: the model about to run needs that room."""
+        for other in self._entries.values():
+            offloader = other.offloader
+            if (
+                other is not keep
+                and other.leases == 0
+                and offloader is not None
+                and offloader.resident is not None
+            ):
+                offloader.detach()
+                other.offloader = None
 
     def _entry(self, path: Path) -> _Entry:
         """The cached entry for `path` (loaded into RAM if it was on disk), marked as just used."""

@@ -29,7 +29,11 @@ def module_tensors(module: torch.nn.Module, recurse: bool = True) -> Iterator[to
 
 
 def model_bytes(model: LoadedModel) -> int:
-    return sum(t.numel() * t.element_size() for m in model_modules(model) for t in module_tensors(m))
+    return sum(module_bytes(module) for module in model_modules(model))
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in module_tensors(module))
 
 
 def move_model(model: LoadedModel, device: torch.device, pin: bool = False) -> int:
