@@ -31,6 +31,7 @@ from webui.engine.families.flow import (
     sample,
     txt2img,
 )
+from webui.engine.families.flow_weights import encode_weighted, token_weights
 from webui.engine.request import MaskedContent
 from webui.model_manager.load import load_model
 from webui.model_manager.offload import MemoryMode, attach_offload
@@ -701,3 +702,39 @@ def test_text_offload_keeps_the_transformer_on_the_device_and_one_encoder_at_a_t
     offloader.detach()
     assert offloader.resident is None and model.device == parts.device == CPU
     assert not any(module._forward_pre_hooks for module in (parts.transformer, parts.t5, parts.clip_l))
+
+
+def test_weighted_prompts_lay_out_tokens_as_the_tokenizers_do(sd3_dir: Path) -> None:
+    parts = load_model(sd3_dir / "medium.safetensors", CPU, torch.float32).parts
+    assert parts is not None and parts.tokenizer_t5 is not None
+    text = "a lighthouse, at dusk " * 40  # longer than both windows: cut as the tokenizers cut
+    cases = [(parts.tokenizer_l, 77, True), (parts.tokenizer_g, 77, True), (parts.tokenizer_t5, 256, False)]
+    for tokenizer, length, begin in cases:
+        for pieces in ([("a red circle", 1.0)], [(text, 1.0)]):
+            ids, weights = token_weights(tokenizer, pieces, length, begin=begin)
+            expected = tokenizer(
+                pieces[0][0], padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+            ).input_ids
+            assert torch.equal(ids, expected) and weights == [1.0] * length
+
+
+def test_a_weight_scales_its_words_hidden_states_in_every_encoder(sd3_dir: Path) -> None:
+    parts = load_model(sd3_dir / "medium.safetensors", CPU, torch.float32).parts
+    assert parts is not None and parts.tokenizer_t5 is not None
+    plain = encode_prompts(parts, ["a red circle"]).embeds[0]
+    weighted = encode_weighted(parts, "a (red:1.5) circle").embeds[0]
+    assert torch.equal(encode_weighted(parts, "a (red:1.0) circle").embeds[0], plain)
+    red_in_clip = 2  # <start> a red circle <end>
+    red_in_t5 = 77 + len(parts.tokenizer_t5("a", add_special_tokens=False).input_ids)
+    width_l, width_g = parts.clip_l.config.hidden_size, parts.clip_g.config.hidden_size
+    encoders = {
+        "clip_l": (red_in_clip, 1, slice(0, width_l)),
+        "clip_g": (red_in_clip, 1, slice(width_l, width_l + width_g)),
+        "t5": (red_in_t5, red_in_t5 + 3, slice(None)),
+    }
+    for name, (red, other, columns) in encoders.items():
+        # Each encoder's mean is restored afterwards: every row changes by one factor, the
+        # weighted word's by 1.5 times it.
+        factor = weighted[other, columns].norm() / plain[other, columns].norm()
+        ratio = weighted[red, columns].norm() / plain[red, columns].norm()
+        assert torch.allclose(ratio, 1.5 * factor, rtol=1e-4), name

@@ -216,3 +216,11 @@ def test_linear_previews_come_from_a_map_fitted_once_to_the_models_vae(studio: S
             studio.generate(_request(), on_step=look, checkpoint="b-sd35m", save=False)
     assert sizes == [(8, 8)] * 6
     assert sum("fitted linear previews" in record.message for record in caplog.records) == 1
+
+
+def test_prompt_weights_change_an_sd35_picture_and_weight_one_does_not(studio: Studio) -> None:
+    plain = np.asarray(studio.generate(_request(), checkpoint="b-sd35m", save=False).images[0])
+    one = studio.generate(_request(prompt="a (red:1.0) circle"), checkpoint="b-sd35m", save=False)
+    heavy = studio.generate(_request(prompt="a (red:1.6) circle"), checkpoint="b-sd35m", save=False)
+    assert np.array_equal(np.asarray(one.images[0]), plain)
+    assert np.abs(np.asarray(heavy.images[0]).astype(int) - plain).mean() > 0.5

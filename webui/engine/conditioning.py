@@ -290,12 +290,12 @@ def _weighted(
     for chunk in chunks:
         embeds = hidden[row_of[tuple(chunk.ids(tokenizer))]]
         if any(weight != 1.0 for weight in chunk.weights):
-            embeds = _emphasis(embeds, chunk.multipliers())
+            embeds = emphasis(embeds, chunk.multipliers())
         parts.append(embeds)
     return torch.cat(parts)[None]
 
 
-def _emphasis(embeds: torch.Tensor, multipliers: list[float]) -> torch.Tensor:
+def emphasis(embeds: torch.Tensor, multipliers: list[float]) -> torch.Tensor:
     """Scale each position by its weight, then restore the chunk's mean (A1111's "Original").
 
     The mean is taken per prompt and chunk; A1111 takes it over the whole batch, which makes a

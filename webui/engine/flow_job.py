@@ -11,6 +11,7 @@ from PIL import Image
 
 from webui.engine import images as pix
 from webui.engine.families import flow
+from webui.engine.families.flow_weights import encode_weighted
 from webui.engine.latent_upscale import is_latent_mode, upscale_latent
 from webui.engine.request import GenerationError, GenerationRequest
 from webui.engine.steps import JobControl, StepHook, StepInfo
@@ -148,8 +149,8 @@ class FlowJob:
     def _encode(
         self, prompt: str, negative_prompt: str
     ) -> tuple[flow.FlowConditioning, flow.FlowConditioning | None]:
-        positive = flow.encode_prompts(self.parts, [prompt])
-        negative = flow.encode_prompts(self.parts, [negative_prompt]) if self.request.cfg_scale > 1 else None
+        positive = encode_weighted(self.parts, prompt)
+        negative = encode_weighted(self.parts, negative_prompt) if self.request.cfg_scale > 1 else None
         return positive, negative
 
     def _hires(
