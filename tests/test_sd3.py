@@ -41,6 +41,7 @@ from webui.model_manager.sd3.convert import convert_transformer
 from webui.model_manager.sd3.encoder_files import encoder_folders
 from webui.model_manager.sd3.export import transformer_to_stability
 from webui.model_manager.sd3.folder import is_sd3_folder, load_sd3_folder
+from webui.model_manager.sd3.kohya_lora import KohyaLoraError, kohya_sd3_to_diffusers
 from webui.model_manager.sd3.spec import SD35_LARGE, SD35_MEDIUM, detect_sd3, is_sd3_checkpoint
 from webui.model_manager.state_dict import CheckpointError, read_tensor_shapes
 from webui.model_manager.t5_tokenizer import T5TokenizerError, build_t5_tokenizer
@@ -738,3 +739,23 @@ def test_a_weight_scales_its_words_hidden_states_in_every_encoder(sd3_dir: Path)
         factor = weighted[other, columns].norm() / plain[other, columns].norm()
         ratio = weighted[red, columns].norm() / plain[red, columns].norm()
         assert torch.allclose(ratio, 1.5 * factor, rtol=1e-4), name
+
+
+@pytest.mark.parametrize(
+    ("key", "words"),
+    [
+        ("lora_te3_encoder_block_0_layer_0_SelfAttention_q", "T5 layers are not patched"),
+        ("lora_unet_joint_blocks_9_x_block_attn_qkv", "no such layer in an SD 3.5 model of 4 blocks"),
+        ("lora_unet_joint_blocks_0_x_block_attn_ln_q", "no such layer"),
+    ],
+)
+def test_kohya_sd3_keys_it_cannot_place_are_named(key: str, words: str) -> None:
+    tensors = {
+        "lora_unet_joint_blocks_0_x_block_mlp_fc1.lora_down.weight": torch.zeros(2, 8),
+        "lora_unet_joint_blocks_0_x_block_mlp_fc1.lora_up.weight": torch.zeros(8, 2),
+        f"{key}.lora_down.weight": torch.zeros(2, 8),
+        f"{key}.lora_up.weight": torch.zeros(8, 2),
+    }
+    with pytest.raises(KohyaLoraError, match=words) as refused:
+        kohya_sd3_to_diffusers(tensors, depth=4)
+    assert key in str(refused.value)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from webui.engine.request import GenerationError, GenerationRequest
 from webui.model_manager.archs import Arch
@@ -224,3 +226,54 @@ def test_prompt_weights_change_an_sd35_picture_and_weight_one_does_not(studio: S
     heavy = studio.generate(_request(prompt="a (red:1.6) circle"), checkpoint="b-sd35m", save=False)
     assert np.array_equal(np.asarray(one.images[0]), plain)
     assert np.abs(np.asarray(heavy.images[0]).astype(int) - plain).mean() > 0.5
+
+
+def test_a_kohya_layout_sd35_lora_draws_what_its_merged_weights_draw(tmp_path: Path) -> None:
+    """A LoRA in kohya's layout (Stability's module names, fused qkv, alphas) applied through the
+    app gives the picture of a checkpoint whose weights have the LoRA merged in by hand, in
+    Stability's own layout: every name, split and swap of the conversion is checked against
+    diffusers' reading of the full file."""
+    checkpoints = tmp_path / "models" / "Stable-diffusion"
+    base = write_tiny_sd3_checkpoint("sd35-medium", checkpoints / "base.safetensors")
+    weights = load_file(str(base))
+    depth, rank, alpha = 4, 2, 1.0  # scale alpha / rank = 0.5
+    modules = [
+        "joint_blocks.0.x_block.attn.qkv",
+        "joint_blocks.0.x_block.attn2.qkv",
+        "joint_blocks.1.context_block.attn.proj",
+        "joint_blocks.2.x_block.mlp.fc1",
+        f"joint_blocks.{depth - 1}.context_block.adaLN_modulation.1",  # halves swapped in diffusers
+        "final_layer.adaLN_modulation.1",  # halves swapped in diffusers
+        "context_embedder",
+    ]
+    generator = torch.Generator().manual_seed(3)
+    lora: dict[str, torch.Tensor] = {}
+    merged = dict(weights)
+    for module in modules:
+        key = f"model.diffusion_model.{module}.weight"
+        outputs, inputs = weights[key].shape
+        down = torch.randn(rank, inputs, generator=generator) * 0.3
+        up = torch.randn(outputs, rank, generator=generator) * 0.3
+        name = "lora_unet_" + module.replace(".", "_")
+        lora |= {
+            f"{name}.lora_down.weight": down,
+            f"{name}.lora_up.weight": up,
+            f"{name}.alpha": torch.tensor(alpha),
+        }
+        merged[key] = (weights[key].float() + (up @ down) * (alpha / rank)).to(weights[key].dtype)
+    save_file(merged, str(checkpoints / "merged.safetensors"), metadata={"format": "pt"})
+    (tmp_path / "models" / "Lora").mkdir()
+    save_file(
+        {k: v.contiguous() for k, v in lora.items()}, str(tmp_path / "models" / "Lora" / "kohya.safetensors")
+    )
+    studio = Studio(Settings.for_data_dir(tmp_path, watermark=False, device="cpu", precision="fp32"))
+    files = {file.name: file for file in studio.models.registry.files(ModelKind.LORA)}
+    assert files["kohya"].label == "LoRA (SD 3.5)"
+
+    def picture(prompt: str, checkpoint: str) -> np.ndarray:
+        result = studio.generate(_request(prompt=prompt, cfg_scale=1), checkpoint=checkpoint, save=False)
+        return np.asarray(result.images[0]).astype(int)
+
+    with_lora = picture("a red circle <lora:kohya:1>", "base")
+    assert np.abs(with_lora - picture("a red circle", "base")).mean() > 1
+    assert np.abs(with_lora - picture("a red circle", "merged")).max() <= 2

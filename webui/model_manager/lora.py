@@ -38,6 +38,7 @@ from safetensors import SafetensorError, safe_open
 from webui.model_manager.archs import Arch, architectures
 from webui.model_manager.load import LoadedModel
 from webui.model_manager.lycoris import LycorisError, inject_lycoris, is_lycoris, unwrap_empty
+from webui.model_manager.sd3.kohya_lora import KohyaLoraError, is_kohya_sd3, kohya_sd3_to_diffusers
 from webui.model_manager.state_dict import SAFETENSORS_SUFFIXES, CheckpointError, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -337,11 +338,16 @@ def _convert(model: LoadedModel, name: str, tensors: dict[str, torch.Tensor]) ->
     denoiser = _denoiser_part(model)
     if all(key.startswith(_KOHYA_PREFIXES) for key in tensors):
         tensors = _fold_alphas(tensors)
-    if denoiser == "transformer" and not any(key.startswith(f"{denoiser}.") for key in tensors):
+    if denoiser == "transformer" and is_kohya_sd3(tensors):
         # diffusers reads SD 3 LoRAs in its own layout only (transformer.*, text_encoder*.*).
+        try:
+            tensors = kohya_sd3_to_diffusers(_fold_alphas(tensors), model.unet.config.num_layers)
+        except KohyaLoraError as error:
+            raise LoraError(f"LoRA '{name}': {error}") from error
+    if denoiser == "transformer" and not any(key.startswith(f"{denoiser}.") for key in tensors):
         raise LoraError(
-            f"LoRA '{name}': not in the diffusers/peft layout for {model.arch.label} "
-            "(transformer.* keys); kohya's SD 3 layout is not read yet"
+            f"LoRA '{name}': not an SD 3.5 LoRA in diffusers' layout (transformer.* keys) or "
+            "kohya's (lora_unet_joint_blocks_* keys)"
         )
     try:
         if denoiser == "transformer":

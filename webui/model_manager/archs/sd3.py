@@ -32,6 +32,6 @@ SD3 = Architecture(
     upcast_attention_for_v=False,
     ays_table="StableDiffusionSigmas",
     lora_loader="sd3",
-    lora_key_prefixes=("transformer.",),
+    lora_key_prefixes=("transformer.", "lora_unet_joint_blocks_"),
     context_width=4096,
 )
