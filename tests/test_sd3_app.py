@@ -3,6 +3,7 @@ that repeats the image, and what it cannot do yet refused by name."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def studio(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Studio:
     # A file without its encoders takes them from models/text_encoder, as A1111 and Forge keep them.
     write_tiny_sd3_checkpoint("sd35-medium", checkpoints / "c-sd35m-bare.safetensors", text_encoders=False)
     write_tiny_text_encoder_files(root / "models" / "text_encoder")
+    # Only the live-preview test runs on it: its first job is the first to draw its previews.
+    write_tiny_sd3_checkpoint("sd35-medium", checkpoints / "d-sd35m-previews.safetensors", seed=5)
     write_tiny_sd3_lora(root / "models" / "Lora" / "sd3-style.safetensors")
     return Studio(Settings.for_data_dir(root, watermark=False, device="cpu", precision="fp32"))
 
@@ -204,7 +207,7 @@ def test_bad_skip_layer_guidance_is_refused_by_name(
     assert refused.value.field == field and words in str(refused.value)
 
 
-def test_linear_previews_come_from_a_map_fitted_once_to_the_models_vae(studio: Studio, caplog) -> None:
+def test_linear_previews_come_from_a_map_fitted_once_to_the_models_vae(studio: Studio) -> None:
     """SD 3.5's 16 channels have no fixed table: its previews are latent-sized pictures from a map
     fitted to the model's VAE (no full decode per step), fitted once per model."""
     sizes: list[tuple[int, int]] = []
@@ -213,11 +216,21 @@ def test_linear_previews_come_from_a_map_fitted_once_to_the_models_vae(studio: S
         if info.preview_due and info.preview is not None:
             sizes.append(info.preview.image(Arch.SD3).size)
 
-    with caplog.at_level("INFO", logger="webui.studio"):
+    # Attached to the studio's own logger: other tests' logging setups may stop propagation.
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("webui.studio")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    try:
         for _ in range(2):
-            studio.generate(_request(), on_step=look, checkpoint="b-sd35m", save=False)
+            studio.generate(_request(), on_step=look, checkpoint="d-sd35m-previews", save=False)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     assert sizes == [(8, 8)] * 6
-    assert sum("fitted linear previews" in record.message for record in caplog.records) == 1
+    assert sum("fitted linear previews" in record.getMessage() for record in records) == 1
 
 
 def test_prompt_weights_change_an_sd35_picture_and_weight_one_does_not(studio: Studio) -> None:
