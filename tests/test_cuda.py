@@ -136,3 +136,32 @@ def test_low_memory_modes_run_on_cuda_with_the_same_image(
         images = Engine(model).generate(REQUEST).images
     _close_to(images, cpu_reference["sd15"])
     assert torch.cuda.max_memory_allocated() > 0
+
+
+@pytest.mark.parametrize("mode", list(MemoryMode)[1:])  # every mode but auto: normal, text-offload, med, low
+def test_sd35_runs_on_cuda_in_every_memory_mode(tmp_path: Path, mode: MemoryMode) -> None:
+    """SD 3.5's encoders, transformer and VAE take their inputs on the device they run on even
+    while an offload mode keeps their weights on the host until their hooks run (img2img and a
+    weighted prompt go through the VAE encoder and the weighted encoders as well)."""
+    from PIL import Image
+
+    from webui.tools.tiny_sd3 import write_tiny_sd3_checkpoint
+
+    path = write_tiny_sd3_checkpoint("sd35-medium", tmp_path / "sd35m.safetensors")
+    request = GenerationRequest(
+        prompt="a (red:1.3) circle",
+        negative_prompt="blur",
+        steps=4,
+        width=64,
+        height=64,
+        seed=3,
+        sampler_name="Euler",
+        init_image=Image.new("RGB", (64, 64), (200, 40, 40)),
+        denoising_strength=0.6,
+    )
+    reference = _pixels(Engine(load_model(path, CPU, torch.float32)).generate(request).images)
+    size = 1 << 30
+    cache = ModelCache(lambda p: load_model(p, CPU, torch.float32), CUDA, MemoryBudgets(size, size), mode)
+    with cache.use(path) as model:
+        images = Engine(model).generate(request).images
+    _close_to(images, reference)

@@ -428,7 +428,7 @@ class Studio:
         key = (model.path, model.vae_path)
         if key not in self._fitted_previews:
             started = time.perf_counter()
-            self._fitted_previews[key] = fit_linear_preview(model.vae)
+            self._fitted_previews[key] = fit_linear_preview(model.vae, model.device)
             log.info(
                 "fitted linear previews to %s's VAE in %.2f s", model.name, time.perf_counter() - started
             )

@@ -120,7 +120,8 @@ class FlowJob:
                 parts, positive, negative, **first, generator=generator, sampler=request.sampler_name, **loop
             )
         else:
-            clean = flow.image_to_latents(parts.vae, [plan.init], generator).to(parts.transformer.dtype)
+            clean = flow.image_to_latents(parts.vae, [plan.init], generator, parts.device)
+            clean = clean.to(parts.transformer.dtype)
             mask = None if plan.inpaint is None else flow.latent_mask(plan.inpaint.mask, clean)
             latents = flow.sample(
                 parts,
@@ -171,7 +172,8 @@ class FlowJob:
         else:
             picture = flow.decode(parts.vae, latents)[0]
             bigger = self.upscale_image(picture, request.hr_upscaler, (width, height))
-            upscaled = flow.image_to_latents(parts.vae, [bigger], generator).to(parts.transformer.dtype)
+            upscaled = flow.image_to_latents(parts.vae, [bigger], generator, parts.device)
+            upscaled = upscaled.to(parts.transformer.dtype)
         if self.hires_prompts != self.prompts:
             positive, negative = self._encode(*self.hires_prompts)
         else:

@@ -49,13 +49,14 @@ def fitting_pictures(seed: int = 0) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def fit_linear_preview(vae: AutoencoderKL) -> LinearPreview:
+def fit_linear_preview(vae: AutoencoderKL, device: torch.device | None = None) -> LinearPreview:
     """The least-squares linear map from `vae`'s latents (scaled and shifted by its config) to the
-    mean colour of the pixels each latent pixel stands for."""
+    mean colour of the pixels each latent pixel stands for. `device`: where the VAE runs (under
+    an offload mode its weights may be on the host until its hooks bring them)."""
     pictures = fitting_pictures()
     latents = []
     for picture in pictures.split(4):  # small batches: a real VAE's encoder activations are large
-        posterior = vae.encode(picture.to(vae.device, vae.dtype)).latent_dist
+        posterior = vae.encode(picture.to(device or vae.device, vae.dtype)).latent_dist
         latents.append(posterior.mode().float().cpu())
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     scaled = (torch.cat(latents) - shift) * vae.config.scaling_factor

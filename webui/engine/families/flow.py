@@ -62,13 +62,17 @@ class FlowConditioning:
 
 
 def encode_clip(
-    texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, encoder: CLIPTextModelWithProjection
+    texts: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    encoder: CLIPTextModelWithProjection,
+    device: torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(penultimate hidden states, projected pooled output) of one CLIP for `texts`."""
+    """(penultimate hidden states, projected pooled output) of one CLIP for `texts`. `device`:
+    where the encoder runs (an offloaded one's weights wait on the host until its hook runs)."""
     ids = tokenizer(
         list(texts), padding="max_length", max_length=CLIP_LENGTH, truncation=True, return_tensors="pt"
     ).input_ids
-    output = encoder(ids.to(encoder.device), output_hidden_states=True)
+    output = encoder(ids.to(device or encoder.device), output_hidden_states=True)
     return output.hidden_states[CLIP_HIDDEN_LAYER], output.text_embeds
 
 
@@ -77,6 +81,7 @@ def encode_t5(
     tokenizer: PreTrainedTokenizerBase,
     encoder: T5EncoderModel,
     length: int = T5_MAX_LENGTH,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """T5's last hidden states for `texts`, padded or cut to `length` tokens (`</s>` included)."""
     ids = tokenizer(
@@ -87,20 +92,22 @@ def encode_t5(
         add_special_tokens=True,
         return_tensors="pt",
     ).input_ids
-    return encoder(ids.to(encoder.device))[0]
+    return encoder(ids.to(device or encoder.device))[0]
 
 
 def encode_prompts(
     components: SD3Components, texts: Sequence[str], t5_length: int = T5_MAX_LENGTH
 ) -> FlowConditioning:
     """SD 3's conditioning for `texts` from CLIP-L, CLIP-G and (when loaded) T5."""
-    hidden_l, pooled_l = encode_clip(texts, components.tokenizer_l, components.clip_l)
-    hidden_g, pooled_g = encode_clip(texts, components.tokenizer_g, components.clip_g)
+    device = components.device
+    hidden_l, pooled_l = encode_clip(texts, components.tokenizer_l, components.clip_l, device)
+    hidden_g, pooled_g = encode_clip(texts, components.tokenizer_g, components.clip_g, device)
     dtype = components.clip_l.dtype
     clip = torch.cat([hidden_l, hidden_g], dim=-1).to(dtype)
     width = components.spec.joint_width
     if components.t5 is not None and components.tokenizer_t5 is not None:
-        t5 = encode_t5(texts, components.tokenizer_t5, components.t5, t5_length).to(components.t5.dtype)
+        t5 = encode_t5(texts, components.tokenizer_t5, components.t5, t5_length, device)
+        t5 = t5.to(components.t5.dtype)
     else:
         t5 = torch.zeros((len(texts), t5_length, width), device=clip.device, dtype=dtype)
     clip = torch.nn.functional.pad(clip, (0, width - clip.shape[-1]))
@@ -247,13 +254,19 @@ def denoise(
 
 
 def image_to_latents(
-    vae: AutoencoderKL, images: Sequence[Image.Image], generator: torch.Generator
+    vae: AutoencoderKL,
+    images: Sequence[Image.Image],
+    generator: torch.Generator,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """RGB pictures (already at the generation size) to SD 3's shifted and scaled latents,
-    sampled from the VAE's posterior with `generator` (as diffusers' img2img does)."""
+    sampled from the VAE's posterior with `generator` (as diffusers' img2img does).
+
+    `device`: where the VAE runs; under an offload mode its weights may still be on the host
+    until its hooks bring them, so its own `device` would be the wrong place for the input."""
     pixels = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0 for image in images])
     batch = torch.from_numpy(pixels).permute(0, 3, 1, 2) * 2.0 - 1.0
-    posterior = vae.encode(batch.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    posterior = vae.encode(batch.to(device=device or vae.device, dtype=vae.dtype)).latent_dist
     return (posterior.sample(generator) - vae.config.shift_factor) * vae.config.scaling_factor
 
 
@@ -437,7 +450,8 @@ def img2img(
     pass_length(components.spec.scheduler_config, sampler, steps, strength)  # fail before any work
     positive = encode_prompts(components, prompts, t5_length)
     negative = encode_prompts(components, negatives, t5_length) if guidance_scale > 1 else None
-    clean = image_to_latents(components.vae, init_images, generator).to(components.transformer.dtype)
+    clean = image_to_latents(components.vae, init_images, generator, components.device)
+    clean = clean.to(components.transformer.dtype)
     mask = None
     if masks is not None:
         mask = torch.cat([latent_mask(one, clean) for one in masks])

@@ -37,14 +37,15 @@ def encode_weighted(components: SD3Components, text: str) -> flow.FlowConditioni
     plain, pieces = weighted_pieces(text)
     if pieces is None:
         return flow.encode_prompts(components, [plain])
-    hidden_l, pooled_l = _clip(components.tokenizer_l, components.clip_l, pieces)
-    hidden_g, pooled_g = _clip(components.tokenizer_g, components.clip_g, pieces)
+    device = components.device  # offloaded encoders' weights wait on the host until their hooks run
+    hidden_l, pooled_l = _clip(components.tokenizer_l, components.clip_l, pieces, device)
+    hidden_g, pooled_g = _clip(components.tokenizer_g, components.clip_g, pieces, device)
     dtype = components.clip_l.dtype
     width = components.spec.joint_width
     clip = torch.cat([hidden_l, hidden_g], dim=-1).to(dtype)
     if components.t5 is not None and components.tokenizer_t5 is not None:
         ids, weights = token_weights(components.tokenizer_t5, pieces, T5_MAX_LENGTH, begin=False)
-        t5 = components.t5(ids.to(components.t5.device))[0]
+        t5 = components.t5(ids.to(device))[0]
         t5 = emphasis(t5[0], weights)[None].to(components.t5.dtype)
     else:
         t5 = torch.zeros((1, T5_MAX_LENGTH, width), device=clip.device, dtype=dtype)
@@ -54,9 +55,11 @@ def encode_weighted(components: SD3Components, text: str) -> flow.FlowConditioni
     )
 
 
-def _clip(tokenizer: PreTrainedTokenizerBase, encoder, pieces: Pieces) -> tuple[torch.Tensor, torch.Tensor]:
+def _clip(
+    tokenizer: PreTrainedTokenizerBase, encoder, pieces: Pieces, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     ids, weights = token_weights(tokenizer, pieces, flow.CLIP_LENGTH, begin=True)
-    output = encoder(ids.to(encoder.device), output_hidden_states=True)
+    output = encoder(ids.to(device), output_hidden_states=True)
     hidden = output.hidden_states[flow.CLIP_HIDDEN_LAYER]
     return emphasis(hidden[0], weights)[None], output.text_embeds
 
