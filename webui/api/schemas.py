@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from webui.engine.parameters import declared_parameters
+from webui.engine.parameters import declared, declared_parameters
 from webui.engine.request import GenerationRequest, find_bad_value
 
 
@@ -106,11 +106,11 @@ class Txt2ImgBody(_Body):
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
-    # Ours, not A1111's: skip-layer guidance on SD 3.5 models (engine/request.py).
-    slg_scale: float = 0.0
-    slg_layers: str = "7,8,9"
-    slg_start: float = 0.01
-    slg_stop: float = 0.2
+    # Ours, not A1111's: skip-layer guidance on SD 3.5 models, defaults as declared (engine/request.py).
+    slg_scale: float = declared(GenerationRequest, "slg_scale").default
+    slg_layers: str = declared(GenerationRequest, "slg_layers").default
+    slg_start: float = declared(GenerationRequest, "slg_start").default
+    slg_stop: float = declared(GenerationRequest, "slg_stop").default
     force_task_id: str | None = None
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)

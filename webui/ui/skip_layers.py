@@ -6,10 +6,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from webui.engine.parameters import declared_parameters
-from webui.engine.request import GenerationRequest
 from webui.ui.fields import Field
-from webui.ui.sliders import declared_slider, in_slider
+from webui.ui.sliders import declared_item, declared_slider, in_slider
 
 SLG_SLIDERS = ("slg_scale", "slg_start", "slg_stop")
 
@@ -20,8 +18,7 @@ class SkipLayerControls:
 
 
 def build_skip_layers(tab: str) -> SkipLayerControls:
-    defaults = {item.name: item.default for item in declared_parameters(GenerationRequest)}
-    default_layers = defaults["slg_layers"]
+    layers_item = declared_item("slg_layers")
     with gr.Accordion("Skip-layer guidance (SD 3.5)", open=False, elem_id=f"{tab}-slg"):
         gr.Markdown(
             "Sharper structure on SD 3.5 Medium (Stability suggests scale 3 on layers 7, 8, 9); "
@@ -31,8 +28,8 @@ def build_skip_layers(tab: str) -> SkipLayerControls:
         with gr.Row():
             scale = declared_slider("slg_scale", f"{tab}-slg-scale")
             layers = gr.Textbox(
-                value=default_layers,
-                label="Skip-layer guidance layers",
+                value=layers_item.default,
+                label=layers_item.param.label,
                 elem_id=f"{tab}-slg-layers",
                 max_lines=1,
             )
@@ -41,8 +38,10 @@ def build_skip_layers(tab: str) -> SkipLayerControls:
             stop = declared_slider("slg_stop", f"{tab}-slg-stop")
     sliders = dict(zip(SLG_SLIDERS, (scale, start, stop)))
     fields = [
-        Field(name, slider, to_request=float, to_ui=in_slider(name), default=defaults[name])
+        Field(name, slider, to_request=float, to_ui=in_slider(name), default=declared_item(name).default)
         for name, slider in sliders.items()
     ]
-    fields.append(Field("slg_layers", layers, to_request=lambda text: text or "", default=default_layers))
+    fields.append(
+        Field("slg_layers", layers, to_request=lambda text: text or "", default=layers_item.default)
+    )
     return SkipLayerControls(fields)

@@ -100,16 +100,33 @@ def encode_prompts(
 ) -> FlowConditioning:
     """SD 3's conditioning for `texts` from CLIP-L, CLIP-G and (when loaded) T5."""
     device = components.device
-    hidden_l, pooled_l = encode_clip(texts, components.tokenizer_l, components.clip_l, device)
-    hidden_g, pooled_g = encode_clip(texts, components.tokenizer_g, components.clip_g, device)
+    clip_l = encode_clip(texts, components.tokenizer_l, components.clip_l, device)
+    clip_g = encode_clip(texts, components.tokenizer_g, components.clip_g, device)
+    t5 = None
+    if components.t5 is not None and components.tokenizer_t5 is not None:
+        t5 = encode_t5(texts, components.tokenizer_t5, components.t5, t5_length, device)
+    return join_conditioning(components, clip_l, clip_g, t5, t5_length)
+
+
+def join_conditioning(
+    components: SD3Components,
+    clip_l: tuple[torch.Tensor, torch.Tensor],
+    clip_g: tuple[torch.Tensor, torch.Tensor],
+    t5: torch.Tensor | None,
+    t5_length: int = T5_MAX_LENGTH,
+) -> FlowConditioning:
+    """The transformer's context from each CLIP's (hidden states, pooled) and T5's hidden states
+    (None without T5: zeros in its place): both CLIPs side by side, padded to T5's width, then
+    T5's sequence; pooled: both CLIPs'."""
+    (hidden_l, pooled_l), (hidden_g, pooled_g) = clip_l, clip_g
     dtype = components.clip_l.dtype
     clip = torch.cat([hidden_l, hidden_g], dim=-1).to(dtype)
     width = components.spec.joint_width
-    if components.t5 is not None and components.tokenizer_t5 is not None:
-        t5 = encode_t5(texts, components.tokenizer_t5, components.t5, t5_length, device)
-        t5 = t5.to(components.t5.dtype)
+    if t5 is None:
+        t5 = torch.zeros((clip.shape[0], t5_length, width), device=clip.device, dtype=dtype)
     else:
-        t5 = torch.zeros((len(texts), t5_length, width), device=clip.device, dtype=dtype)
+        assert components.t5 is not None
+        t5 = t5.to(components.t5.dtype)
     clip = torch.nn.functional.pad(clip, (0, width - clip.shape[-1]))
     embeds = torch.cat([clip, t5.to(clip.dtype)], dim=-2)
     return FlowConditioning(embeds, torch.cat([pooled_l, pooled_g], dim=-1))

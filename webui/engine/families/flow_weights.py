@@ -38,21 +38,13 @@ def encode_weighted(components: SD3Components, text: str) -> flow.FlowConditioni
     if pieces is None:
         return flow.encode_prompts(components, [plain])
     device = components.device  # offloaded encoders' weights wait on the host until their hooks run
-    hidden_l, pooled_l = _clip(components.tokenizer_l, components.clip_l, pieces, device)
-    hidden_g, pooled_g = _clip(components.tokenizer_g, components.clip_g, pieces, device)
-    dtype = components.clip_l.dtype
-    width = components.spec.joint_width
-    clip = torch.cat([hidden_l, hidden_g], dim=-1).to(dtype)
+    clip_l = _clip(components.tokenizer_l, components.clip_l, pieces, device)
+    clip_g = _clip(components.tokenizer_g, components.clip_g, pieces, device)
+    t5 = None
     if components.t5 is not None and components.tokenizer_t5 is not None:
         ids, weights = token_weights(components.tokenizer_t5, pieces, T5_MAX_LENGTH, begin=False)
-        t5 = components.t5(ids.to(device))[0]
-        t5 = emphasis(t5[0], weights)[None].to(components.t5.dtype)
-    else:
-        t5 = torch.zeros((1, T5_MAX_LENGTH, width), device=clip.device, dtype=dtype)
-    clip = torch.nn.functional.pad(clip, (0, width - clip.shape[-1]))
-    return flow.FlowConditioning(
-        torch.cat([clip, t5.to(clip.dtype)], dim=-2), torch.cat([pooled_l, pooled_g], dim=-1)
-    )
+        t5 = emphasis(components.t5(ids.to(device))[0][0], weights)[None]
+    return flow.join_conditioning(components, clip_l, clip_g, t5)
 
 
 def _clip(
